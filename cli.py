@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""cmxl-keras command line: a thin front end over the cmxl_keras library.
+
+    python cli.py info --variant cm_xl
+    python cli.py train --depth 66 --skip-period 3 --act swish
+    python cli.py train --config smoke --data-dir data/cifar10
+
+Every command parses its flags, resolves the config and calls the library.
+Errors caused by input (a flag, a config value, a file) are printed as one
+paragraph naming the value and the fix, with a non-zero exit and no traceback.
+"""
+
+import functools
+import os
+import sys
+
+import click
+
+# Keep TensorFlow's C++ start-up chatter (including "failed call to cuInit" on
+# machines without a GPU) out of the user's terminal; set it to 0 to debug.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+EXIT_USER_ERROR = 2
+
+
+def _fail(message):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def user_errors(command):
+    """Turns the library's user-facing errors into a clean message and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from cmxl_keras.errors import CmxlError
+
+        try:
+            return command(*args, **kwargs)
+        except CmxlError as error:
+            _fail(str(error))
+
+    return wrapper
+
+
+def _set_backend(ctx, param, value):
+    # The backend must be chosen before Keras is imported; commands import the
+    # library lazily for that reason.
+    if value:
+        os.environ["KERAS_BACKEND"] = value
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]),
+              callback=_set_backend, expose_value=False, is_eager=True,
+              help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
+def cli():
+    """ConvMixer / ConvMixer-XL on CIFAR in Keras 3: train, evaluate, export, serve."""
+
+
+def model_options(command):
+    """Architecture flags shared by train and info; None means 'not given'."""
+    options = [
+        click.option("--config", "config_file", metavar="FILE|NAME",
+                     help="TOML config file, or a name in configs/ (e.g. smoke, cm_xl)."),
+        click.option("--width", type=int, help="Channels h of every layer (paper: 256)."),
+        click.option("--depth", type=int, help="Number of ConvMixer layers (8, or 66 for XL)."),
+        click.option("--patch-size", type=int, help="Stem patch size p (paper: 2)."),
+        click.option("--kernel-size", type=int, help="Depthwise kernel size k (paper: 5)."),
+        click.option("--act", "--activation", "activation",
+                     help="gelu, relu, silu (= swish) or leaky_relu."),
+        click.option("--skip-period", type=int,
+                     help="Long-skip groups; depth must divide by it; 0 = none."),
+        click.option("--num-classes", type=int, help="10 for CIFAR-10, 100 for CIFAR-100."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override any config key; repeatable."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def resolve_config(config_file, overrides, **flags):
+    from cmxl_keras import config
+
+    return config.resolve(config_file, overrides, **flags)
+
+
+@cli.command()
+@model_options
+@click.option("--variant", help="A Table-1 model: cm_vanilla, cm_xl, ... (see README).")
+@click.option("--summary/--no-summary", default=False, help="Print the layer-by-layer summary.")
+@user_errors
+def info(config_file, overrides, variant, summary, **flags):
+    """Model summary, parameter counts and FLOPs of a config or Table-1 variant."""
+    from cmxl_keras import architecture, config
+
+    if variant:
+        if variant not in architecture.VARIANTS:
+            raise config.ConfigError(
+                f"unknown variant {variant!r}; choose one of "
+                f"{', '.join(architecture.VARIANTS)}.")
+        base = config.variant_config(variant)
+        changes = {k: v for k, v in flags.items() if v is not None}
+        for text in overrides:
+            key, value = config.parse_override(text)
+            changes[key] = value
+        cfg = config.merge(base, changes, source="the command line")
+    else:
+        cfg = resolve_config(config_file, overrides, **flags)
+
+    from cmxl_keras import models
+
+    model = models.build_convmixer(
+        width=cfg.width, depth=cfg.depth, patch_size=cfg.patch_size,
+        kernel_size=cfg.kernel_size, num_classes=cfg.num_classes, activation=cfg.activation,
+        skip_period=cfg.skip_period, input_shape=(cfg.image_size, cfg.image_size, 3),
+        name=cfg.name)
+    if summary:
+        model.summary(line_length=110)
+    trainable = models.trainable_param_count(model)
+    total = model.count_params()
+    macs = models.count_macs(cfg.width, cfg.depth, cfg.patch_size, cfg.kernel_size,
+                             cfg.num_classes, cfg.image_size)
+    skips = (f"{cfg.skip_period} long skips of {cfg.depth // cfg.skip_period} layers"
+             if cfg.skip_period else "no long skips")
+    click.echo(f"model: {cfg.name}  (ConvMixer-{cfg.width}/{cfg.depth}, "
+               f"patch {cfg.patch_size}, kernel {cfg.kernel_size}, {cfg.activation}, {skips})")
+    click.echo(f"input: {cfg.image_size}x{cfg.image_size}x3 raw pixels, "
+               f"{cfg.num_classes} classes")
+    click.echo(f"trainable parameters: {trainable:,}")
+    click.echo(f"non-trainable parameters: {total - trainable:,}  (BatchNorm moving statistics)")
+    click.echo(f"MACs per image: {macs:,}  (FLOPs ~ {2 * macs / 1e9:.3f} G)")
+
+
+def _not_built(command_name, issue_hint):
+    _fail(f"'{command_name}' is not available in this version of cmxl-keras yet "
+          f"({issue_hint}). Use 'python cli.py info' to inspect a model meanwhile.")
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@model_options
+@click.option("--epochs", type=int, help="Training epochs (paper: 100).")
+@click.option("--batch-size", type=int, help="Global batch size (paper: 128).")
+@click.option("--lr", "lr_max", type=float, help="Peak learning rate of the one-cycle (0.005).")
+@click.option("--data-dir", type=str, help="Official CIFAR files, their .tar.gz, or images.")
+@click.option("--val-from-train", type=int, help="Carve N validation images from train.")
+@click.option("--limit-train", type=int, help="Train on the first N images only.")
+@click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch.")
+@click.option("--seed", type=int, help="Random seed (paper: 1024).")
+@click.option("--name", type=str, help="Run name (the run folder is runs/<name>-<time>).")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve and check the config, print it as TOML, and exit.")
+@user_errors
+def train(config_file, overrides, dry_run, **flags):
+    """Train a model with the paper's recipe (model.fit, one-cycle, AdamW)."""
+    cfg = resolve_config(config_file, overrides, **flags)
+    if dry_run:
+        click.echo(cfg.to_toml(), nl=False)
+        return
+    _not_built("train", f"config {cfg.name!r} is valid; the training loop is the next step")
+
+
+@cli.command()
+@click.argument("source", required=False)
+def evaluate(source):
+    """Evaluate a run folder, .keras file or exported SavedModel."""
+    _not_built("evaluate", "evaluation is planned")
+
+
+@cli.command()
+@click.argument("source", required=False)
+def export(source):
+    """Export a trained model to SavedModel and TFLite."""
+    _not_built("export", "export is planned")
+
+
+@cli.command()
+@click.argument("images", nargs=-1)
+def predict(images):
+    """Classify image files with an exported model."""
+    _not_built("predict", "serving is planned")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,308 @@
+"""Experiment configuration: a frozen dataclass whose defaults are the paper's recipe.
+
+Configs are data (big_vision style): ``Config()`` *is* the CM-Vanilla recipe of
+PAPER_NOTES.md, a file in ``configs/`` holds only what differs (TOML, read with
+the standard library's tomllib), and ``--set key=value`` overrides from the CLI.
+Unknown keys and bad values raise ``ConfigError`` quoting the key, the value and
+what is allowed.
+"""
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import tomllib
+
+from cmxl_keras import architecture
+from cmxl_keras.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One training run. Defaults reproduce the paper's CM-Vanilla recipe."""
+
+    # -- identity
+    name: str = "cm_vanilla"
+
+    # -- model (h=256, d=8, p=2, k=5: ConvMixer-256/8 as in Table 1)
+    width: int = 256
+    depth: int = 8
+    patch_size: int = 2
+    kernel_size: int = 5
+    activation: str = "gelu"
+    skip_period: int = 0  # number of long-skip groups; 0 = vanilla ConvMixer
+    num_classes: int = 10
+    image_size: int = 32
+
+    # -- data
+    dataset: str = "cifar10"  # tfds name when no data_dir is given
+    data_dir: str = ""  # official CIFAR files, their .tar.gz, or an image-folder tree
+    val_size: int = 5000  # paper: the 10k test set split 5,000 val / 5,000 test
+    val_from_train: int = 0  # > 0: carve this many validation images from train
+    limit_train: int = 0  # > 0: use only the first N training images (quick runs)
+    skip_corrupt: bool = False  # drop unreadable images (counted) instead of failing
+
+    # -- augmentation, in the reference order; aug="none" switches all of it off
+    aug: str = "paper"
+    crop_scale_min: float = 0.75  # RandomResizedCrop scale (0.75, 1.0), ratio 1
+    crop_scale_max: float = 1.0
+    flip: bool = True
+    randaugment_ops: int = 2  # torchvision num_ops
+    randaugment_magnitude: int = 12  # torchvision magnitude, of 31 levels (0..30)
+    jitter_brightness: float = 0.2
+    jitter_contrast: float = 0.2
+    jitter_saturation: float = 0.2
+    erase_prob: float = 0.2  # torchvision RandomErasing p; area 0.02-0.33, aspect 0.3-3.3
+    cutmix_prob: float = 0.0  # off for every reported run
+    mixup_prob: float = 0.0  # off for every reported run
+
+    # -- optimisation
+    epochs: int = 100
+    batch_size: int = 128
+    lr_max: float = 0.005
+    weight_decay: float = 0.01
+    adam_epsilon: float = 1e-8  # PyTorch's AdamW default; Keras' default is 1e-7
+    clip_norm: float = 0.0  # global-norm clipping; 0 = off (paper default)
+    label_smoothing: float = 0.0
+    precision: str = "auto"  # auto = mixed_float16 on GPU, float32 on CPU
+    seed: int = 1024
+    deterministic: bool = False
+    steps_per_epoch: int = 0  # > 0: cap the steps of each epoch (quick runs)
+    checkpoint_every_steps: int = 0  # > 0: also back up mid-epoch every N steps
+
+    def replace(self, **changes):
+        """A validated copy with ``changes`` applied."""
+        return merge(self, changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_toml(self):
+        """TOML text of every field, readable back by ``load``."""
+        lines = []
+        for key, value in self.to_dict().items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+# Closed sets of values for string fields.
+CHOICES = {
+    "activation": architecture.ACTIVATIONS,
+    "aug": ("paper", "none"),
+    "precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+}
+
+# Numeric bounds: (minimum, maximum, inclusive-minimum).
+BOUNDS = {
+    "val_size": (0, None),
+    "val_from_train": (0, None),
+    "limit_train": (0, None),
+    "crop_scale_min": (0.0, 1.0),
+    "crop_scale_max": (0.0, 1.0),
+    "randaugment_ops": (0, 14),
+    "randaugment_magnitude": (0, 30),
+    "jitter_brightness": (0.0, 1.0),
+    "jitter_contrast": (0.0, 1.0),
+    "jitter_saturation": (0.0, 1.0),
+    "erase_prob": (0.0, 1.0),
+    "cutmix_prob": (0.0, 1.0),
+    "mixup_prob": (0.0, 1.0),
+    "epochs": (1, None),
+    "batch_size": (1, None),
+    "lr_max": (0.0, None),
+    "weight_decay": (0.0, None),
+    "adam_epsilon": (0.0, None),
+    "clip_norm": (0.0, None),
+    "label_smoothing": (0.0, 1.0),
+    "seed": (0, None),
+    "steps_per_epoch": (0, None),
+    "checkpoint_every_steps": (0, None),
+}
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else json.dumps(str(value))
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value)
+
+
+def _type_name(tp):
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
+
+
+def _field_type(key):
+    tp = FIELDS[key].type
+    if isinstance(tp, str):  # postponed annotations
+        tp = {"int": int, "float": float, "bool": bool, "str": str}[tp]
+    return tp
+
+
+def _unknown_key(key, source):
+
+
+    close = difflib.get_close_matches(key, FIELDS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"unknown config key {key!r} in {source}.{hint} Allowed keys: {', '.join(FIELDS)}.")
+
+
+def coerce(key, value, source="the config"):
+    """Checks ``value``'s type for ``key`` (ints are accepted for floats)."""
+    if key not in FIELDS:
+        _unknown_key(key, source)
+    tp = _field_type(key)
+    ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(
+            f"config key {key!r} in {source} must be {_type_name(tp)}, "
+            f"got {value!r} ({type(value).__name__}). Default: {FIELDS[key].default!r}.")
+    return value
+
+
+def parse_override(text):
+    """Parses one ``--set key=value`` into ``(key, typed value)``."""
+    if "=" not in text:
+        raise ConfigError(
+            f"--set expects key=value, got {text!r}; for example --set epochs=10.")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    source = f"--set {text}"
+    if key not in FIELDS:
+        _unknown_key(key, source)
+    tp = _field_type(key)
+    try:
+        if tp is bool:
+            lowered = raw.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            value = lowered in ("true", "1", "yes")
+        elif tp is int:
+            value = int(raw)
+        elif tp is float:
+            value = float(raw)
+        else:
+            value = raw
+    except ValueError:
+        raise ConfigError(
+            f"--set {key}={raw!r}: {key} must be {_type_name(tp)} "
+            f"(default {FIELDS[key].default!r}); for example --set {key}="
+            f"{_toml_value(FIELDS[key].default)}.") from None
+    return key, value
+
+
+def validate(config):
+    """Raises ConfigError naming the key and value of the first bad setting."""
+    for key, allowed in CHOICES.items():
+        value = getattr(config, key)
+        if value not in allowed:
+            raise ConfigError(
+                f"config key {key!r} has value {value!r}; allowed values: "
+                f"{', '.join(allowed)}.")
+    for key, (low, high) in BOUNDS.items():
+        value = getattr(config, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}.")
+        if value < low or (high is not None and value > high):
+            allowed = f">= {low}" if high is None else f"between {low} and {high}"
+            raise ConfigError(
+                f"config key {key!r} has value {value!r}; it must be {allowed}.")
+    if config.crop_scale_min > config.crop_scale_max:
+        raise ConfigError(
+            f"crop_scale_min {config.crop_scale_min!r} is above crop_scale_max "
+            f"{config.crop_scale_max!r}; the paper uses 0.75 and 1.0.")
+    if config.lr_max <= 0:
+        raise ConfigError(f"config key 'lr_max' must be > 0, got {config.lr_max!r}.")
+    if not config.name or "/" in config.name or config.name.startswith("."):
+        raise ConfigError(
+            f"config key 'name' must be a plain file-name-safe word, got {config.name!r}.")
+    try:
+        architecture.check_architecture(
+            config.width, config.depth, config.patch_size, config.kernel_size,
+            config.activation, config.skip_period,
+            (config.image_size, config.image_size, 3), config.num_classes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return config
+
+
+def merge(base, changes, source="the overrides"):
+    """A validated copy of ``base`` with ``changes`` (a mapping) applied."""
+    typed = {key: coerce(key, value, source) for key, value in changes.items()}
+    return validate(dataclasses.replace(base, **typed))
+
+
+def resolve_path(name_or_path):
+    """A config file path from a path or a name in configs/ (``smoke`` -> configs/smoke.toml)."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    candidate = os.path.join(CONFIG_DIR, f"{name_or_path}.toml")
+    if os.path.isfile(candidate):
+        return candidate
+    names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".toml"))
+    raise ConfigError(
+        f"config file {name_or_path!r} not found. Give a path to a .toml file or one "
+        f"of the names in configs/: {', '.join(names)}.")
+
+
+def load(name_or_path, base=None):
+    """Reads a TOML config file (or a configs/ name) over ``base`` (default: the paper)."""
+    path = resolve_path(name_or_path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(
+            f"config file {path!r} is not valid TOML ({error}). Each line must read "
+            f"key = value, for example depth = 8.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path!r} cannot be read ({error}).") from None
+    if not data:
+        raise ConfigError(
+            f"config file {path!r} is empty: it holds no key = value lines. Add the "
+            f"settings that differ from the paper's recipe, e.g. name = \"my_run\".")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(
+                f"config file {path!r} has a [{key}] table; configs are flat "
+                f"key = value lines. Allowed keys: {', '.join(FIELDS)}.")
+    return merge(base or Config(), data, source=f"config file {path!r}")
+
+
+def from_dict(data, source="a saved config"):
+    """Rebuilds a Config from ``to_dict()`` output (e.g. a run folder's config.json)."""
+    return merge(Config(), data, source=source)
+
+
+def resolve(config_file=None, overrides=(), **flags):
+    """The CLI's view: defaults <- config file <- flags (not None) <- ``--set`` overrides."""
+    config = load(config_file) if config_file else Config()
+    changes = {key: value for key, value in flags.items() if value is not None}
+    for text in overrides:
+        key, value = parse_override(text)
+        changes[key] = value
+    return merge(config, changes, source="the command line")
+
+
+def variant_config(variant):
+    """The Config of a Table-1 variant (model fields and aug from VARIANTS)."""
+    if variant not in architecture.VARIANTS:
+        raise ConfigError(
+            f"unknown variant {variant!r}; choose one of {', '.join(architecture.VARIANTS)}.")
+    spec = architecture.VARIANTS[variant]
+    changes = {key: spec[key] for key in architecture.ARCH_KEYS}
+    changes.update(name=variant, aug=spec["aug"])
+    return merge(Config(), changes)
+
+
+__all__ = ["Config", "ConfigError", "load", "merge", "parse_override", "resolve",
+           "validate", "variant_config", "from_dict"]

@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints their message as one paragraph, no traceback."""
+
+
+class CmxlError(Exception):
+    """Base of every error caused by user input (a value, a file, a folder)."""
+
+
+class ConfigError(CmxlError, ValueError):
+    """A bad configuration value; the message names key, value and what is allowed."""
+
+
+class DataError(CmxlError):
+    """A dataset that is missing, unreadable or inconsistent; the message names the file."""
+
+
+class RunError(CmxlError):
+    """A run folder, checkpoint or exported model that cannot be used as asked."""

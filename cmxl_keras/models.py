@@ -1,0 +1,149 @@
+"""ConvMixer and ConvMixer-XL as Keras functional graphs.
+
+One builder, many variants (the style of keras.applications' convnext.py):
+``build_convmixer`` makes every model of the paper, and ``VARIANTS`` names the
+seven Table-1 models. Inside the model there are only built-in Keras layers,
+so a saved ``.keras`` file loads with no custom objects and the graph runs on
+any Keras backend (TensorFlow, JAX, PyTorch).
+
+Layout, per ../PAPER_NOTES (and the reference PyTorch code)::
+
+    stem:   Conv2D(h, p, stride p) -> act -> BN
+    layer:  x + BN(act(DepthwiseConv2D(k, "same")(x))) -> Conv2D(h, 1) -> act -> BN
+    head:   GlobalAveragePooling2D -> Dense(num_classes)        (logits)
+
+ConvMixer-XL wraps each of ``skip_period`` consecutive groups of
+``depth // skip_period`` layers in a long residual (``x + group(x)``).
+"""
+
+import math
+
+import keras
+from keras import layers
+
+from cmxl_keras.architecture import (  # noqa: F401  (re-exported: one place to import from)
+    ACTIVATIONS, ARCH_KEYS, CIFAR_MEAN, CIFAR_STD, VARIANTS, check_architecture, count_macs,
+    count_params)
+
+# PyTorch's BatchNorm2d defaults. PyTorch's momentum 0.1 weighs the *new* batch
+# statistic; Keras' momentum weighs the *old* moving value, so 0.1 there is 0.9
+# here. Keras' own defaults (0.99, 1e-3) would train a different model.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+def _activation(name, layer_name):
+    """One activation layer; names follow PyTorch's modules."""
+    name = name.lower()
+    if name == "gelu":
+        # nn.GELU() is the exact (erf) form, and so is keras.activations.gelu by
+        # default (approximate=False); tests/test_models.py pins this against erf.
+        return layers.Activation("gelu", name=layer_name)
+    if name in ("silu", "swish"):
+        return layers.Activation("silu", name=layer_name)
+    if name == "relu":
+        return layers.ReLU(name=layer_name)
+    # nn.LeakyReLU's default slope is 0.01; Keras' LeakyReLU defaults to 0.3.
+    return layers.LeakyReLU(negative_slope=0.01, name=layer_name)
+
+
+def _batch_norm(layer_name):
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=layer_name)
+
+
+def stem(x, width, patch_size, activation):
+    """Patch embedding: a strided convolution over non-overlapping patches."""
+    x = layers.Conv2D(width, patch_size, strides=patch_size, name="stem_conv")(x)
+    x = _activation(activation, "stem_act")(x)
+    return _batch_norm("stem_bn")(x)
+
+
+def mixer_layer(x, index, width, kernel_size, activation):
+    """One ConvMixer layer: residual depthwise (spatial) mix, then pointwise (channel) mix."""
+    prefix = f"layer_{index}"
+    y = layers.DepthwiseConv2D(kernel_size, padding="same", name=f"{prefix}_depthwise")(x)
+    y = _activation(activation, f"{prefix}_depthwise_act")(y)
+    y = _batch_norm(f"{prefix}_depthwise_bn")(y)
+    x = layers.Add(name=f"{prefix}_residual")([x, y])
+    x = layers.Conv2D(width, 1, name=f"{prefix}_pointwise")(x)
+    x = _activation(activation, f"{prefix}_pointwise_act")(x)
+    return _batch_norm(f"{prefix}_pointwise_bn")(x)
+
+
+def skip_group(x, group, first_index, num_layers, width, kernel_size, activation):
+    """ConvMixer-XL's inter-block residual: ``x + layers(x)`` over ``num_layers`` layers."""
+    y = x
+    for index in range(first_index, first_index + num_layers):
+        y = mixer_layer(y, index, width, kernel_size, activation)
+    return layers.Add(name=f"group_{group}_skip")([x, y])
+
+
+def head(x, num_classes):
+    """Global average pool and a linear classifier returning logits.
+
+    The logits are float32 even under a mixed-precision policy, so the softmax
+    and loss stay numerically stable.
+    """
+    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    return layers.Dense(num_classes, dtype="float32", name="head_logits")(x)
+
+
+def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes=10,
+                    activation="gelu", skip_period=0, input_shape=(32, 32, 3), name=None):
+    """Builds a ConvMixer (``skip_period=0``) or ConvMixer-XL graph.
+
+    Args:
+        width: channels ``h`` of every layer.
+        depth: number of ConvMixer layers.
+        patch_size: stem patch size ``p`` (kernel and stride).
+        kernel_size: depthwise kernel size ``k``.
+        num_classes: logits returned by the head.
+        activation: one of ``ACTIVATIONS``.
+        skip_period: number of equal groups wrapped in a long residual; 0 for none.
+            ``depth`` must be divisible by it.
+        input_shape: ``(size, size, 3)``; ``size`` divisible by ``patch_size``.
+        name: model name; defaults to ``convmixer_{width}_{depth}``.
+
+    Returns:
+        A ``keras.Model`` mapping raw images (uint8 or float in [0, 255]) to logits.
+        Pixel normalization with the paper's mean/std happens inside the model.
+
+    Raises:
+        ValueError: an invalid hyper-parameter, quoting the value.
+    """
+    input_shape = tuple(input_shape)
+    check_architecture(width, depth, patch_size, kernel_size, activation, skip_period,
+                       input_shape, num_classes)
+    inputs = keras.Input(shape=input_shape, name="image")
+    # Normalize raw [0, 255] pixels inside the model (the reference's ToTensor +
+    # Normalize), so exported models take raw images. No trainable weights.
+    x = layers.Normalization(
+        mean=[255.0 * m for m in CIFAR_MEAN],
+        variance=[(255.0 * s) ** 2 for s in CIFAR_STD],
+        name="normalize")(inputs)
+    x = stem(x, width, patch_size, activation)
+    if skip_period:
+        per_group = depth // skip_period
+        for group in range(skip_period):
+            x = skip_group(x, group + 1, group * per_group + 1, per_group,
+                           width, kernel_size, activation)
+    else:
+        for index in range(1, depth + 1):
+            x = mixer_layer(x, index, width, kernel_size, activation)
+    outputs = head(x, num_classes)
+    return keras.Model(inputs, outputs, name=name or f"convmixer_{width}_{depth}")
+
+
+def build_variant(variant, num_classes=10, input_shape=(32, 32, 3), **overrides):
+    """Builds one of ``VARIANTS`` by name, with optional builder-argument overrides."""
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    kwargs = {key: VARIANTS[variant][key] for key in ARCH_KEYS}
+    kwargs.update(overrides)
+    return build_convmixer(num_classes=num_classes, input_shape=input_shape,
+                           name=variant, **kwargs)
+
+
+def trainable_param_count(model):
+    """Number of trainable scalars of a built model."""
+    return int(sum(math.prod(w.shape) for w in model.trainable_weights))

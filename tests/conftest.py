@@ -1,0 +1,34 @@
+"""Shared test helpers: the CLI as a subprocess, small models, real data on demand."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, ROOT)
+
+
+def run_cli(*args, env=None, timeout=600, cwd=None):
+    """Runs ``python cli.py ARGS`` for real and returns the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "cli.py"), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT)
+
+
+def random_images(n, size=32, seed=0):
+    """Raw uint8 RGB images, never all-zero."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def tiny_kwargs():
+    """Builder arguments of a small ConvMixer-XL (long skips on) for fast tests."""
+    return dict(width=16, depth=4, patch_size=4, kernel_size=3, activation="gelu",
+                skip_period=2)

@@ -1,0 +1,53 @@
+"""The command line, run for real as a subprocess."""
+
+import tomllib
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_info_prints_cm_xl_parameter_count():
+    result = run_cli("info", "--variant", "cm_xl")
+    assert result.returncode == 0, result.stderr
+    assert "trainable parameters: 4,855,562" in result.stdout
+    assert "3 long skips of 22 layers" in result.stdout
+
+
+def test_info_for_a_config_file_and_summary():
+    result = run_cli("info", "--config", "cm_vanilla", "--summary")
+    assert result.returncode == 0, result.stderr
+    assert "trainable parameters: 594,186" in result.stdout
+    assert "layer_8_pointwise_bn" in result.stdout
+
+
+def test_train_flags_map_onto_the_config():
+    result = run_cli("train", "--depth", "66", "--skip-period", "3", "--act", "swish",
+                     "--dry-run")
+    assert result.returncode == 0, result.stderr
+    resolved = tomllib.loads(result.stdout)
+    assert (resolved["depth"], resolved["skip_period"], resolved["activation"]) == (66, 3, "swish")
+    assert resolved["width"] == 256 and resolved["epochs"] == 100
+
+
+def test_train_set_overrides_flags_and_file():
+    result = run_cli("train", "--config", "smoke", "--epochs", "3", "--set", "epochs=4",
+                     "--set", "lr_max=0.01", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    resolved = tomllib.loads(result.stdout)
+    assert resolved["epochs"] == 4 and resolved["lr_max"] == 0.01 and resolved["width"] == 32
+
+
+@pytest.mark.parametrize("args,quoted", [
+    (["train", "--depth", "65", "--skip-period", "3"], "depth 65 is not divisible"),
+    (["train", "--act", "tanh"], "'activation' has value 'tanh'"),
+    (["train", "--set", "epochs=ten"], "epochs='ten'"),
+    (["train", "--depth", "eight"], "'eight' is not a valid integer"),
+    (["info", "--variant", "cm_xxl"], "unknown variant 'cm_xxl'"),
+    (["train", "--bogus"], "No such option '--bogus'"),
+])
+def test_bad_input_is_a_clear_error_without_traceback(args, quoted):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert quoted in result.stderr
+    assert "Traceback" not in result.stderr

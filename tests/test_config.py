@@ -1,0 +1,129 @@
+"""Config: defaults are the paper's recipe, files and overrides merge, errors quote values."""
+
+import dataclasses
+import os
+
+import pytest
+
+from cmxl_keras import architecture, config
+from cmxl_keras.config import Config, ConfigError
+
+
+def test_defaults_are_the_paper_recipe():
+    c = Config()
+    assert (c.width, c.depth, c.patch_size, c.kernel_size) == (256, 8, 2, 5)
+    assert (c.activation, c.skip_period) == ("gelu", 0)
+    assert (c.epochs, c.batch_size, c.lr_max, c.weight_decay) == (100, 128, 0.005, 0.01)
+    assert c.adam_epsilon == 1e-8 and c.clip_norm == 0.0 and c.label_smoothing == 0.0
+    assert (c.crop_scale_min, c.crop_scale_max, c.flip) == (0.75, 1.0, True)
+    assert (c.randaugment_ops, c.randaugment_magnitude) == (2, 12)
+    assert (c.jitter_brightness, c.jitter_contrast, c.jitter_saturation) == (0.2, 0.2, 0.2)
+    assert c.erase_prob == 0.2 and c.cutmix_prob == 0.0 and c.mixup_prob == 0.0
+    assert c.seed == 1024 and c.val_size == 5000 and c.aug == "paper"
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().depth = 4
+
+
+@pytest.mark.parametrize("variant", list(architecture.VARIANTS))
+def test_each_table1_file_matches_its_variant(variant):
+    loaded = config.load(variant)
+    assert loaded == config.variant_config(variant)
+    # The files hold only what differs from the paper's recipe.
+    with open(config.resolve_path(variant)) as f:
+        keys = [line.split("=")[0].strip() for line in f
+                if "=" in line and not line.startswith("#")]
+    defaults = Config()
+    assert all(getattr(loaded, k) != getattr(defaults, k) or k == "name" for k in keys)
+
+
+def test_smoke_config_is_small():
+    smoke = config.load("smoke")
+    assert smoke.width <= 64 and smoke.epochs <= 3 and smoke.limit_train <= 512
+    assert smoke.skip_period > 0  # exercises the long skips
+
+
+def test_round_trip_through_toml_and_dict(tmp_path):
+    original = Config().replace(name="rt", depth=66, skip_period=3, activation="silu",
+                                lr_max=0.001, flip=False, data_dir="/x y/z")
+    path = tmp_path / "c.toml"
+    path.write_text(original.to_toml())
+    assert config.load(str(path)) == original
+    assert config.from_dict(original.to_dict()) == original
+
+
+def test_precedence_file_then_flags_then_set(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('depth = 66\nskip_period = 3\nepochs = 5\n')
+    c = config.resolve(str(path), ["epochs=7", "activation=swish"], depth=None, epochs=6)
+    assert (c.depth, c.skip_period, c.epochs, c.activation) == (66, 3, 7, "swish")
+
+
+def test_parse_override_types():
+    assert config.parse_override("epochs=3") == ("epochs", 3)
+    assert config.parse_override("lr_max=1e-3") == ("lr_max", 0.001)
+    assert config.parse_override("flip=false") == ("flip", False)
+    assert config.parse_override("name = abc") == ("name", "abc")
+
+
+@pytest.mark.parametrize("changes,quoted", [
+    (dict(depth=0), "depth must be an integer >= 1, got 0"),
+    (dict(depth=65, skip_period=3), "depth 65 is not divisible by skip_period 3"),
+    (dict(activation="tanh"), "'activation' has value 'tanh'"),
+    (dict(aug="heavy"), "'aug' has value 'heavy'; allowed values: paper, none"),
+    (dict(precision="fp8"), "'precision' has value 'fp8'"),
+    (dict(erase_prob=1.5), "'erase_prob' has value 1.5; it must be between 0.0 and 1.0"),
+    (dict(randaugment_magnitude=31), "'randaugment_magnitude' has value 31"),
+    (dict(epochs=0), "'epochs' has value 0; it must be >= 1"),
+    (dict(lr_max=0.0), "'lr_max' must be > 0, got 0.0"),
+    (dict(crop_scale_min=0.9, crop_scale_max=0.8), "crop_scale_min 0.9 is above"),
+    (dict(patch_size=3), "image size 32 is not divisible by patch_size 3"),
+    (dict(depth="8"), "'depth' in the overrides must be an integer, got '8'"),
+    (dict(epochs=True), "'epochs' in the overrides must be an integer, got True"),
+    (dict(flip=1), "'flip' in the overrides must be true or false, got 1"),
+    (dict(lr_max=float("nan")), "'lr_max' must be a finite number"),
+    (dict(name="../up"), "'name' must be a plain file-name-safe word"),
+    (dict(dept=8), "unknown config key 'dept' in the overrides. Did you mean 'depth'?"),
+])
+def test_bad_values_are_errors_quoting_key_and_value(changes, quoted):
+    with pytest.raises(ConfigError) as info:
+        Config().replace(**changes)
+    assert quoted in str(info.value)
+
+
+@pytest.mark.parametrize("text,quoted", [
+    ("depth = [1, 2", "is not valid TOML"),
+    ("", "is empty"),
+    ("# only a comment\n", "is empty"),
+    ("widht = 3\n", "unknown config key 'widht'"),
+    ("depth = \"eight\"\n", "'depth' in config file"),
+    ("[model]\ndepth = 8\n", "has a [model] table"),
+])
+def test_bad_files(tmp_path, text, quoted):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path))
+    assert quoted in str(info.value)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("text,quoted", [
+    ("epochs", "--set expects key=value, got 'epochs'"),
+    ("epochs=ten", "--set epochs='ten': epochs must be an integer"),
+    ("flip=maybe", "flip must be true or false"),
+    ("nope=1", "unknown config key 'nope' in --set nope=1"),
+])
+def test_bad_overrides(text, quoted):
+    with pytest.raises(ConfigError) as info:
+        config.parse_override(text)
+    assert quoted in str(info.value)
+
+
+def test_missing_file_lists_known_names():
+    with pytest.raises(ConfigError) as info:
+        config.load("no_such_config")
+    assert "'no_such_config' not found" in str(info.value)
+    assert "cm_xl" in str(info.value) and "smoke" in str(info.value)

@@ -1,0 +1,189 @@
+"""Model builder: shapes, exact parameter counts, layer semantics, save/load, gradients."""
+
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmxl_keras import models
+from conftest import ROOT, random_images
+
+PAPER_COUNTS = {"cm_vanilla": 594_186, "cm_xl": 4_855_562}
+
+
+@pytest.mark.parametrize("variant", list(models.VARIANTS))
+def test_every_variant_builds_and_returns_logits(variant):
+    model = models.build_variant(variant)
+    out = model(random_images(2))
+    assert tuple(out.shape) == (2, 10)
+    assert out.dtype == "float32"
+    assert np.all(np.isfinite(np.asarray(out)))
+    spec = models.VARIANTS[variant]
+    expected = PAPER_COUNTS["cm_xl" if spec["depth"] == 66 else "cm_vanilla"]
+    assert models.trainable_param_count(model) == expected
+
+
+def test_closed_form_counts_match_paper():
+    assert models.count_params(256, 8, 2, 5) == 594_186
+    assert models.count_params(256, 66, 2, 5) == 4_855_562
+    assert models.count_params(256, 8, 2, 5, num_classes=100) == 594_186 + 256 * 90 + 90
+
+
+def test_layers_are_named_by_position_and_long_skips_are_add():
+    model = models.build_variant("cm_xl")
+    names = {layer.name for layer in model.layers}
+    for expected in ("stem_conv", "layer_1_depthwise", "layer_12_depthwise",
+                     "layer_66_pointwise_bn", "head_logits", "normalize"):
+        assert expected in names
+    skips = [model.get_layer(f"group_{g}_skip") for g in (1, 2, 3)]
+    assert all(isinstance(layer, keras.layers.Add) for layer in skips)
+    # group 2's skip adds the output of layer 22 (end of group 1's skip) to layer 44's.
+    inputs = [t._keras_history.operation.name for t in skips[1].input]
+    assert inputs == ["group_1_skip", "layer_44_pointwise_bn"]
+    # No long skips at all without skip_period.
+    noskip = models.build_variant("cm_xl_noskip")
+    assert not [l for l in noskip.layers if l.name.startswith("group_")]
+
+
+def test_mixer_layer_matches_the_paper_formula():
+    """Recompute one layer by hand: x + BN(act(dw(x))) -> 1x1 -> act -> BN (inference mode)."""
+    model = models.build_convmixer(width=8, depth=1, patch_size=4, kernel_size=3,
+                                   activation="relu")
+    rng = np.random.default_rng(1)
+    for weight in model.weights:  # non-trivial BN statistics and affine parameters
+        shape = tuple(weight.shape)
+        value = rng.uniform(0.5, 1.5, shape) if "variance" in weight.path else rng.normal(0, 0.5, shape)
+        weight.assign(value.astype("float32"))
+    x = random_images(2).astype("float32")
+    stem_out = keras.Model(model.input, model.get_layer("stem_bn").output)(x)
+    got = keras.Model(model.input, model.get_layer("layer_1_pointwise_bn").output)(x)
+
+    def bn(name, v):
+        layer = model.get_layer(name)
+        gamma, beta, mean, var = (np.asarray(w) for w in layer.weights)
+        return gamma * (v - mean) / np.sqrt(var + 1e-5) + beta
+
+    relu = lambda v: np.maximum(v, 0)
+    s = np.asarray(stem_out)
+    dw = np.asarray(model.get_layer("layer_1_depthwise")(stem_out))
+    y = s + bn("layer_1_depthwise_bn", relu(dw))
+    pw = np.asarray(model.get_layer("layer_1_pointwise")(y))
+    want = bn("layer_1_pointwise_bn", relu(pw))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_uses_pytorch_momentum_and_epsilon():
+    model = models.build_variant("cm_vanilla")
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(bns) == 1 + 2 * 8
+    assert {(l.momentum, l.epsilon) for l in bns} == {(0.9, 1e-5)}
+
+
+def test_gelu_is_exact_erf_form_and_swish_is_silu():
+    x = np.linspace(-4, 4, 101).astype("float32")
+    exact = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    gelu = models._activation("gelu", "g")(x)
+    np.testing.assert_allclose(np.asarray(gelu), exact, atol=1e-6)
+    silu = np.asarray(models._activation("silu", "s")(x))
+    swish = np.asarray(models._activation("swish", "w")(x))
+    np.testing.assert_allclose(silu, x / (1 + np.exp(-x)), atol=1e-6)
+    np.testing.assert_array_equal(silu, swish)
+    leaky = np.asarray(models._activation("leaky_relu", "l")(x))
+    np.testing.assert_allclose(leaky, np.where(x > 0, x, 0.01 * x), atol=1e-7)
+
+
+def test_normalizes_raw_pixels_inside_and_accepts_uint8(tiny_kwargs):
+    model = models.build_convmixer(**tiny_kwargs)
+    images = random_images(3)
+    normalize = keras.Model(model.input, model.get_layer("normalize").output)
+    got = np.asarray(normalize(images.astype("float32")))
+    mean = np.array(models.CIFAR_MEAN) * 255
+    std = np.array(models.CIFAR_STD) * 255
+    np.testing.assert_allclose(got, (images - mean) / std, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(model(images)),
+                               np.asarray(model(images.astype("float32"))), atol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes,size,patch", [(100, 32, 2), (10, 64, 4), (10, 24, 3)])
+def test_other_class_counts_and_square_sizes(num_classes, size, patch):
+    model = models.build_convmixer(width=16, depth=2, patch_size=patch, kernel_size=3,
+                                   num_classes=num_classes, input_shape=(size, size, 3))
+    assert tuple(model(random_images(2, size=size)).shape) == (2, num_classes)
+
+
+@pytest.mark.parametrize("kwargs,quoted", [
+    (dict(depth=8, skip_period=3), "depth 8 is not divisible by skip_period 3"),
+    (dict(width=0), "width must be an integer >= 1, got 0"),
+    (dict(depth=-1), "depth must be an integer >= 1, got -1"),
+    (dict(depth=2.5), "depth must be an integer >= 1, got 2.5"),
+    (dict(patch_size=0), "patch_size must be an integer >= 1, got 0"),
+    (dict(kernel_size=0), "kernel_size must be an integer >= 1, got 0"),
+    (dict(patch_size=5), "image size 32 is not divisible by patch_size 5"),
+    (dict(activation="tanh"), "activation 'tanh' is not supported"),
+    (dict(input_shape=(32, 30, 3)), "images must be square"),
+    (dict(num_classes=1), "num_classes must be an integer >= 2, got 1"),
+])
+def test_invalid_hyper_parameters_raise_value_error_quoting_the_value(kwargs, quoted):
+    with pytest.raises(ValueError) as info:
+        models.build_convmixer(**kwargs)
+    assert quoted in str(info.value)
+
+
+def test_keras_save_load_gives_identical_outputs(tmp_path, tiny_kwargs):
+    model = models.build_convmixer(**tiny_kwargs)
+    images = random_images(4)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(images, np.arange(4) % 10, epochs=1, verbose=0)  # move BN statistics off init
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # no custom objects needed
+    np.testing.assert_array_equal(np.asarray(model(images)), np.asarray(loaded(images)))
+    assert [l.name for l in loaded.layers] == [l.name for l in model.layers]
+
+
+def _assert_all_gradients_finite_and_nonzero(model):
+    images = random_images(4)
+    labels = np.array([0, 1, 2, 3])
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        loss = tf.reduce_mean(loss)
+    grads = tape.gradient(loss, model.trainable_weights)
+    for weight, grad in zip(model.trainable_weights, grads):
+        assert grad is not None, weight.path
+        grad = np.asarray(grad)
+        assert np.all(np.isfinite(grad)), weight.path
+        assert np.any(grad != 0), weight.path
+
+
+def test_every_trainable_weight_gets_a_gradient_cm_vanilla():
+    _assert_all_gradients_finite_and_nonzero(models.build_variant("cm_vanilla"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["cm_xl_noskip", "cm_xl"])
+def test_every_trainable_weight_gets_a_gradient_cm_xl(variant):
+    _assert_all_gradients_finite_and_nonzero(models.build_variant(variant))
+
+
+def test_model_builds_and_runs_under_jax_backend():
+    """The same builder under KERAS_BACKEND=jax, in a fresh interpreter."""
+    code = (
+        "import numpy as np, keras\n"
+        "from cmxl_keras import models\n"
+        "assert keras.backend.backend() == 'jax'\n"
+        "m = models.build_variant('cm_vanilla')\n"
+        "x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype('uint8')\n"
+        "y = np.asarray(m(x))\n"
+        "assert y.shape == (2, 10) and np.isfinite(y).all()\n"
+        "print(models.trainable_param_count(m))\n")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "594186"

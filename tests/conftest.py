@@ -32,3 +32,20 @@ def tiny_kwargs():
     """Builder arguments of a small ConvMixer-XL (long skips on) for fast tests."""
     return dict(width=16, depth=4, patch_size=4, kernel_size=3, activation="gelu",
                 skip_period=2)
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory):
+    """The shipped CIFAR-10 training images in all three official on-disk layouts.
+
+    Made once per test session by ../shared/data/prepare_cifar10.py (limited to 2,000
+    images to keep it quick); CMXL_DATA_CACHE names a folder to reuse across sessions.
+    """
+    cache = os.environ.get("CMXL_DATA_CACHE")
+    out = cache or str(tmp_path_factory.mktemp("cifar10"))
+    if not os.path.isdir(os.path.join(out, "cifar-10-batches-py")):
+        script = os.path.join(SHARED_DATA, "prepare_cifar10.py")
+        assert os.path.isfile(script), f"shipped data missing: {script}"
+        subprocess.run([sys.executable, script, out, "--python", "--folder", "--limit", "2000"],
+                       check=True, capture_output=True, timeout=600)
+    return out

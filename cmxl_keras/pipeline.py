@@ -1,0 +1,38 @@
+"""tf.data input pipelines over decoded arrays: shuffle, augment in parallel, batch, prefetch.
+
+The arrays are decoded once (``data.py``) and held in memory, so there is nothing to
+cache: ``from_tensor_slices`` hands out slices of the decoded arrays. Augmentation runs
+after ``batch`` because keras-cv's layers vectorize over a batch while drawing per image.
+"""
+
+from cmxl_keras.augment import AugmentSpec, build_tf_augmenter
+
+
+def _to_float(images, labels):
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32), labels
+
+
+def train_dataset(split, batch_size, spec: AugmentSpec, seed=0, deterministic=False,
+                  repeat=False):
+    """Shuffled, augmented batches of ``(float32 images in [0, 255], labels)``."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    # drop_remainder=False as PyTorch's DataLoader default: every image is seen each epoch.
+    ds = ds.batch(batch_size)
+    augment = _to_float if spec.is_identity else build_tf_augmenter(spec, seed=seed)
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(split, batch_size):
+    """Batches of the untouched images (normalization happens inside the model)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).batch(batch_size)
+    return ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,171 @@
+"""Augmentation behaviour, Keras-style, and the mapping onto torchvision's parameters."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cmxl_keras import augment, pipeline
+from cmxl_keras.augment import AugmentSpec
+from cmxl_keras.config import Config
+from cmxl_keras.data import Split
+from conftest import random_images
+
+OFF = dict(crop_scale=None, flip=False, randaugment_ops=0, jitter=(0.0, 0.0, 0.0),
+           erase_prob=0.0)
+
+
+def _run(spec, images, labels=None, seed=0):
+    tf.random.set_seed(seed)
+    labels = np.zeros(len(images), np.int32) if labels is None else labels
+    out, out_labels = augment.build_tf_augmenter(spec, seed=None)(tf.constant(images),
+                                                                  tf.constant(labels))
+    return np.asarray(out), np.asarray(out_labels)
+
+
+def test_paper_pipeline_keeps_shape_dtype_and_range():
+    out, labels = _run(AugmentSpec(), random_images(64))
+    assert out.shape == (64, 32, 32, 3) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    np.testing.assert_array_equal(labels, np.zeros(64))
+
+
+def test_everything_off_is_identity_and_aug_none_is_off():
+    spec = AugmentSpec.from_config(Config(aug="none"))
+    assert spec.is_identity and spec.describe() == "none"
+    images = random_images(8)
+    out, _ = _run(AugmentSpec(**OFF), images)
+    np.testing.assert_array_equal(out, images.astype(np.float32))
+
+
+def test_probability_zero_stages_are_identity():
+    images = random_images(256).astype(np.float32)
+    erased, mask = augment.random_erasing(tf.constant(images), 0.0)
+    np.testing.assert_array_equal(np.asarray(erased), images)
+    assert float(tf.reduce_sum(mask)) == 0.0
+    jittered = augment.color_jitter(tf.constant(images), 0.0, 0.0, 0.0)
+    np.testing.assert_allclose(np.asarray(jittered), images, atol=1e-3)
+
+
+def test_images_in_a_batch_get_different_draws():
+    same = np.repeat(random_images(1), 32, axis=0)
+    out, _ = _run(AugmentSpec(), same)
+    distinct = {o.round(1).tobytes() for o in out}
+    assert len(distinct) >= 30
+
+
+def test_eval_pipeline_is_untouched():
+    images = random_images(10)
+    batches = list(pipeline.eval_dataset(Split(images, np.arange(10, dtype=np.int32)), 4))
+    got = np.concatenate([np.asarray(x) for x, _ in batches])
+    np.testing.assert_array_equal(got, images.astype(np.float32))
+
+
+def test_train_pipeline_is_deterministic_for_a_seed_in_deterministic_mode():
+    split = Split(random_images(64), np.arange(64, dtype=np.int32) % 10)
+    spec = AugmentSpec(**dict(OFF, flip=True))
+    first = [np.asarray(y) for _, y in pipeline.train_dataset(split, 16, spec, seed=5,
+                                                               deterministic=True)]
+    again = [np.asarray(y) for _, y in pipeline.train_dataset(split, 16, spec, seed=5,
+                                                               deterministic=True)]
+    np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
+    assert sorted(np.concatenate(first)) == sorted(split.labels)  # every image once
+
+
+def _torchvision_erasing_reference(n, rng, height=32, width=32):
+    """torchvision.transforms.RandomErasing.get_params, in numpy: the erased area fractions."""
+    fractions = []
+    for _ in range(n):
+        for _ in range(augment.ERASE_TRIES):
+            area = height * width * rng.uniform(*augment.ERASE_AREA)
+            ratio = math.exp(rng.uniform(math.log(augment.ERASE_ASPECT[0]),
+                                         math.log(augment.ERASE_ASPECT[1])))
+            h = int(round(math.sqrt(area * ratio)))
+            w = int(round(math.sqrt(area / ratio)))
+            if h < height and w < width:
+                fractions.append(h * w / (height * width))
+                break
+    return np.array(fractions)
+
+
+def test_random_erasing_matches_torchvision_rate_and_area():
+    tf.random.set_seed(0)
+    n = 20000
+    images = tf.fill([n, 32, 32, 3], 7.0)
+    out, mask = augment.random_erasing(images, 0.2)
+    area = np.asarray(tf.reduce_mean(mask, axis=[1, 2, 3]))
+    erased = area > 0
+    assert abs(erased.mean() - 0.2) < 0.012
+    reference = _torchvision_erasing_reference(20000, np.random.default_rng(0))
+    assert abs(area[erased].mean() - reference.mean()) < 0.006
+    # Rounded box sides take the area slightly past 0.02..0.33, as in torchvision.
+    assert area[erased].min() >= reference.min() - 0.005
+    assert area[erased].max() <= reference.max() + 0.005
+    # Filled with the mean colour: 0 after the model's normalization, as torchvision's value=0.
+    filled = np.asarray(out)[erased][np.asarray(mask)[erased][..., 0] > 0]
+    np.testing.assert_allclose(filled[0], [255 * m for m in augment.CIFAR_MEAN], rtol=1e-6)
+
+
+def test_crop_scale_bounds():
+    # A horizontal ramp: the span of values left after the crop is the crop's width
+    # fraction, and with ratio 1 its square is the crop's area fraction.
+    ramp = np.tile(np.linspace(0, 255, 32, dtype=np.float32)[None, :, None], (32, 1, 3))
+    images = np.repeat(ramp[None], 1000, axis=0)
+    spec = AugmentSpec(**dict(OFF, crop_scale=(0.75, 1.0)))
+    out, _ = _run(spec, images)
+    # crop_and_resize samples the box's edges at x1*(W-1) and x2*(W-1), so the value span
+    # of the 0..255 ramp over the output row is the width fraction times 255.
+    width_fraction = (out[:, 16, -1, 0] - out[:, 16, 0, 0]) / 255
+    area = width_fraction ** 2
+    assert area.min() >= 0.75 - 0.05 and area.max() <= 1.0 + 1e-3
+    assert area.min() < 0.8 and area.max() > 0.95  # the whole range is drawn
+    assert abs(np.mean(area) - 0.875) < 0.03
+
+
+def test_flip_rate_is_one_half():
+    ramp = np.tile(np.arange(32, dtype=np.float32)[None, :, None], (32, 1, 3))
+    out, _ = _run(AugmentSpec(**dict(OFF, flip=True)), np.repeat(ramp[None], 2000, axis=0))
+    flipped = out[:, 0, 0, 0] == 31
+    assert abs(flipped.mean() - 0.5) < 0.04
+    np.testing.assert_array_equal(out[flipped][:, :, ::-1], out[~flipped][:1].repeat(
+        flipped.sum(), axis=0))
+
+
+def test_color_jitter_factors_follow_torchvision():
+    gray = np.full((4000, 32, 32, 3), 100.0, np.float32)
+    tf.random.set_seed(1)
+    bright = np.asarray(augment.color_jitter(tf.constant(gray), 0.2, 0.0, 0.0))
+    factor = bright[:, 0, 0, 0] / 100.0
+    assert factor.min() >= 0.8 - 1e-4 and factor.max() <= 1.2 + 1e-4
+    assert factor.min() < 0.81 and factor.max() > 1.19
+    # Saturation of a gray image and contrast of a flat image change nothing.
+    flat = np.asarray(augment.color_jitter(tf.constant(gray[:16]), 0.0, 0.2, 0.2))
+    np.testing.assert_allclose(flat, gray[:16], atol=1e-3)
+    # Contrast keeps the grayscale mean (the point it blends towards).
+    images = random_images(64).astype(np.float32) * 0.5 + 60
+    out = augment.color_jitter(tf.constant(images), 0.0, 0.2, 0.0)
+    before = np.asarray(augment._grayscale(tf.constant(images))).mean(axis=(1, 2, 3))
+    after = np.asarray(augment._grayscale(out)).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(after, before, rtol=1e-4)
+
+
+def test_randaugment_parameters_map_torchvision_magnitude():
+    spec = AugmentSpec()
+    assert spec.keras_cv_magnitude == pytest.approx(12 / 30)
+    layer = augment.keras_cv_stages(spec)[-1]
+    assert type(layer).__name__ == "RandAugment"
+    assert layer.augmentations_per_image == 2
+    assert layer.magnitude == pytest.approx(0.4) and layer.magnitude_stddev == 0.0
+    assert layer.rate == pytest.approx(13 / 14)
+    out, _ = _run(AugmentSpec(**dict(OFF, randaugment_ops=2)), random_images(200))
+    changed = np.any(np.abs(out - random_images(200)) > 1, axis=(1, 2, 3))
+    assert changed.mean() > 0.7
+
+
+def test_cutmix_and_mixup_yield_one_hot_mixed_labels():
+    spec = AugmentSpec(**dict(OFF, cutmix_prob=1.0, mixup_prob=1.0))
+    out, labels = _run(spec, random_images(16), np.arange(16, dtype=np.int32) % 10)
+    assert labels.shape == (16, 10)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+    assert np.any((labels > 0) & (labels < 1))  # mixed targets

@@ -1,0 +1,204 @@
+"""Datasets on disk: every official layout, the split protocol, and named errors for bad data."""
+
+import os
+import pickle
+import shutil
+import tarfile
+import time
+
+import numpy as np
+import pytest
+
+from cmxl_keras import data
+from cmxl_keras.config import Config
+from cmxl_keras.errors import DataError
+from conftest import random_images
+
+
+def _write_bin(path, images, labels):
+    planes = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+    np.concatenate([labels[:, None].astype(np.uint8), planes], 1).tofile(path)
+
+
+def _bin_dataset(root, n=50, test=0, seed=0):
+    folder = os.path.join(root, "cifar-10-batches-bin")
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(1, 6):
+        _write_bin(os.path.join(folder, f"data_batch_{i}.bin"), random_images(n, seed=i),
+                   rng.integers(0, 10, n))
+    if test:
+        _write_bin(os.path.join(folder, "test_batch.bin"), random_images(test, seed=9),
+                   rng.integers(0, 10, test))
+    return folder
+
+
+def test_all_three_layouts_read_the_same_images(cifar_dir):
+    reads = {sub: data.read_data_dir(os.path.join(cifar_dir, sub))
+             for sub in ("cifar-10-batches-bin", "cifar-10-batches-py", "images")}
+    binary, python, folder = reads.values()
+    assert binary.train.images.shape == (2000, 32, 32, 3) and binary.train.images.dtype == np.uint8
+    np.testing.assert_array_equal(binary.train.images, python.train.images)
+    np.testing.assert_array_equal(binary.train.labels, python.train.labels)
+    assert binary.class_names == python.class_names == folder.class_names == data.CIFAR10_CLASSES
+    # The folder tree is ordered by class, not by batch: compare as sorted multisets per class.
+    for label in range(10):
+        a = binary.train.images[binary.train.labels == label].reshape(-1, 3072)
+        b = folder.train.images[folder.train.labels == label].reshape(-1, 3072)
+        np.testing.assert_array_equal(np.unique(a, axis=0), np.unique(b, axis=0))
+    assert binary.test is None
+    assert "CIFAR-10 binary" in binary.description
+    assert "CIFAR-10 python" in python.description
+    assert "image folder" in folder.description
+
+
+def test_parent_folder_and_tar_gz_are_detected(cifar_dir, tmp_path):
+    parent = data.read_data_dir(cifar_dir)
+    assert parent.description.startswith("CIFAR-10 binary")
+    assert "also present" in parent.description
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(os.path.join(cifar_dir, "cifar-10-batches-py"), arcname="cifar-10-batches-py")
+    packed = data.read_data_dir(str(archive))
+    np.testing.assert_array_equal(packed.train.images, parent.train.images)
+    assert "CIFAR-10 python" in packed.description
+
+
+def test_cifar100_python_layout(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 40), ("test", 20)):
+        planes = random_images(n).transpose(0, 3, 1, 2).reshape(n, 3072)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": planes, b"fine_labels": list(np.arange(n) % 100)}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, f)
+    raw = data.read_data_dir(str(tmp_path))
+    assert len(raw.class_names) == 100 and len(raw.train) == 40 and len(raw.test) == 20
+
+
+def test_paper_split_protocol_uses_the_test_set(tmp_path):
+    _bin_dataset(str(tmp_path), n=20, test=30)
+    raw = data.read_data_dir(str(tmp_path))
+    splits = data.make_splits(raw, val_size=12, seed=1024)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (100, 12, 18)
+    assert splits.info["val_from"] == "test"
+    again = data.make_splits(raw, val_size=12, seed=1024)
+    np.testing.assert_array_equal(again.val.images, splits.val.images)
+    other = data.make_splits(raw, val_size=12, seed=7)
+    assert other.info["val_indices"] != splits.info["val_indices"]
+    # val and test halves are disjoint and together the whole test split
+    both = np.concatenate([splits.val.images, splits.test.images]).reshape(30, -1)
+    assert len(np.unique(both, axis=0)) == 30
+
+
+def test_val_from_train_is_carved_and_disjoint(cifar_dir):
+    raw = data.read_data_dir(cifar_dir)
+    logged = []
+    splits = data.make_splits(raw, val_from_train=300, limit_train=500, seed=3,
+                              log=logged.append)
+    assert (len(splits.train), len(splits.val), splits.test) == (500, 300, None)
+    train_rows = {r.tobytes() for r in splits.train.images.reshape(500, -1)}
+    assert not any(r.tobytes() in train_rows for r in splits.val.images.reshape(300, -1))
+    assert splits.info["train"] == 500 and splits.info["val_from"] == "train"
+    # No test split and no val_from_train: carve val_size from train, and say so.
+    splits = data.make_splits(raw, val_size=200, seed=3, log=logged.append)
+    assert len(splits.val) == 200 and "carving 200 validation images" in logged[-1]
+
+
+def test_load_splits_checks_class_count_and_size(cifar_dir):
+    cfg = Config(data_dir=cifar_dir, val_from_train=100, num_classes=100)
+    with pytest.raises(DataError, match="has 10 classes but the config says num_classes 100"):
+        data.load_splits(cfg, log=lambda m: None)
+
+
+@pytest.mark.parametrize("case,quoted", [
+    ("missing", "does not exist"),
+    ("empty", "no known dataset layout"),
+    ("unknown", "no known dataset layout"),
+    ("truncated", "is truncated or not a CIFAR-10 binary batch"),
+    ("partial", "lacks data_batch_3.bin: the dataset is partial"),
+    ("label", "holds label 12 at record 3"),
+    ("corrupt_png", "cannot be decoded"),
+    ("zero_byte", "the file is empty"),
+    ("empty_class", "holds no images"),
+    ("bad_pickle", "cannot be unpickled"),
+    ("not_tar", "not a readable .tar.gz archive"),
+])
+def test_bad_data_is_named(tmp_path, case, quoted):
+    root = tmp_path / "d"
+    root.mkdir()
+    target = str(root)
+    if case == "missing":
+        target = str(tmp_path / "nope")
+    elif case == "unknown":
+        (root / "readme.txt").write_text("hello")
+    elif case in ("truncated", "partial", "label"):
+        folder = _bin_dataset(target, n=10)
+        batch = os.path.join(folder, "data_batch_3.bin")
+        if case == "truncated":
+            with open(batch, "r+b") as f:
+                f.truncate(3073 * 5 + 100)
+        elif case == "partial":
+            os.remove(batch)
+        else:
+            raw = bytearray(open(batch, "rb").read())
+            raw[3 * 3073] = 12
+            open(batch, "wb").write(bytes(raw))
+    elif case in ("corrupt_png", "zero_byte", "empty_class"):
+        for cls in ("cat", "dog"):
+            (root / "train" / cls).mkdir(parents=True)
+            from PIL import Image
+            Image.fromarray(random_images(1)[0]).save(root / "train" / cls / "a.png")
+        if case == "corrupt_png":
+            (root / "train" / "dog" / "b.png").write_bytes(b"\x89PNG garbage")
+        elif case == "zero_byte":
+            (root / "train" / "dog" / "b.png").write_bytes(b"")
+        else:
+            (root / "train" / "bird").mkdir()
+    elif case == "bad_pickle":
+        shutil.copytree(_py_dir(tmp_path), root / "cifar-10-batches-py")
+        path = root / "cifar-10-batches-py" / "data_batch_2"
+        path.write_bytes(path.read_bytes()[:1000])
+    elif case == "not_tar":
+        target = str(root / "x.tar.gz")
+        open(target, "wb").write(b"not an archive")
+    with pytest.raises(DataError) as info:
+        data.read_data_dir(target)
+    message = str(info.value)
+    assert quoted in message
+    if case in ("corrupt_png", "zero_byte"):
+        assert "b.png" in message and "skip_corrupt" in message
+    if case == "truncated":
+        assert "data_batch_3.bin" in message
+
+
+def _py_dir(tmp_path):
+    folder = tmp_path / "py"
+    folder.mkdir()
+    for i in range(1, 6):
+        planes = random_images(4, seed=i).transpose(0, 3, 1, 2).reshape(4, 3072)
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"data": planes, b"labels": [1, 2, 3, 4]}, f)
+    return folder
+
+
+def test_skip_corrupt_drops_and_counts(tmp_path):
+    from PIL import Image
+    for cls in ("cat", "dog"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(random_images(1, seed=j)[0]).save(tmp_path / "train" / cls / f"{j}.png")
+    (tmp_path / "train" / "dog" / "bad.jpg").write_bytes(b"")
+    raw = data.read_data_dir(str(tmp_path), skip_corrupt=True)
+    assert raw.skipped == 1 and len(raw.train) == 6
+
+
+def test_tfds_without_network_fails_fast_with_data_dir_advice(tmp_path, monkeypatch):
+    # A closed local port stands in for the unreachable download hosts.
+    monkeypatch.setattr(data, "TFDS_HOSTS", (("127.0.0.1", 9),))
+    start = time.time()
+    with pytest.raises(DataError) as info:
+        data.read_tfds("cifar10", tfds_dir=str(tmp_path))
+    assert time.time() - start < 30
+    assert "no network" in str(info.value) and "--data-dir" in str(info.value)

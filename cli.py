@@ -43,6 +43,15 @@ def user_errors(command):
     return wrapper
 
 
+def _quiet_tensorflow():
+    """keras-cv's vectorized augmentations log a warning per op they cannot vectorize."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    tf.get_logger().setLevel("ERROR")
+
+
 def _set_backend(ctx, param, value):
     # The backend must be chosen before Keras is imported; commands import the
     # library lazily for that reason.
@@ -81,10 +90,10 @@ def model_options(command):
     return command
 
 
-def resolve_config(config_file, overrides, **flags):
+def resolve_config(config_file, overrides, base=None, **flags):
     from cmxl_keras import config
 
-    return config.resolve(config_file, overrides, **flags)
+    return config.resolve(config_file, overrides, base=base, **flags)
 
 
 @cli.command()
@@ -150,16 +159,45 @@ def _not_built(command_name, issue_hint):
 @click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch.")
 @click.option("--seed", type=int, help="Random seed (paper: 1024).")
 @click.option("--name", type=str, help="Run name (the run folder is runs/<name>-<time>).")
+@click.option("--precision", type=str, help="auto, float32, mixed_float16, mixed_bfloat16.")
+@click.option("--runs-dir", default="runs", show_default=True,
+              help="Parent folder of new run folders.")
+@click.option("--run-dir", type=str, help="Exact folder of this run (default runs/<name>-<time>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --run-dir.")
+@click.option("--resume", type=str, metavar="RUN_DIR",
+              help="Continue a run from its last checkpoint (its config, plus any overrides).")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and check the config, print it as TOML, and exit.")
 @user_errors
-def train(config_file, overrides, dry_run, **flags):
+def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume, **flags):
     """Train a model with the paper's recipe (model.fit, one-cycle, AdamW)."""
-    cfg = resolve_config(config_file, overrides, **flags)
+    base = None
+    if resume:
+        from cmxl_keras import config as config_lib, runs
+
+        saved = os.path.join(resume, "config.json")
+        if not os.path.isfile(saved):
+            from cmxl_keras.errors import RunError
+
+            raise RunError(
+                f"--resume {resume!r}: no run folder with a config.json there. Give a "
+                f"folder made by 'python cli.py train' (look under {runs_dir}/).")
+        base = config_lib.from_dict(runs.read_json(saved), source=saved)
+    cfg = resolve_config(config_file, overrides, base=base, **flags)
     if dry_run:
         click.echo(cfg.to_toml(), nl=False)
         return
-    _not_built("train", f"config {cfg.name!r} is valid; the training loop is the next step")
+    from cmxl_keras import train as train_lib
+
+    _quiet_tensorflow()
+    try:
+        train_lib.train(cfg, runs_dir=runs_dir, run_dir=run_dir, resume=resume,
+                        overwrite=overwrite, argv=["python"] + sys.argv)
+    except train_lib.TrainingInterrupted as error:
+        click.echo(str(error), err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _fail("interrupted before training started; nothing was trained.")
 
 
 @cli.command()

@@ -283,9 +283,9 @@ def from_dict(data, source="a saved config"):
     return merge(Config(), data, source=source)
 
 
-def resolve(config_file=None, overrides=(), **flags):
-    """The CLI's view: defaults <- config file <- flags (not None) <- ``--set`` overrides."""
-    config = load(config_file) if config_file else Config()
+def resolve(config_file=None, overrides=(), base=None, **flags):
+    """The CLI's view: base (defaults) <- config file <- flags (not None) <- ``--set``."""
+    config = load(config_file, base) if config_file else (base or Config())
     changes = {key: value for key, value in flags.items() if value is not None}
     for text in overrides:
         key, value = parse_override(text)

@@ -14,9 +14,23 @@ def _to_float(images, labels):
     return tf.cast(images, tf.float32), labels
 
 
+def _one_hot(num_classes):
+    import tensorflow as tf
+
+    def convert(images, labels):
+        if labels.shape.rank == 1:
+            labels = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
+        return images, labels
+
+    return convert
+
+
 def train_dataset(split, batch_size, spec: AugmentSpec, seed=0, deterministic=False,
-                  repeat=False):
-    """Shuffled, augmented batches of ``(float32 images in [0, 255], labels)``."""
+                  repeat=False, one_hot=False, num_classes=10):
+    """Shuffled, augmented batches of ``(float32 images in [0, 255], labels)``.
+
+    Labels are one-hot where ``one_hot`` (label smoothing) or the spec mixes images.
+    """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
@@ -27,12 +41,17 @@ def train_dataset(split, batch_size, spec: AugmentSpec, seed=0, deterministic=Fa
     ds = ds.batch(batch_size)
     augment = _to_float if spec.is_identity else build_tf_augmenter(spec, seed=seed)
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if one_hot:
+        ds = ds.map(_one_hot(num_classes))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(split, batch_size):
+def eval_dataset(split, batch_size, one_hot=False, num_classes=10):
     """Batches of the untouched images (normalization happens inside the model)."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).batch(batch_size)
-    return ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    if one_hot:
+        ds = ds.map(_one_hot(num_classes))
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,241 @@
+"""Callbacks of a training run: checkpoints and resume state, NaN and signal guards,
+per-epoch records, and TensorBoard extras (learning rate per step, images/s, hparams).
+
+Keras' BackupAndRestore is not used because it writes its weights and its metadata
+in place (a kill mid-write leaves a half-written file that it then loads), and it
+restarts an interrupted epoch from its first step. Here every write is atomic
+(``runs.atomic_path``), and the position of a checkpoint is the optimizer's own step
+count stored inside it, so weights and position can never disagree.
+"""
+
+import math
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+
+from cmxl_keras import runs
+
+
+class TrainState:
+    """What the callbacks share: why training stopped, and the epoch records."""
+
+    def __init__(self, steps_per_epoch, metrics=None, best=None):
+        self.steps_per_epoch = steps_per_epoch
+        self.stop_reason = None  # None, "diverged", or a signal name
+        self.diverged_at = None
+        self.metrics = list(metrics or [])
+        self.best = best  # best val_accuracy so far
+
+
+def _step(model):
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def current_lr(model):
+    """The learning rate of the next step (Keras evaluates the schedule at iterations)."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class Guard(keras.callbacks.Callback):
+    """Stops on a non-finite loss, and on SIGINT/SIGTERM after saving the current step."""
+
+    def __init__(self, state, checkpointer):
+        super().__init__()
+        self.state = state
+        self.checkpointer = checkpointer
+        self._previous = {}
+
+    def on_train_begin(self, logs=None):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def on_train_end(self, logs=None):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        if self.state.stop_reason is None:
+            self.state.stop_reason = signal.Signals(signum).name
+        self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.state.stop_reason = "diverged"
+            self.state.diverged_at = (_step(self.model) - 1) // self.state.steps_per_epoch, batch
+            self.model.stop_training = True
+        elif self.state.stop_reason not in (None, "diverged"):
+            # A signal arrived during this step: keep the finished steps, then stop.
+            self.checkpointer.save_last()
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Atomic ``last`` checkpoint every epoch (and every N steps), ``best`` by val accuracy.
+
+    It also keeps a ``good`` copy: the checkpoint this session started from, then each
+    finished epoch's. Steps just before a NaN often hold finite but already exploding
+    weights, so after a divergence ``rollback`` makes the good copy the one to resume.
+    """
+
+    def __init__(self, run_dir, state, every_steps=0):
+        super().__init__()
+        self.paths = runs.checkpoint_paths(run_dir)
+        folder = os.path.join(run_dir, "checkpoints")
+        self.last_weights = os.path.join(folder, "last.weights.h5")
+        self.good_weights = os.path.join(folder, "good.weights.h5")
+        self.state = state
+        self.every_steps = every_steps
+        self.good_state = None
+
+    def save_last(self):
+        step = _step(self.model)
+        with runs.atomic_path(self.last_weights) as tmp:
+            self.model.save_weights(tmp)
+        runs.write_json(self.paths["state"], {
+            "step": step, "epoch": step // self.state.steps_per_epoch,
+            "step_in_epoch": step % self.state.steps_per_epoch,
+            "steps_per_epoch": self.state.steps_per_epoch, "best_val_accuracy": self.state.best,
+            "weights": os.path.basename(self.last_weights)})
+
+    def _mark_good(self):
+        if os.path.exists(self.last_weights) and os.path.exists(self.paths["state"]):
+            runs.copy_atomic(self.last_weights, self.good_weights)
+            self.good_state = runs.read_json(self.paths["state"])
+
+    def on_train_begin(self, logs=None):
+        if self.good_state is None:
+            self._mark_good()
+
+    def rollback(self):
+        """Makes the last good checkpoint the one to resume; returns its state or None."""
+        if self.good_state is None:
+            for path in (self.last_weights, self.paths["state"]):
+                if os.path.exists(path):
+                    os.remove(path)
+            return None
+        runs.copy_atomic(self.good_weights, self.last_weights)
+        runs.write_json(self.paths["state"], self.good_state)
+        return self.good_state
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.every_steps and self.state.stop_reason is None
+                and _step(self.model) % self.every_steps == 0):
+            self.save_last()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.state.stop_reason is not None:
+            return  # an unfinished or diverged epoch is never saved as finished
+        logs = logs or {}
+        val = logs.get("val_accuracy")
+        if val is not None and (self.state.best is None or val > self.state.best):
+            self.state.best = float(val)
+            with runs.atomic_path(self.paths["best"]) as tmp:
+                self.model.save(tmp)
+        self.save_last()
+        self._mark_good()
+
+
+class EpochReport(keras.callbacks.Callback):
+    """Times each epoch, records it in metrics.json and prints one summary line."""
+
+    def __init__(self, run_dir, state, num_train, batch_size, epochs, log=print,
+                 writer=None):
+        super().__init__()
+        self.path = os.path.join(run_dir, "metrics.json")
+        self.state = state
+        self.num_train = num_train
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.log = log
+        self.writer = writer
+        self._start = self._train_end = None
+        self._first_step = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._train_end = None
+        self._first_step = _step(self.model)
+
+    def on_test_begin(self, logs=None):
+        if self._start is not None and self._train_end is None:
+            self._train_end = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.writer is not None:
+            self.writer.scalar("learning_rate", current_lr(self.model), _step(self.model))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.state.stop_reason is not None:
+            return
+        now = time.perf_counter()
+        train_seconds = (self._train_end or now) - self._start
+        steps = _step(self.model) - self._first_step
+        images = min(steps * self.batch_size, self.num_train * max(1, math.ceil(
+            steps / self.state.steps_per_epoch)))
+        entry = {"epoch": epoch + 1}
+        entry.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
+        entry.update(lr=current_lr(self.model), epoch_seconds=now - self._start,
+                     train_images_per_second=images / max(train_seconds, 1e-9),
+                     step=_step(self.model))
+        self.state.metrics = [m for m in self.state.metrics if m["epoch"] < epoch + 1]
+        self.state.metrics.append(entry)
+        runs.write_json(self.path, self.state.metrics)
+        if self.writer is not None:
+            self.writer.scalar("images_per_second", entry["train_images_per_second"], epoch + 1)
+            self.writer.scalar("epoch_seconds", entry["epoch_seconds"], epoch + 1)
+        val = (f" | val loss {entry['val_loss']:.4f} acc {entry['val_accuracy']:.4f} "
+               f"top5 {entry.get('val_top5', float('nan')):.4f}" if "val_loss" in entry else "")
+        self.log(f"epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f} "
+                 f"acc {entry['accuracy']:.4f}{val} | lr {entry['lr']:.2e} | "
+                 f"{entry['train_images_per_second']:.0f} img/s | {entry['epoch_seconds']:.1f} s")
+
+
+class SummaryWriter:
+    """TensorBoard scalars, images and hparams through tf.summary, where TensorFlow exists.
+
+    Keras' TensorBoard callback writes the epoch scalars (loss, accuracy, top-5, for
+    train and validation); this adds what it does not: the learning rate per step,
+    images/s, epoch time, the augmentation grid and the hyperparameters.
+    """
+
+    def __init__(self, log_dir):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
+        # HParams go to the run's root log folder: TensorBoard's HParams plugin treats
+        # that folder as one session and finds its metrics in train/ and validation/.
+        self.root_writer = tf.summary.create_file_writer(log_dir)
+
+    def scalar(self, name, value, step):
+        with self.writer.as_default():
+            self.tf.summary.scalar(name, value, step=step)
+
+    def image(self, name, grid, step=0):
+        with self.writer.as_default():
+            self.tf.summary.image(name, np.asarray(grid, np.uint8)[None], step=step)
+
+    def hparams(self, hparams):
+        from tensorboard.plugins.hparams import api as hp
+
+        with self.root_writer.as_default():
+            hp.hparams(hparams)
+
+    def flush(self):
+        self.writer.flush()
+        self.root_writer.flush()
+
+
+def make_summary_writer(log_dir, log=print):
+    try:
+        return SummaryWriter(log_dir)
+    except ImportError:
+        log("tensorboard: TensorFlow is not installed; only Keras' own logs are written.")
+        return None

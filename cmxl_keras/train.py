@@ -1,0 +1,316 @@
+"""Training: the paper's recipe through ``model.fit``, with a run folder and resume.
+
+Recipe (PAPER_NOTES.md): AdamW (lr_max 0.005, weight decay 0.01, PyTorch's epsilon
+1e-8), the one-cycle schedule updated every step, sparse categorical cross-entropy from
+logits, batch 128, 100 epochs; mixed precision on a GPU. ``train`` returns when the run
+is finished, stopped by a signal (after saving), or diverged (after keeping the last
+good checkpoint).
+"""
+
+import math
+import os
+import sys
+import time
+
+from cmxl_keras import augment, runs
+from cmxl_keras.errors import RunError
+
+# A resumed run must rebuild exactly the model it saved.
+ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_period",
+             "num_classes", "image_size")
+# ... and see the same data in the same number of steps per epoch, or the one-cycle
+# schedule (which counts optimizer steps) would land somewhere else.
+DATA_KEYS = ("dataset", "data_dir", "val_size", "val_from_train", "limit_train", "seed",
+             "batch_size", "steps_per_epoch")
+
+
+class TrainingDiverged(RunError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(RunError):
+    """SIGINT or SIGTERM arrived; the state was saved."""
+
+
+def resolve_precision(name):
+    """``auto`` is mixed_float16 where a GPU is visible to the backend, else float32."""
+    if name != "auto":
+        return name
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        elif backend == "jax":
+            import jax
+
+            has_gpu = jax.devices()[0].platform == "gpu"
+        else:
+            import torch
+
+            has_gpu = torch.cuda.is_available()
+    except Exception:  # a broken driver is a CPU for our purposes
+        has_gpu = False
+    return "mixed_float16" if has_gpu else "float32"
+
+
+def steps_per_epoch(num_train, cfg):
+    steps = math.ceil(num_train / cfg.batch_size)
+    return min(steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else steps
+
+
+def build_model(cfg):
+    from cmxl_keras import models
+
+    return models.build_convmixer(
+        width=cfg.width, depth=cfg.depth, patch_size=cfg.patch_size,
+        kernel_size=cfg.kernel_size, num_classes=cfg.num_classes, activation=cfg.activation,
+        skip_period=cfg.skip_period, input_shape=(cfg.image_size, cfg.image_size, 3),
+        name=cfg.name)
+
+
+def compile_model(model, cfg, steps, one_hot=False, jit_compile=False):
+    """AdamW on the one-cycle, cross-entropy from logits, top-1 and top-5 accuracy."""
+    import keras
+
+    from cmxl_keras.schedules import OneCycle
+
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=OneCycle(cfg.lr_max, cfg.epochs, steps),
+        weight_decay=cfg.weight_decay, epsilon=cfg.adam_epsilon,
+        global_clipnorm=cfg.clip_norm or None)
+    if one_hot:  # CutMix/MixUp or label smoothing: soft targets
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                    label_smoothing=cfg.label_smoothing)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy"),
+                   keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                   keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
+    # jit_compile=False: XLA measured far slower than graph mode for this model on CPU.
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile)
+    return model
+
+
+def check_resumable(run_dir, cfg):
+    """The saved config and state of ``run_dir``; refuses another model or data setup."""
+    from cmxl_keras import config as config_lib
+
+    saved_path = os.path.join(run_dir, "config.json")
+    if not os.path.isdir(run_dir):
+        raise RunError(f"--resume {run_dir!r}: no such run folder. Give a folder made by "
+                       f"'python cli.py train' (look under runs/).")
+    state_path = runs.checkpoint_paths(run_dir)["state"]
+    if not os.path.exists(saved_path) or not os.path.exists(state_path):
+        raise RunError(
+            f"--resume {run_dir!r}: the folder holds no saved training state "
+            f"(config.json and checkpoints/state.json); the run stopped before its first "
+            f"checkpoint. Start it again without --resume.")
+    saved = config_lib.from_dict(runs.read_json(saved_path), source=saved_path)
+    diffs = [f"{k}: saved {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"
+             for k in ARCH_KEYS if getattr(saved, k) != getattr(cfg, k)]
+    if diffs:
+        raise RunError(
+            f"--resume {run_dir!r} is refused: the run was trained with another model "
+            f"({'; '.join(diffs)}). Resume with the run's own architecture (omit those "
+            f"flags), or start a new run.")
+    diffs = [f"{k}: saved {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"
+             for k in DATA_KEYS if getattr(saved, k) != getattr(cfg, k)]
+    if diffs:
+        raise RunError(
+            f"--resume {run_dir!r} is refused: {'; '.join(diffs)}. These fix the data and "
+            f"the steps per epoch that the learning-rate schedule counts; resume without "
+            f"changing them.")
+    return runs.read_json(state_path)
+
+
+def augmentation_grid(dataset, rows=8, scale=2):
+    """A rows x rows grid (uint8, pixels enlarged ``scale`` times) of augmented images."""
+    import numpy as np
+
+    batches, count = [], 0
+    for images, _ in dataset:  # the dataset repeats: enough batches always come
+        batches.append(np.asarray(images))
+        count += len(batches[-1])
+        if count >= rows * rows:
+            break
+    images = np.clip(np.concatenate(batches)[: rows * rows], 0, 255).astype(np.uint8)
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    n, h, w, c = images.shape
+    grid = np.full((rows * (h + 2), rows * (w + 2), c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, rows)
+        grid[r * (h + 2) + 1: r * (h + 2) + 1 + h, col * (w + 2) + 1: col * (w + 2) + 1 + w] = image
+    return grid
+
+
+def save_png(path, array):
+    from PIL import Image
+
+    with runs.atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def _hparams(cfg):
+    keys = ("name", "width", "depth", "patch_size", "kernel_size", "activation", "skip_period",
+            "aug", "epochs", "batch_size", "lr_max", "weight_decay", "label_smoothing",
+            "clip_norm", "precision", "seed")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv=None,
+          log=print, verbose=None):
+    """Trains ``cfg`` and returns ``{"run_dir", "results"}``.
+
+    Raises:
+        TrainingDiverged: the loss became non-finite; the last good checkpoint is kept.
+        TrainingInterrupted: SIGINT/SIGTERM; the current step was saved for --resume.
+        RunError, DataError, ConfigError: bad input, named in the message.
+    """
+    import keras
+
+    from cmxl_keras import callbacks, data, pipeline
+
+    state_file = check_resumable(resume, cfg) if resume else None
+    precision = resolve_precision(cfg.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+    splits = data.load_splits(cfg, log=log)  # before the run folder: bad data leaves nothing
+    run_dir = resume or runs.new_run_dir(runs_dir, cfg.name, run_dir, overwrite)
+    argv = list(argv or sys.argv)
+    if resume:
+        for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
+            for name in runs.remove_partials(folder):
+                log(f"removed {name}, left by an interrupted write")
+        with open(os.path.join(run_dir, "command.txt"), "a") as f:
+            f.write(" ".join(argv) + "\n")
+        runs.write_text(os.path.join(run_dir, "config.toml"), cfg.to_toml())
+        runs.write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    else:
+        runs.write_run_metadata(run_dir, cfg, argv, splits.info)
+
+    spec = augment.AugmentSpec.from_config(cfg)
+    one_hot = spec.one_hot_labels or cfg.label_smoothing > 0
+    steps = steps_per_epoch(len(splits.train), cfg)
+    train_ds = pipeline.train_dataset(splits.train, cfg.batch_size, spec, seed=cfg.seed,
+                                      deterministic=cfg.deterministic, repeat=True,
+                                      one_hot=one_hot, num_classes=cfg.num_classes)
+    val_ds = pipeline.eval_dataset(splits.val, cfg.batch_size, one_hot=one_hot,
+                                   num_classes=cfg.num_classes)
+
+    model = compile_model(build_model(cfg), cfg, steps, one_hot=one_hot)
+    metrics = runs.read_json(os.path.join(run_dir, "metrics.json"), []) if resume else []
+    state = callbacks.TrainState(steps, metrics, (state_file or {}).get("best_val_accuracy"))
+    checkpointer = callbacks.Checkpointer(run_dir, state, cfg.checkpoint_every_steps)
+    start_step = 0
+    if resume:
+        start_step = _restore(model, checkpointer.last_weights, state_file, steps)
+        log(f"resuming {run_dir} at epoch {start_step // steps + 1}, step "
+            f"{start_step % steps} of {steps} (optimizer step {start_step})")
+    log(f"model: {cfg.name}, {keras.ops.sum([keras.ops.size(w) for w in model.trainable_weights])}"
+        f" trainable parameters; precision {precision}; {len(splits.train):,} train / "
+        f"{len(splits.val):,} val images; {steps} steps per epoch")
+    log(f"augmentation: {spec.describe()}")
+
+    writer = None
+    tb_dir = os.path.join(run_dir, "tensorboard")
+    extra = []
+    if keras.backend.backend() == "tensorflow" or _has_tensorflow():
+        writer = callbacks.make_summary_writer(tb_dir, log)
+        extra.append(keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
+    if not resume:
+        grid = augmentation_grid(train_ds)
+        save_png(os.path.join(run_dir, "augmentations.png"), grid)
+        if writer is not None:
+            writer.image("augmentations", grid)
+            writer.hparams(_hparams(cfg))
+            writer.flush()
+    report = callbacks.EpochReport(run_dir, state, len(splits.train), cfg.batch_size,
+                                   cfg.epochs, log, writer)
+    guard = callbacks.Guard(state, checkpointer)
+    cbs = [guard, report, checkpointer] + extra
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 0
+
+    started = time.time()
+    epoch, skip = divmod(start_step, steps)
+    if skip and epoch < cfg.epochs:  # finish the interrupted epoch first
+        model.fit(train_ds, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps - skip,
+                  validation_data=val_ds, callbacks=cbs, verbose=verbose, shuffle=False)
+        epoch += 1
+    if state.stop_reason is None and epoch < cfg.epochs:
+        model.fit(train_ds, epochs=cfg.epochs, initial_epoch=epoch, steps_per_epoch=steps,
+                  validation_data=val_ds, callbacks=cbs, verbose=verbose, shuffle=False)
+    if writer is not None:
+        writer.flush()
+    return _finish(model, cfg, run_dir, state, checkpointer, started, log)
+
+
+def _has_tensorflow():
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _restore(model, weights_path, state_file, steps):
+    if state_file.get("steps_per_epoch") != steps:
+        raise RunError(
+            f"the checkpoint counts {state_file.get('steps_per_epoch')} steps per epoch but "
+            f"this configuration gives {steps}; resume with the run's own batch size and data.")
+    model.optimizer.build(model.trainable_variables)
+    try:
+        model.load_weights(weights_path)
+    except Exception as error:  # h5py and Keras raise several types for a bad file
+        raise RunError(
+            f"cannot load the checkpoint {weights_path!r} ({type(error).__name__}: {error}). "
+            f"It was written by another model or is damaged; start a new run.") from None
+    import keras
+
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def _finish(model, cfg, run_dir, state, checkpointer, started, log):
+    if state.stop_reason == "diverged":
+        epoch, batch = state.diverged_at
+        good = checkpointer.rollback()
+        where = (f"The last good checkpoint (epoch {good['epoch'] + 1}, step "
+                 f"{good['step_in_epoch']}; optimizer step {good['step']}) is kept in "
+                 f"{os.path.dirname(checkpointer.last_weights)}. Resume from it with a smaller "
+                 f"learning rate: python cli.py train --resume {run_dir} --set "
+                 f"lr_max={cfg.lr_max / 10:g}" if good else
+                 "No finished epoch was saved; start again with a smaller --lr "
+                 f"(now {cfg.lr_max:g}).")
+        raise TrainingDiverged(
+            f"training diverged: the loss became NaN or infinite at epoch {epoch + 1}, step "
+            f"{batch + 1} (lr_max {cfg.lr_max:g}). " + where)
+    if state.stop_reason is not None:
+        raise TrainingInterrupted(
+            f"training stopped by {state.stop_reason}; every finished step is saved. "
+            f"Continue with: python cli.py train --resume {run_dir}")
+    final = build_model(cfg)  # uncompiled: built-in layers only, loads anywhere
+    final.set_weights(model.get_weights())
+    with runs.atomic_path(os.path.join(run_dir, "model.keras")) as tmp:
+        final.save(tmp)
+    last = state.metrics[-1] if state.metrics else {}
+    results = {
+        "epochs": len(state.metrics), "final": last,
+        "best_val_accuracy": state.best,
+        "best_epoch": max(state.metrics, key=lambda m: m.get("val_accuracy", -1))["epoch"]
+        if state.metrics else None,
+        "wall_seconds_this_session": time.time() - started,
+        "train_seconds_total": sum(m["epoch_seconds"] for m in state.metrics),
+    }
+    runs.write_json(os.path.join(run_dir, "results.json"), results)
+    log(f"done: {run_dir} (best val accuracy {state.best if state.best is not None else 'n/a'})")
+    return {"run_dir": run_dir, "results": results}

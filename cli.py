@@ -143,11 +143,6 @@ def info(config_file, overrides, variant, summary, **flags):
     click.echo(f"MACs per image: {macs:,}  (FLOPs ~ {2 * macs / 1e9:.3f} G)")
 
 
-def _not_built(command_name, issue_hint):
-    _fail(f"'{command_name}' is not available in this version of cmxl-keras yet "
-          f"({issue_hint}). Use 'python cli.py info' to inspect a model meanwhile.")
-
-
 @cli.command(context_settings={"ignore_unknown_options": False})
 @model_options
 @click.option("--epochs", type=int, help="Training epochs (paper: 100).")
@@ -201,24 +196,117 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
 
 
 @cli.command()
-@click.argument("source", required=False)
-def evaluate(source):
+@click.argument("source")
+@click.option("--data-dir", type=str, help="Data to evaluate on (default: the run's own).")
+@click.option("--split", type=click.Choice(["val", "test", "all"]), default="val",
+              show_default=True, help="Which half of the split protocol to evaluate.")
+@click.option("--tta", is_flag=True, help="Also report horizontal-flip test-time augmentation.")
+@click.option("--out", "out_dir", type=str,
+              help="Where JSON and figures go (default: the run folder, else evaluations/).")
+@user_errors
+def evaluate(source, data_dir, split, tta, out_dir):
     """Evaluate a run folder, .keras file or exported SavedModel."""
-    _not_built("evaluate", "evaluation is planned")
+    _quiet_tensorflow()
+    from cmxl_keras import evaluate as evaluate_lib
+
+    results = evaluate_lib.evaluate(source, data_dir, split, tta, out_dir,
+                                    log=lambda m: click.echo(m, err=True))
+    click.echo(evaluate_lib.format_table(results))
+    for path in results["figures"].values():
+        click.echo(f"  figure: {path}")
 
 
 @cli.command()
 @click.argument("source", required=False)
-def export(source):
-    """Export a trained model to SavedModel and TFLite."""
-    _not_built("export", "export is planned")
+@click.option("--checkpoint", type=str, help="A .keras file instead of a run folder.")
+@click.option("--formats", default=",".join(["saved_model", "tflite", "tflite_fp16",
+                                              "tflite_int8"]), show_default=True,
+              help="Comma-separated: saved_model, tflite, tflite_fp16, tflite_int8.")
+@click.option("--out", "out_dir", default="exported", show_default=True,
+              help="Parent folder; the export goes to OUT/<name>/.")
+@click.option("--name", type=str, help="Export name (default: the run's config name).")
+@click.option("--data-dir", type=str,
+              help="Images for int8 calibration and parity checks (default: the run's data).")
+@click.option("--parity-images", type=int, default=512, show_default=True,
+              help="Validation images compared across formats.")
+@user_errors
+def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images):
+    """Export a run (or .keras file) to SavedModel and TFLite, with parity checks."""
+    _quiet_tensorflow()
+    from cmxl_keras import export as export_lib
+
+    formats = export_lib.check_formats(tuple(f.strip() for f in formats.split(",") if f.strip()))
+    loaded = export_lib.load_source(source, checkpoint)
+    model, cfg, _ = loaded
+    calibration, images, class_names = _export_images(cfg, data_dir, parity_images,
+                                                      model.input_shape[1])
+    folder, metadata = export_lib.export(
+        loaded, source, formats, out_dir, name, calibration, images, class_names)
+    report = metadata["parity"]
+    click.echo(f"exported to {folder}")
+    for fname, size in metadata["file_sizes"].items():
+        click.echo(f"  {fname}: {size / 1e6:.2f} MB")
+    click.echo(f"parity on {report.get('images', 0)} images:")
+    for key, value in report.items():
+        if key != "images":
+            click.echo(f"  {key} = {value:.6g}")
+    failures = export_lib.parity_failures(report)
+    if failures:
+        click.echo("parity below target: " + "; ".join(failures), err=True)
+
+
+def _export_images(cfg, data_dir, count, size):
+    """(calibration, parity images, class names) from the run's data or --data-dir."""
+    import numpy as np
+
+    from cmxl_keras import config as config_lib, data
+    from cmxl_keras.errors import DataError
+
+    cfg = cfg or config_lib.Config(image_size=size)
+    if data_dir:
+        cfg = cfg.replace(data_dir=data_dir)
+    try:
+        splits = data.load_splits(cfg, log=lambda message: None)
+    except DataError as error:
+        if data_dir:
+            raise
+        click.echo(f"export: no data for calibration and parity ({error}); pass --data-dir.",
+                   err=True)
+        return None, None, None
+    rng = np.random.default_rng(0)
+    calibration = splits.train.images[rng.choice(len(splits.train),
+                                                 min(200, len(splits.train)), replace=False)]
+    images = splits.val.images[:count]
+    return calibration, images, splits.class_names
 
 
 @cli.command()
-@click.argument("images", nargs=-1)
-def predict(images):
-    """Classify image files with an exported model."""
-    _not_built("predict", "serving is planned")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model_dir", required=True, help="An exported folder (exported/<name>).")
+@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite"]),
+              default="saved_model", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@user_errors
+def predict(images, model_dir, top_k, fmt, as_json):
+    """Classify PNG/JPEG files (any size) with an exported model."""
+    import json
+
+    _quiet_tensorflow()
+    from cmxl_keras import export as export_lib, serving
+
+    metadata = export_lib.read_metadata(model_dir)
+    size = metadata["input"]["shape"][1]
+    batch = serving.load_images(images, size)
+    probabilities = serving.predict(model_dir, batch, fmt)
+    results = serving.top_k(probabilities, metadata["class_names"], images, top_k)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for item in results:
+        click.echo(item["image"])
+        for guess in item["top_k"]:
+            click.echo(f"  {guess['class']:<12} {guess['probability']:.4f}")
 
 
 if __name__ == "__main__":

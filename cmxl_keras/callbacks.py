@@ -29,6 +29,13 @@ class TrainState:
         self.metrics = list(metrics or [])
         self.best = best  # best val_accuracy so far
 
+    def epoch_finished(self, model):
+        """Whether the epoch that just ended ran all its steps (a signal may arrive during
+        validation, after the last step: that epoch is finished and is kept)."""
+        if self.stop_reason is None:
+            return True
+        return self.stop_reason != "diverged" and _step(model) % self.steps_per_epoch == 0
+
 
 def _step(model):
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -130,7 +137,7 @@ class Checkpointer(keras.callbacks.Callback):
             self.save_last()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.state.stop_reason is not None:
+        if not self.state.epoch_finished(self.model):
             return  # an unfinished or diverged epoch is never saved as finished
         logs = logs or {}
         val = logs.get("val_accuracy")
@@ -172,7 +179,7 @@ class EpochReport(keras.callbacks.Callback):
             self.writer.scalar("learning_rate", current_lr(self.model), _step(self.model))
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.state.stop_reason is not None:
+        if not self.state.epoch_finished(self.model):
             return
         now = time.perf_counter()
         train_seconds = (self._train_end or now) - self._start

@@ -111,15 +111,18 @@ def check_resumable(run_dir, cfg):
             f"(config.json and checkpoints/state.json); the run stopped before its first "
             f"checkpoint. Start it again without --resume.")
     saved = config_lib.from_dict(runs.read_json(saved_path), source=saved_path)
-    diffs = [f"{k}: saved {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"
-             for k in ARCH_KEYS if getattr(saved, k) != getattr(cfg, k)]
+
+    def differences(keys):
+        return [f"{k}: saved {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"
+                for k in keys if getattr(saved, k) != getattr(cfg, k)]
+
+    diffs = differences(ARCH_KEYS)
     if diffs:
         raise RunError(
             f"--resume {run_dir!r} is refused: the run was trained with another model "
             f"({'; '.join(diffs)}). Resume with the run's own architecture (omit those "
             f"flags), or start a new run.")
-    diffs = [f"{k}: saved {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"
-             for k in DATA_KEYS if getattr(saved, k) != getattr(cfg, k)]
+    diffs = differences(DATA_KEYS)
     if diffs:
         raise RunError(
             f"--resume {run_dir!r} is refused: {'; '.join(diffs)}. These fix the data and "
@@ -173,7 +176,7 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     """
     import keras
 
-    from cmxl_keras import callbacks, data, pipeline
+    from cmxl_keras import callbacks, data, models, pipeline
 
     state_file = check_resumable(resume, cfg) if resume else None
     precision = resolve_precision(cfg.precision)
@@ -216,9 +219,9 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
         start_step = _restore(model, checkpointer.last_weights, state_file, steps)
         log(f"resuming {run_dir} at epoch {start_step // steps + 1}, step "
             f"{start_step % steps} of {steps} (optimizer step {start_step})")
-    log(f"model: {cfg.name}, {keras.ops.sum([keras.ops.size(w) for w in model.trainable_weights])}"
-        f" trainable parameters; precision {precision}; {len(splits.train):,} train / "
-        f"{len(splits.val):,} val images; {steps} steps per epoch")
+    log(f"model: {cfg.name}, {models.trainable_param_count(model):,} trainable parameters; "
+        f"precision {precision}; {len(splits.train):,} train / {len(splits.val):,} val "
+        f"images; {steps} steps per epoch")
     log(f"augmentation: {spec.describe()}")
 
     writer = None

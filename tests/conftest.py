@@ -49,3 +49,14 @@ def cifar_dir(tmp_path_factory):
         subprocess.run([sys.executable, script, out, "--python", "--folder", "--limit", "2000"],
                        check=True, capture_output=True, timeout=600)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(cifar_dir, tmp_path_factory):
+    """A real run folder from `cli.py train`: the smoke model, trained a little longer
+    (no augmentation, 6 epochs) so its predictions are confident enough for parity checks."""
+    run_dir = str(tmp_path_factory.mktemp("trained") / "run")
+    result = run_cli("train", "--config", "smoke", "--data-dir", cifar_dir, "--run-dir", run_dir,
+                     "--epochs", "6", "--set", "aug=none", "--lr", "0.01")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

@@ -181,3 +181,16 @@ def test_sigterm_saves_and_exits_cleanly_then_nan_keeps_the_last_good_checkpoint
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(np.isfinite(m["loss"]) for m in metrics)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["cifar-10-batches-bin", "cifar-10-batches-py", "images"])
+def test_cli_trains_from_every_on_disk_layout(cifar_dir, tmp_path, layout):
+    result = run_cli("train", "--config", "smoke", "--data-dir", os.path.join(cifar_dir, layout),
+                     "--run-dir", tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = json.load(open(tmp_path / "run" / "split.json"))
+    name = {"cifar-10-batches-bin": "CIFAR-10 binary", "cifar-10-batches-py": "CIFAR-10 python",
+            "images": "image folder"}[layout]
+    assert split["source"].startswith(name) and split["train"] == 256
+    assert f"data: {name}" in result.stdout

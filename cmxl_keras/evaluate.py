@@ -1,0 +1,220 @@
+"""Evaluation: top-1, top-5, loss, per-class accuracy and the confusion matrix, with figures.
+
+The same numbers come from any of the three forms of a model: a run folder, a ``.keras``
+file, or an exported SavedModel (all three compute softmax probabilities from the same
+weights; the loss is the cross-entropy of those probabilities). Test-time augmentation
+(the average of an image's and its mirror's probabilities) is reported separately.
+"""
+
+import os
+
+import numpy as np
+
+from cmxl_keras import runs
+from cmxl_keras.errors import DataError, RunError
+
+SPLITS = ("val", "test", "all")
+
+
+class Predictor:
+    """Probabilities for uint8 images from a run folder, a .keras file or a SavedModel."""
+
+    def __init__(self, source):
+        from cmxl_keras import config as config_lib
+
+        self.source = source
+        self.cfg = None
+        self.class_names = None
+        if not os.path.exists(source):
+            raise RunError(f"{source!r} does not exist. Give a run folder, a .keras file or "
+                           f"an exported model folder (exported/<name>).")
+        saved_model = self._saved_model_dir(source)
+        if saved_model:
+            import tensorflow as tf
+
+            self.kind = "saved_model"
+            self._serve = tf.saved_model.load(saved_model).signatures["serving_default"]
+            meta_dir = os.path.dirname(os.path.dirname(saved_model))
+            meta = runs.read_json(os.path.join(meta_dir, "metadata.json"), {})
+            if meta.get("config"):
+                self.cfg = config_lib.from_dict(meta["config"])
+            self.class_names = meta.get("class_names")
+            self.image_size = int(self._serve.structured_input_signature[1]["images"].shape[1])
+            return
+        from cmxl_keras.export import load_source
+
+        self.kind = "keras"
+        self.model, self.cfg, _ = load_source(source)
+        self.image_size = int(self.model.input_shape[1])
+
+    @staticmethod
+    def _saved_model_dir(source):
+        for candidate in (source, os.path.join(source, "saved_model", "1")):
+            if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+                return candidate
+        return None
+
+    def __call__(self, images, batch=256):
+        if self.kind == "saved_model":
+            from cmxl_keras.export import saved_model_predict
+
+            return saved_model_predict(self._saved_model_dir(self.source), images, batch)
+        from cmxl_keras.export import keras_predict
+
+        return keras_predict(self.model, images, batch)
+
+
+def metrics(probabilities, labels, num_classes):
+    """Top-1, top-5, loss, per-class accuracy and the confusion matrix."""
+    labels = np.asarray(labels, np.int64)
+    predicted = probabilities.argmax(-1)
+    top5 = np.argsort(-probabilities, axis=-1)[:, :5]
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    picked = probabilities[np.arange(len(labels)), labels]
+    return {
+        "images": int(len(labels)),
+        "top1": float((predicted == labels).mean()),
+        "top5": float((top5 == labels[:, None]).any(1).mean()),
+        "loss": float(-np.log(np.clip(picked, 1e-12, 1.0)).mean()),
+        "per_class_accuracy": per_class.tolist(),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluation_split(cfg, split, data_dir=None, log=print):
+    """The images and labels of ``split`` under the run's own split protocol."""
+    from cmxl_keras import data
+
+    if split not in SPLITS:
+        raise RunError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
+    if data_dir:
+        cfg = cfg.replace(data_dir=data_dir)
+    splits = data.load_splits(cfg, log=log)
+    if split == "val":
+        return splits.val, splits.class_names
+    if splits.test is None:
+        raise DataError(
+            f"--split {split}: the data ({splits.description}) has no test split, so "
+            f"validation was carved from train. Use --split val, or a --data-dir with the "
+            f"official test batch.")
+    if split == "test":
+        return splits.test, splits.class_names
+    from cmxl_keras.data import Split
+
+    return Split(np.concatenate([splits.val.images, splits.test.images]),
+                 np.concatenate([splits.val.labels, splits.test.labels])), splits.class_names
+
+
+def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=print):
+    """Evaluates ``source`` on ``split``; writes JSON and figures; returns the results."""
+    from cmxl_keras import config as config_lib
+
+    predictor = Predictor(source)
+    cfg = predictor.cfg or config_lib.Config(image_size=predictor.image_size)
+    if not predictor.cfg and not data_dir:
+        raise RunError(f"{source!r} carries no config to find its data: pass --data-dir.")
+    images_split, class_names = evaluation_split(cfg, split, data_dir, log)
+    class_names = list(predictor.class_names or class_names)
+    probabilities = predictor(images_split.images)
+    results = {"source": os.path.abspath(source), "form": predictor.kind, "split": split}
+    results.update(metrics(probabilities, images_split.labels, len(class_names)))
+    results["class_names"] = class_names
+    if tta:
+        flipped = predictor(images_split.images[:, :, ::-1])
+        tta_metrics = metrics((probabilities + flipped) / 2, images_split.labels,
+                              len(class_names))
+        results["tta_flip"] = {k: tta_metrics[k] for k in ("top1", "top5", "loss")}
+    if out_dir is None:
+        out_dir = source if os.path.isdir(source) and predictor.kind == "keras" else (
+            os.path.join("evaluations", os.path.basename(os.path.normpath(source))))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        runs.write_json(os.path.join(out_dir, f"eval_{split}.json"), results)
+        figures = write_figures(out_dir, split, images_split, probabilities, class_names)
+    except OSError as error:
+        raise RunError(f"cannot write the evaluation to {out_dir!r} ({error.strerror or error})"
+                       f". Choose a writable --out DIR.") from None
+    results["figures"] = figures
+    if os.path.isdir(os.path.join(out_dir, "tensorboard")):
+        figures_to_tensorboard(os.path.join(out_dir, "tensorboard", "eval"), figures)
+    return results
+
+
+def figures_to_tensorboard(log_dir, figures):
+    """The PNG figures as TensorBoard images (the run's ``tensorboard/eval``)."""
+    import tensorflow as tf
+    from PIL import Image
+
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default():
+        for name, path in figures.items():
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            tf.summary.image(os.path.splitext(os.path.basename(path))[0], pixels[None], step=0)
+    writer.flush()
+
+
+def format_table(results):
+    lines = [f"{results['form']} {results['source']} on {results['split']} "
+             f"({results['images']:,} images)",
+             f"  top-1 {100 * results['top1']:.2f} %   top-5 {100 * results['top5']:.2f} %   "
+             f"loss {results['loss']:.4f}"]
+    if "tta_flip" in results:
+        t = results["tta_flip"]
+        lines.append(f"  with flip TTA: top-1 {100 * t['top1']:.2f} %   top-5 "
+                     f"{100 * t['top5']:.2f} %   loss {t['loss']:.4f}")
+    lines.append("  per class:")
+    for name, acc in zip(results["class_names"], results["per_class_accuracy"]):
+        lines.append(f"    {name:<14} {100 * acc:6.2f} %")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- figures
+def _figure_to_png(fig, path):
+    with runs.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def write_figures(out_dir, split, images_split, probabilities, class_names):
+    """Confusion matrix, 4x4 correct (paper Figure 5) and wrong (Figure 6) grids, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = images_split.labels
+    predicted = probabilities.argmax(-1)
+    confusion = np.asarray(metrics(probabilities, labels, len(class_names))["confusion_matrix"])
+    paths = {}
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix ({split}, {len(labels):,} images)")
+    fig.colorbar(im)
+    fig.tight_layout()
+    paths["confusion_matrix"] = os.path.join(out_dir, f"confusion_matrix_{split}.png")
+    _figure_to_png(fig, paths["confusion_matrix"])
+    plt.close(fig)
+    for kind, chosen in (("correct", np.flatnonzero(predicted == labels)[:16]),
+                         ("wrong", np.flatnonzero(predicted != labels)[:16])):
+        fig, axes = plt.subplots(4, 4, figsize=(6, 6.6))
+        for ax, index in zip(axes.flat, list(chosen) + [None] * 16):
+            ax.axis("off")
+            if index is None:
+                continue
+            ax.imshow(images_split.images[index], interpolation="nearest")
+            title = f"pred: {class_names[predicted[index]]}"
+            if kind == "wrong":
+                title += f"\ntrue: {class_names[labels[index]]}"
+            ax.set_title(title, fontsize=7)
+        fig.suptitle(f"{'correctly' if kind == 'correct' else 'wrongly'} classified ({split})")
+        fig.tight_layout()
+        paths[kind] = os.path.join(out_dir, f"{kind}_{split}.png")
+        _figure_to_png(fig, paths[kind])
+        plt.close(fig)
+    return paths

@@ -1,0 +1,306 @@
+"""Export for serving: a TF-Serving SavedModel and TFLite files that take raw uint8 images.
+
+    exported/<name>/
+      saved_model/1/            serving_default: uint8 images [None, H, W, 3] ->
+                                {"probabilities": float32 [None, C], "class_id": int32 [None]}
+      model_fp32.tflite         same signature, builtin ops only
+      model_fp16.tflite         float16 weights
+      model_int8.tflite         full-integer, uint8 input, calibrated on training images
+      metadata.json             class names, input spec, config, source, accuracy, sizes, parity
+
+The export is written to a temporary folder beside the target and renamed into place
+at the end, so an interrupted export never leaves a half-written model. TFLite files
+are converted from the SavedModel (``TFLiteConverter.from_keras_model`` does not support
+Keras 3 models) with builtin ops only: a model that would need Flex ops fails to convert.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from cmxl_keras import runs
+from cmxl_keras.errors import RunError
+
+FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8")
+TFLITE_FILES = {"tflite": "model_fp32.tflite", "tflite_fp16": "model_fp16.tflite",
+                "tflite_int8": "model_int8.tflite"}
+# Parity targets checked (and printed) after every export.
+PARITY_TARGETS = {"saved_model_max_abs_diff": 1e-5, "tflite_max_abs_diff": 1e-4,
+                  "tflite_fp16_top1_agreement": 0.99, "tflite_int8_top1_agreement": 0.97}
+
+
+def load_source(source=None, checkpoint=None):
+    """(keras model, config or None, description) from a run folder or a .keras file."""
+    import keras
+
+    from cmxl_keras import config as config_lib
+
+    path = checkpoint or source
+    if not path:
+        raise RunError("export needs a run folder (python cli.py export runs/<dir>) or "
+                       "--checkpoint FILE.keras.")
+    if not os.path.exists(path):
+        raise RunError(f"{path!r} does not exist. Give a run folder made by 'python cli.py "
+                       f"train' (look under runs/) or a .keras model file.")
+    cfg = None
+    if os.path.isdir(path):
+        cfg_path = os.path.join(path, "config.json")
+        model_path = next((p for p in (os.path.join(path, "model.keras"),
+                                       runs.checkpoint_paths(path)["best"])
+                           if os.path.isfile(p)), None)
+        if model_path is None or not os.path.isfile(cfg_path):
+            raise RunError(
+                f"{path!r} is not a finished run folder: it has no model.keras or "
+                f"checkpoints/best.keras and config.json. Finish the run first "
+                f"(python cli.py train --resume {path}) or pass --checkpoint FILE.keras.")
+        cfg = config_lib.from_dict(runs.read_json(cfg_path), source=cfg_path)
+    else:
+        model_path = path
+        # A .keras file inside a run folder (model.keras, checkpoints/best.keras) keeps
+        # the run's config, and with it the run's data and split protocol.
+        here = os.path.dirname(os.path.abspath(path))
+        for folder in (here, os.path.dirname(here)):
+            cfg_path = os.path.join(folder, "config.json")
+            if os.path.isfile(cfg_path):
+                cfg = config_lib.from_dict(runs.read_json(cfg_path), source=cfg_path)
+                break
+    if not model_path.endswith(".keras"):
+        raise RunError(f"{model_path!r} is not a Keras model file (.keras). Give a run "
+                       f"folder or a .keras file saved by this project.")
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as error:  # zip, h5 and deserialization errors all mean the same here
+        raise RunError(f"cannot load {model_path!r} as a Keras model ({type(error).__name__}: "
+                       f"{str(error)[:200]}). Give a .keras file saved by this project.") from None
+    shape = tuple(model.input_shape[1:])
+    if len(shape) != 3 or shape[-1] != 3:
+        raise RunError(f"{model_path!r} takes inputs of shape {shape}, not RGB images.")
+    return model, cfg, model_path
+
+
+def _serving_fn(model):
+    import tensorflow as tf
+
+    def serve(images):
+        logits = model(tf.cast(images, tf.float32), training=False)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return {"probabilities": probabilities,
+                "class_id": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+
+    return serve
+
+
+def write_saved_model(model, path):
+    """A SavedModel whose ``serving_default`` takes uint8 images of any batch size.
+
+    A second endpoint, ``serving_float``, takes float32 pixels in [0, 255]; the int8
+    TFLite conversion starts from it so the converter can make its input uint8 itself.
+    """
+    import keras
+    import tensorflow as tf
+
+    height, width, channels = model.input_shape[1:]
+    serve = _serving_fn(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default", fn=serve,
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, "images")])
+    archive.add_endpoint(
+        name="serving_float", fn=serve,
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, "images")])
+    archive.write_out(path, verbose=False)
+
+
+def convert_tflite(saved_model_dir, kind, calibration=None):
+    """TFLite bytes from the SavedModel; builtin ops only (conversion fails otherwise)."""
+    import tensorflow as tf
+
+    signature = "serving_float" if kind == "tflite_int8" else "serving_default"
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
+                                                         signature_keys=[signature])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if kind == "tflite_fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif kind == "tflite_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # uint8 input with the range 0..255 of the calibration images: scale 1, zero
+        # point 0, i.e. raw pixels, like the other formats.
+        converter.inference_input_type = tf.uint8
+
+        def representative():
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        converter.representative_dataset = representative
+    return converter.convert()
+
+
+def tflite_ops(model_bytes):
+    """The operator names of a TFLite model (a Flex op shows as ``Flex...``)."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_content=model_bytes)
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+class TFLiteRunner:
+    """Runs a TFLite file on raw uint8 images, any batch size; returns probabilities."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+        runner = self.interpreter.get_signature_runner()
+        self.input_name = next(iter(runner.get_input_details()))
+        self.input_dtype = runner.get_input_details()[self.input_name]["dtype"]
+        self.runner = runner
+        self._batch = None
+
+    def __call__(self, images):
+        images = np.asarray(images).astype(self.input_dtype)
+        out = self.runner(**{self.input_name: images})
+        return np.asarray(out["probabilities"], np.float32)
+
+
+def saved_model_predict(path, images, batch=256):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    return np.concatenate([serve(images=tf.constant(images[i:i + batch], tf.uint8))
+                           ["probabilities"].numpy() for i in range(0, len(images), batch)])
+
+
+def keras_predict(model, images, batch=256):
+    import keras
+
+    logits = model.predict(images.astype(np.float32), batch_size=batch, verbose=0)
+    return np.asarray(keras.ops.softmax(logits, axis=-1))
+
+
+def parity(model, folder, images, formats):
+    """Agreement of every exported format with the Keras model on ``images``."""
+    reference = keras_predict(model, images)
+    top1 = reference.argmax(-1)
+    report = {"images": int(len(images))}
+    if "saved_model" in formats:
+        got = saved_model_predict(os.path.join(folder, "saved_model", "1"), images)
+        report["saved_model_max_abs_diff"] = float(np.abs(got - reference).max())
+        report["saved_model_top1_agreement"] = float((got.argmax(-1) == top1).mean())
+    for kind, name in TFLITE_FILES.items():
+        if kind in formats:
+            got = TFLiteRunner(os.path.join(folder, name))(images)
+            key = kind if kind != "tflite" else "tflite"
+            report[f"{key}_max_abs_diff"] = float(np.abs(got - reference).max())
+            report[f"{key}_top1_agreement"] = float((got.argmax(-1) == top1).mean())
+    return report
+
+
+def parity_failures(report):
+    failures = []
+    for key, target in PARITY_TARGETS.items():
+        if key not in report:
+            continue
+        value = report[key]
+        bad = value > target if key.endswith("diff") else value < target
+        if bad:
+            failures.append(f"{key} {value:.3g} (target {'<' if key.endswith('diff') else '>='} "
+                            f"{target})")
+    if "tflite_top1_agreement" in report and report["tflite_top1_agreement"] < 1.0:
+        failures.append(f"tflite_top1_agreement {report['tflite_top1_agreement']:.4f} "
+                        f"(target 1.0)")
+    return failures
+
+
+def check_formats(formats):
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise RunError(f"unknown export format(s) {', '.join(unknown) or '(none)'}; choose "
+                       f"from {', '.join(FORMATS)} (comma-separated).")
+    return tuple(formats)
+
+
+def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
+           calibration_images=None, parity_images=None, class_names=None, log=print):
+    """Exports ``loaded = load_source(...)``; returns (folder, metadata)."""
+    check_formats(formats)
+    model, cfg, model_path = loaded
+    name = name or (cfg.name if cfg else os.path.splitext(os.path.basename(model_path))[0])
+    target = os.path.join(out_dir, name)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{name}{runs.TMP_SUFFIX}-", dir=out_dir)
+    except OSError as error:
+        raise RunError(f"cannot write to the output folder {out_dir!r} "
+                       f"({error.strerror or error}). Choose a writable --out DIR.") from None
+    try:
+        started = time.time()
+        sm_dir = os.path.join(staging, "saved_model", "1")
+        log(f"export: SavedModel -> {target}/saved_model/1")
+        write_saved_model(model, sm_dir)  # every TFLite file is converted from it
+        sizes = {}
+        for kind, fname in TFLITE_FILES.items():
+            if kind not in formats:
+                continue
+            if kind == "tflite_int8" and calibration_images is None:
+                raise RunError("int8 export needs calibration images: pass --data-dir (or "
+                               "export a run folder whose data is still there).")
+            log(f"export: {kind} -> {target}/{fname}")
+            data = convert_tflite(sm_dir, kind, calibration_images)
+            flex = [op for op in tflite_ops(data) if op.lower().startswith("flex")]
+            if flex:
+                raise RunError(f"{kind} needs TensorFlow (Flex) ops {flex}; not exported.")
+            with open(os.path.join(staging, fname), "wb") as f:
+                f.write(data)
+            sizes[fname] = len(data)
+        sizes["saved_model"] = sum(os.path.getsize(os.path.join(r, f))
+                                   for r, _, fs in os.walk(os.path.join(staging, "saved_model"))
+                                   for f in fs)
+        report = parity(model, staging, parity_images, formats) if parity_images is not None else {}
+        metadata = _metadata(model, cfg, model_path, source, class_names, sizes, report, formats)
+        runs.write_json(os.path.join(staging, "metadata.json"), metadata)
+        if "saved_model" not in formats:
+            shutil.rmtree(os.path.join(staging, "saved_model"))
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        log(f"export: done in {time.time() - started:.0f} s")
+        return target, metadata
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _metadata(model, cfg, model_path, source, class_names, sizes, report, formats):
+    best = None
+    if source and os.path.isdir(source):
+        results = runs.read_json(os.path.join(source, "results.json"), {})
+        best = results.get("best_val_accuracy")
+    num_classes = int(model.output_shape[-1])
+    return {
+        "class_names": list(class_names or [str(i) for i in range(num_classes)]),
+        "input": {"dtype": "uint8", "shape": [None, *model.input_shape[1:]],
+                  "range": [0, 255], "normalization": "inside the model"},
+        "outputs": {"probabilities": "float32 [batch, classes]", "class_id": "int32 [batch]"},
+        "config": cfg.to_dict() if cfg else None,
+        "source_checkpoint": os.path.abspath(model_path),
+        "validation_accuracy": best,
+        "formats": list(formats),
+        "file_sizes": sizes,
+        "parity": report,
+    }
+
+
+def read_metadata(folder):
+    path = os.path.join(folder, "metadata.json")
+    if not os.path.isfile(path):
+        raise RunError(f"{folder!r} is not an exported model folder (no metadata.json). "
+                       f"Make one with 'python cli.py export RUN_DIR'.")
+    with open(path) as f:
+        return json.load(f)

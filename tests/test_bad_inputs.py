@@ -1,0 +1,201 @@
+"""Every kind of bad input to the CLI: a clear one-paragraph error, no traceback, no change.
+
+Each row runs the real CLI in a scratch folder and checks: a non-zero exit, the bad value
+and the fix named in the message, no Python traceback, and no file created or changed.
+"""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import random_images, run_cli
+
+RESULTS = []
+
+
+def _write_bin(path, n=10, bad_label_at=None):
+    images = random_images(n)
+    labels = np.arange(n, dtype=np.uint8) % 10
+    if bad_label_at is not None:
+        labels[bad_label_at] = 12
+    planes = images.transpose(0, 3, 1, 2).reshape(n, 3072)
+    np.concatenate([labels[:, None], planes], 1).tofile(path)
+
+
+def _bin_dir(root, truncate=False, bad_label=False):
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        _write_bin(folder / f"data_batch_{i}.bin", bad_label_at=3 if bad_label and i == 2 else None)
+    if truncate:
+        with open(folder / "data_batch_4.bin", "r+b") as f:
+            f.truncate(3073 * 2 + 7)
+    return root
+
+
+def _image_dir(root, bad=None):
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (root / "train" / cls).mkdir(parents=True)
+        Image.fromarray(random_images(1)[0]).save(root / "train" / cls / "ok.png")
+    if bad == "corrupt":
+        (root / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    elif bad == "empty":
+        (root / "train" / "dog" / "zero.jpg").write_bytes(b"")
+    return root
+
+
+def _run_folder(root, depth=4):
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    from cmxl_keras import config
+
+    cfg = config.load("smoke").replace(depth=depth)
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (run / "checkpoints" / "state.json").write_text(json.dumps({"step": 8}))
+    (run / "metrics.json").write_text("[]")
+    return run
+
+
+def _exported(root):
+    folder = root / "exported" / "m"
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(json.dumps({
+        "class_names": [str(i) for i in range(10)], "input": {"shape": [None, 32, 32, 3]}}))
+    return folder
+
+
+def _gray_png(root):
+    from PIL import Image
+
+    path = root / "gray.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(path)
+    return path
+
+
+def _toml(root, text):
+    path = root / "c.toml"
+    path.write_text(text)
+    return path
+
+
+# (id, setup(root) -> args, substrings the message must contain: the value and the fix)
+CASES = [
+    ("depth zero", lambda r: ["train", "--depth", "0"], ["got 0", "--depth"]),
+    ("depth negative", lambda r: ["train", "--depth", "-3"], ["got -3"]),
+    ("depth not an integer", lambda r: ["train", "--depth", "2.5"], ["'2.5' is not a valid integer"]),
+    ("width zero", lambda r: ["train", "--width", "0"], ["width must be an integer >= 1, got 0"]),
+    ("width negative", lambda r: ["info", "--width", "-8"], ["got -8"]),
+    ("patch zero", lambda r: ["train", "--patch-size", "0"], ["patch_size", "got 0"]),
+    ("kernel zero", lambda r: ["train", "--kernel-size", "0"], ["kernel_size", "got 0"]),
+    ("kernel not an integer", lambda r: ["train", "--set", "kernel_size=3.5"],
+     ["kernel_size='3.5'", "integer"]),
+    ("depth vs skip_period", lambda r: ["train", "--depth", "65", "--skip-period", "3"],
+     ["depth 65 is not divisible by skip_period 3", "Use a skip_period in"]),
+    ("patch vs image size", lambda r: ["train", "--patch-size", "5"],
+     ["image size 32 is not divisible by patch_size 5", "Choose a patch_size"]),
+    ("unknown activation", lambda r: ["train", "--act", "tanh"], ["'tanh'", "gelu, relu"]),
+    ("unknown variant", lambda r: ["info", "--variant", "cm_huge"], ["'cm_huge'", "cm_xl"]),
+    ("malformed config", lambda r: ["train", "--config", _toml(r, "depth = [8")],
+     ["not valid TOML", "key = value"]),
+    ("empty config", lambda r: ["train", "--config", _toml(r, "")], ["is empty"]),
+    ("unknown config key", lambda r: ["train", "--config", _toml(r, "dpeth = 8\n")],
+     ["unknown config key 'dpeth'", "Did you mean 'depth'"]),
+    ("config key wrong type", lambda r: ["train", "--config", _toml(r, 'epochs = "ten"\n')],
+     ["'epochs'", "'ten'", "must be an integer"]),
+    ("missing config file", lambda r: ["train", "--config", "nope_cfg"],
+     ["'nope_cfg' not found", "smoke"]),
+    ("--set wrong type", lambda r: ["train", "--set", "lr_max=fast"], ["lr_max='fast'", "number"]),
+    ("--set unknown key", lambda r: ["train", "--set", "lr=0.1"], ["unknown config key 'lr'"]),
+    ("--set without =", lambda r: ["train", "--set", "epochs"], ["expects key=value"]),
+    ("value out of range", lambda r: ["train", "--set", "erase_prob=2"],
+     ["'erase_prob' has value 2.0", "between 0.0 and 1.0"]),
+    ("missing data dir", lambda r: ["train", "--config", "smoke", "--data-dir", r / "nodata"],
+     ["does not exist", "prepare_cifar10.py"]),
+    ("empty data dir", lambda r: ["train", "--config", "smoke", "--data-dir", r],
+     ["no known dataset layout", "cifar-10-batches-bin"]),
+    ("unknown data format", lambda r: ["train", "--config", "smoke", "--data-dir",
+                                       (r / "x.csv").write_text("a,b") and r],
+     ["no known dataset layout", "x.csv"]),
+    ("truncated batch file", lambda r: ["train", "--config", "smoke", "--data-dir",
+                                        _bin_dir(r, truncate=True)],
+     ["data_batch_4.bin", "truncated", "prepare the dataset again"]),
+    ("labels out of range", lambda r: ["train", "--config", "smoke", "--data-dir",
+                                       _bin_dir(r, bad_label=True)],
+     ["label 12 at record 3", "data_batch_2.bin"]),
+    ("corrupt image", lambda r: ["train", "--config", "smoke", "--data-dir",
+                                 _image_dir(r, "corrupt")], ["broken.png", "skip_corrupt"]),
+    ("zero-byte image", lambda r: ["train", "--config", "smoke", "--data-dir",
+                                   _image_dir(r, "empty")], ["zero.jpg", "the file is empty"]),
+    ("no network for tfds", lambda r: ["train", "--config", "smoke"],
+     ["no network", "--data-dir"]),
+    ("run dir exists", lambda r: ["train", "--config", "smoke", "--data-dir",
+                                  _bin_dir(r / "d"), "--val-from-train", "10",
+                                  "--run-dir", _run_folder(r)],
+     ["already exists", "--overwrite"]),
+    ("resume missing dir", lambda r: ["train", "--resume", r / "gone"],
+     ["gone'", "runs/"]),
+    ("resume another architecture", lambda r: ["train", "--resume", _run_folder(r), "--depth", "6",
+                                               "--skip-period", "0"],
+     ["trained with another model", "depth: saved 4, now 6"]),
+    ("export missing run", lambda r: ["export", r / "norun"], ["does not exist", "runs/"]),
+    ("export non-model file", lambda r: ["export", "--checkpoint",
+                                         (r / "m.keras").write_text("no") and r / "m.keras"],
+     ["cannot load", "m.keras"]),
+    ("export unknown format", lambda r: ["export", r, "--formats", "onnx"], ["onnx"]),
+    ("predict missing image", lambda r: ["predict", r / "none.png", "--model", _exported(r)],
+     ["none.png", "does not exist"]),
+    ("predict non-image", lambda r: ["predict", (r / "t.png").write_text("x") and r / "t.png",
+                                     "--model", _exported(r)], ["t.png", "not a readable image"]),
+    ("predict wrong channels", lambda r: ["predict", _gray_png(r), "--model", _exported(r)],
+     ["gray.png", "mode L", "RGB"]),
+    ("predict not an export", lambda r: ["predict", _gray_png(r), "--model", r / "nomodel"],
+     ["not an exported model folder", "cli.py export"]),
+    ("unwritable output dir", lambda r: ["train", "--config", "smoke", "--data-dir",
+                                         _bin_dir(r / "d"), "--val-from-train", "10",
+                                         "--runs-dir",
+                                         (r / "file").write_text("x") and r / "file" / "runs"],
+     ["cannot write the run folder", "--runs-dir"]),
+]
+
+
+def _snapshot(root):
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            stat = os.stat(path)
+            out[path] = (stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("name,setup,quoted", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(name, setup, quoted, tmp_path):
+    args = setup(tmp_path)
+    before = _snapshot(tmp_path)
+    result = run_cli(*args, cwd=str(tmp_path), env={"CMXL_OFFLINE": "1"}, timeout=300)
+    after = _snapshot(tmp_path)
+    message = result.stderr.strip()
+    clear = result.returncode != 0 and all(q in message for q in quoted)
+    traceback = "Traceback" in result.stderr
+    RESULTS.append((name, clear, traceback))
+    assert result.returncode != 0, result.stdout[-2000:]
+    for q in quoted:
+        assert q in message, f"{q!r} not in {message!r}"
+    assert not traceback, message
+    # One paragraph: the error itself is a single line (click's usage lines may precede it).
+    assert len([line for line in message.splitlines() if line.startswith("Error")]) == 1
+    assert after == before, "files changed"
+
+
+def test_summary_line(capsys):
+    tried = len(RESULTS)
+    clear = sum(1 for _, ok, _ in RESULTS if ok)
+    tracebacks = sum(1 for _, _, tb in RESULTS if tb)
+    with capsys.disabled():
+        print(f"\nbad inputs: {tried} tried, {clear} clear errors, {tracebacks} tracebacks")
+    assert tried >= 30 and clear == tried and tracebacks == 0

@@ -1,0 +1,67 @@
+"""Evaluation: the same numbers from a run folder, a .keras file and a SavedModel; figures."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def three_forms(trained_run, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("exp"))
+    result = run_cli("export", trained_run, "--out", out, "--formats", "saved_model")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"run": trained_run, "keras": os.path.join(trained_run, "model.keras"),
+            "saved_model": os.path.join(out, "smoke")}
+
+
+def test_evaluate_agrees_across_the_three_model_forms(three_forms, cifar_dir, tmp_path):
+    results = {}
+    for form, source in three_forms.items():
+        out = tmp_path / form
+        result = run_cli("evaluate", source, "--data-dir", cifar_dir, "--out", out, "--tta")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "top-1" in result.stdout and "with flip TTA" in result.stdout
+        results[form] = json.load(open(out / "eval_val.json"))
+    ref = results["run"]
+    assert ref["images"] == 128 and 0 <= ref["top1"] <= ref["top5"] <= 1
+    assert np.sum(ref["confusion_matrix"]) == 128
+    assert results["saved_model"]["form"] == "saved_model"
+    for form in ("keras", "saved_model"):
+        got = results[form]
+        assert got["top1"] == ref["top1"] and got["top5"] == ref["top5"]
+        assert got["loss"] == pytest.approx(ref["loss"], abs=1e-5)
+        assert got["confusion_matrix"] == ref["confusion_matrix"]
+        assert got["tta_flip"]["top1"] == ref["tta_flip"]["top1"]
+
+
+def test_evaluate_writes_figures_that_are_real_images(three_forms, cifar_dir, tmp_path):
+    from PIL import Image
+
+    result = run_cli("evaluate", three_forms["keras"], "--data-dir", cifar_dir, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("confusion_matrix_val.png", "correct_val.png", "wrong_val.png"):
+        with Image.open(tmp_path / name) as image:
+            pixels = np.asarray(image.convert("L"))
+            assert image.size[0] >= 400 and image.size[1] >= 400, name
+        assert pixels.std() > 10, f"{name} looks blank"
+
+
+def test_evaluate_run_folder_writes_into_the_run_and_tensorboard(three_forms, cifar_dir):
+    run = three_forms["run"]
+    result = run_cli("evaluate", run, "--data-dir", cifar_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isfile(os.path.join(run, "eval_val.json"))
+    assert os.listdir(os.path.join(run, "tensorboard", "eval"))
+
+
+def test_test_split_without_test_data_is_a_clear_error(three_forms, cifar_dir, tmp_path):
+    result = run_cli("evaluate", three_forms["run"], "--data-dir", cifar_dir, "--split", "test",
+                     "--out", tmp_path)
+    assert result.returncode == 2 and "has no test split" in result.stderr
+    assert "--split val" in result.stderr and "Traceback" not in result.stderr

@@ -143,7 +143,7 @@ def info(config_file, overrides, variant, summary, **flags):
     click.echo(f"MACs per image: {macs:,}  (FLOPs ~ {2 * macs / 1e9:.3f} G)")
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
+@cli.command()
 @model_options
 @click.option("--epochs", type=int, help="Training epochs (paper: 100).")
 @click.option("--batch-size", type=int, help="Global batch size (paper: 128).")
@@ -307,6 +307,50 @@ def predict(images, model_dir, top_k, fmt, as_json):
         click.echo(item["image"])
         for guess in item["top_k"]:
             click.echo(f"  {guess['class']:<12} {guess['probability']:.4f}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", "out_dir", default="report", show_default=True)
+@user_errors
+def report(run_dirs, out_dir):
+    """Validation-accuracy curves of runs (the paper's Figures 3 and 4)."""
+    from cmxl_keras import report as report_lib
+
+    for path in report_lib.report(run_dirs, out_dir):
+        click.echo(f"figure: {path}")
+
+
+@cli.command()
+@click.option("--epochs", type=int, help="Epochs of every run (paper: 100).")
+@click.option("--limit-train", type=int, help="Train on the first N images only.")
+@click.option("--data-dir", type=str, help="Official CIFAR files, their .tar.gz, or images.")
+@click.option("--val-from-train", type=int, help="Carve N validation images from train.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key in all seven configs; repeatable.")
+@click.option("--out", "out_dir", default="ablation", show_default=True)
+@user_errors
+def ablation(epochs, limit_train, data_dir, val_from_train, overrides, out_dir):
+    """Train the seven Table-1 configurations; resumable; writes results.md/json."""
+    from cmxl_keras import config, report as report_lib
+
+    changes = {k: v for k, v in dict(epochs=epochs, limit_train=limit_train, data_dir=data_dir,
+                                     val_from_train=val_from_train).items() if v is not None}
+    for text in overrides:
+        key, value = config.parse_override(text)
+        changes[key] = value
+    config.merge(config.Config(), changes, source="the ablation options")  # fail fast
+    _quiet_tensorflow()
+    from cmxl_keras import train as train_lib
+
+    try:
+        rows, figures = report_lib.ablation(changes, out_dir)
+    except train_lib.TrainingInterrupted as error:
+        click.echo(f"{error} Then run the same ablation command again.", err=True)
+        sys.exit(130)
+    click.echo(open(os.path.join(out_dir, "results.md")).read())
+    for path in figures:
+        click.echo(f"figure: {path}")
 
 
 if __name__ == "__main__":

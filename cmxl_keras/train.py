@@ -227,7 +227,7 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     writer = None
     tb_dir = os.path.join(run_dir, "tensorboard")
     extra = []
-    if keras.backend.backend() == "tensorflow" or _has_tensorflow():
+    if _has_tensorflow():  # TensorBoard writes through tf.summary
         writer = callbacks.make_summary_writer(tb_dir, log)
         extra.append(keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
     if not resume:

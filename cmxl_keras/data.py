@@ -412,6 +412,12 @@ def _take(split, indices):
     return Split(split.images[indices], split.labels[indices])
 
 
+def _carve(rng, total, count):
+    """Sorted indices of ``count`` random items of ``total``, and of the rest."""
+    order = rng.permutation(total)
+    return np.sort(order[:count]), np.sort(order[count:])
+
+
 def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, log=print):
     """Applies the paper's split protocol to ``raw`` (deterministic for ``seed``)."""
     rng = np.random.default_rng(seed)
@@ -422,8 +428,7 @@ def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, 
             raise DataError(
                 f"val_size {val_size} leaves no test images: the test split has only "
                 f"{len(test)}. Use a smaller --set val_size=N.")
-        order = rng.permutation(len(test))
-        val_idx, test_idx = np.sort(order[:val_size]), np.sort(order[val_size:])
+        val_idx, test_idx = _carve(rng, len(test), val_size)
         val, test = _take(test, val_idx), _take(test, test_idx)
         info.update(val_from="test", val_indices_sha256=_digest(val_idx),
                     test_indices_sha256=_digest(test_idx), val_indices=val_idx.tolist())
@@ -437,8 +442,7 @@ def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, 
             raise DataError(
                 f"cannot carve {count:,} validation images from a training split of "
                 f"{len(train):,}. Use a smaller --val-from-train N.")
-        order = rng.permutation(len(train))
-        val_idx, train_idx = np.sort(order[:count]), np.sort(order[count:])
+        val_idx, train_idx = _carve(rng, len(train), count)
         val = _take(train, val_idx)
         info.update(val_from="train", val_indices_sha256=_digest(val_idx),
                     val_indices=val_idx.tolist())

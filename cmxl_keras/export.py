@@ -161,7 +161,6 @@ class TFLiteRunner:
         self.input_name = next(iter(runner.get_input_details()))
         self.input_dtype = runner.get_input_details()[self.input_name]["dtype"]
         self.runner = runner
-        self._batch = None
 
     def __call__(self, images):
         images = np.asarray(images).astype(self.input_dtype)
@@ -196,9 +195,8 @@ def parity(model, folder, images, formats):
     for kind, name in TFLITE_FILES.items():
         if kind in formats:
             got = TFLiteRunner(os.path.join(folder, name))(images)
-            key = kind if kind != "tflite" else "tflite"
-            report[f"{key}_max_abs_diff"] = float(np.abs(got - reference).max())
-            report[f"{key}_top1_agreement"] = float((got.argmax(-1) == top1).mean())
+            report[f"{kind}_max_abs_diff"] = float(np.abs(got - reference).max())
+            report[f"{kind}_top1_agreement"] = float((got.argmax(-1) == top1).mean())
     return report
 
 

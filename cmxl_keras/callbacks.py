@@ -8,6 +8,7 @@ restarts an interrupted epoch from its first step. Here every write is atomic
 count stored inside it, so weights and position can never disagree.
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -17,6 +18,7 @@ import keras
 import numpy as np
 
 from cmxl_keras import runs
+from cmxl_keras.errors import RunError
 
 
 class TrainState:
@@ -101,15 +103,30 @@ class Checkpointer(keras.callbacks.Callback):
         self.every_steps = every_steps
         self.good_state = None
 
+    @contextlib.contextmanager
+    def _reported(self, path):
+        """A failed write (disk full, permissions) becomes a clear error; the atomic write
+        has already left the previous file in place."""
+        try:
+            yield
+        except OSError as error:
+            run_dir = os.path.dirname(os.path.dirname(self.last_weights))
+            raise RunError(
+                f"cannot write {path!r} ({error.strerror or error}). The previous checkpoint "
+                f"is intact. Free disk space (or fix the folder's permissions) and continue "
+                f"with: python cli.py train --resume {run_dir}") from None
+
     def save_last(self):
         step = _step(self.model)
-        with runs.atomic_path(self.last_weights) as tmp:
+        with self._reported(self.last_weights), runs.atomic_path(self.last_weights) as tmp:
             self.model.save_weights(tmp)
-        runs.write_json(self.paths["state"], {
-            "step": step, "epoch": step // self.state.steps_per_epoch,
-            "step_in_epoch": step % self.state.steps_per_epoch,
-            "steps_per_epoch": self.state.steps_per_epoch, "best_val_accuracy": self.state.best,
-            "weights": os.path.basename(self.last_weights)})
+        with self._reported(self.paths["state"]):
+            runs.write_json(self.paths["state"], {
+                "step": step, "epoch": step // self.state.steps_per_epoch,
+                "step_in_epoch": step % self.state.steps_per_epoch,
+                "steps_per_epoch": self.state.steps_per_epoch,
+                "best_val_accuracy": self.state.best,
+                "weights": os.path.basename(self.last_weights)})
 
     def _mark_good(self):
         if os.path.exists(self.last_weights) and os.path.exists(self.paths["state"]):
@@ -143,10 +160,11 @@ class Checkpointer(keras.callbacks.Callback):
         val = logs.get("val_accuracy")
         if val is not None and (self.state.best is None or val > self.state.best):
             self.state.best = float(val)
-            with runs.atomic_path(self.paths["best"]) as tmp:
+            with self._reported(self.paths["best"]), runs.atomic_path(self.paths["best"]) as tmp:
                 self.model.save(tmp)
         self.save_last()
-        self._mark_good()
+        with self._reported(self.good_weights):
+            self._mark_good()
 
 
 class EpochReport(keras.callbacks.Callback):

@@ -194,3 +194,37 @@ def test_cli_trains_from_every_on_disk_layout(cifar_dir, tmp_path, layout):
             "images": "image folder"}[layout]
     assert split["source"].startswith(name) and split["train"] == 256
     assert f"data: {name}" in result.stdout
+
+
+@pytest.mark.slow
+def test_disk_full_is_reported_and_the_previous_checkpoint_survives(cifar_dir, tmp_path,
+                                                                     monkeypatch):
+    import errno
+
+    calls = {"n": 0}
+    original = keras.Model.save_weights
+
+    def failing_after_first(self, filepath, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first epoch's checkpoint is written, the second's is not
+            with open(filepath, "wb") as f:
+                f.write(b"half a file")  # the write gets partway, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", failing_after_first)
+    cfg = config.load("smoke").replace(data_dir=cifar_dir, epochs=2, aug="none")
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(RunError) as info:
+        train.train(cfg, run_dir=run_dir, argv=["test"], log=lambda m: None, verbose=0)
+    message = str(info.value)
+    assert "No space left on device" in message and "The previous checkpoint is intact" in message
+    assert f"--resume {run_dir}" in message
+    folder = os.path.join(run_dir, "checkpoints")
+    assert json.load(open(os.path.join(folder, "state.json")))["step"] == 8  # epoch 1
+    assert not [f for f in os.listdir(folder) if "partial" in f]
+    monkeypatch.setattr(keras.Model, "save_weights", original)
+    model = train.compile_model(train.build_model(cfg), cfg, 8)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(folder, "last.weights.h5"))
+    assert int(model.optimizer.iterations.numpy()) == 8

@@ -233,6 +233,9 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
     target = os.path.join(out_dir, name)
     try:
         os.makedirs(out_dir, exist_ok=True)
+        for stale in os.listdir(out_dir):  # left by an export that was killed
+            if stale.startswith(f".{name}{runs.TMP_SUFFIX}-"):
+                shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)
         staging = tempfile.mkdtemp(prefix=f".{name}{runs.TMP_SUFFIX}-", dir=out_dir)
     except OSError as error:
         raise RunError(f"cannot write to the output folder {out_dir!r} "

@@ -170,12 +170,11 @@ class Checkpointer(keras.callbacks.Callback):
 class EpochReport(keras.callbacks.Callback):
     """Times each epoch, records it in metrics.json and prints one summary line."""
 
-    def __init__(self, run_dir, state, num_train, batch_size, epochs, log=print,
+    def __init__(self, run_dir, state, batch_size, epochs, log=print,
                  writer=None):
         super().__init__()
         self.path = os.path.join(run_dir, "metrics.json")
         self.state = state
-        self.num_train = num_train
         self.batch_size = batch_size
         self.epochs = epochs
         self.log = log
@@ -202,8 +201,7 @@ class EpochReport(keras.callbacks.Callback):
         now = time.perf_counter()
         train_seconds = (self._train_end or now) - self._start
         steps = _step(self.model) - self._first_step
-        images = min(steps * self.batch_size, self.num_train * max(1, math.ceil(
-            steps / self.state.steps_per_epoch)))
+        images = steps * self.batch_size  # the training stream repeats: every batch is full
         entry = {"epoch": epoch + 1}
         entry.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
         entry.update(lr=current_lr(self.model), epoch_seconds=now - self._start,

@@ -37,7 +37,9 @@ def train_dataset(split, batch_size, spec: AugmentSpec, seed=0, deterministic=Fa
     ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    # drop_remainder=False as PyTorch's DataLoader default: every image is seen each epoch.
+    # With repeat() before batch() the stream has no epoch edges: every batch is full, and
+    # an epoch of ceil(N / batch) steps covers at least N images, as many steps as PyTorch's
+    # DataLoader with drop_last=False gives. Without repeat, the last batch is partial.
     ds = ds.batch(batch_size)
     augment = _to_float if spec.is_identity else build_tf_augmenter(spec, seed=seed)
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)

@@ -237,8 +237,7 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
             writer.image("augmentations", grid)
             writer.hparams(_hparams(cfg))
             writer.flush()
-    report = callbacks.EpochReport(run_dir, state, len(splits.train), cfg.batch_size,
-                                   cfg.epochs, log, writer)
+    report = callbacks.EpochReport(run_dir, state, cfg.batch_size, cfg.epochs, log, writer)
     guard = callbacks.Guard(state, checkpointer)
     cbs = [guard, report, checkpointer] + extra
     if verbose is None:

@@ -155,6 +155,8 @@ def info(config_file, overrides, variant, summary, **flags):
 @click.option("--seed", type=int, help="Random seed (paper: 1024).")
 @click.option("--name", type=str, help="Run name (the run folder is runs/<name>-<time>).")
 @click.option("--precision", type=str, help="auto, float32, mixed_float16, mixed_bfloat16.")
+@click.option("--strategy", type=str,
+              help="tf.distribute: auto, one_device, mirrored, multi_worker (TF_CONFIG).")
 @click.option("--runs-dir", default="runs", show_default=True,
               help="Parent folder of new run folders.")
 @click.option("--run-dir", type=str, help="Exact folder of this run (default runs/<name>-<time>).")

@@ -93,8 +93,9 @@ class Checkpointer(keras.callbacks.Callback):
     weights, so after a divergence ``rollback`` makes the good copy the one to resume.
     """
 
-    def __init__(self, run_dir, state, every_steps=0):
+    def __init__(self, run_dir, state, every_steps=0, portable=None):
         super().__init__()
+        self.portable = portable  # model -> the model to save as best.keras (or None)
         self.paths = runs.checkpoint_paths(run_dir)
         folder = os.path.join(run_dir, "checkpoints")
         self.last_weights = os.path.join(folder, "last.weights.h5")
@@ -161,7 +162,7 @@ class Checkpointer(keras.callbacks.Callback):
         if val is not None and (self.state.best is None or val > self.state.best):
             self.state.best = float(val)
             with self._reported(self.paths["best"]), runs.atomic_path(self.paths["best"]) as tmp:
-                self.model.save(tmp)
+                (self.portable(self.model) if self.portable else self.model).save(tmp)
         self.save_last()
         with self._reported(self.good_weights):
             self._mark_good()

@@ -15,6 +15,7 @@ import os
 import tomllib
 
 from cmxl_keras import architecture
+from cmxl_keras.distribute import STRATEGIES
 from cmxl_keras.errors import ConfigError
 
 
@@ -70,6 +71,7 @@ class Config:
     deterministic: bool = False
     steps_per_epoch: int = 0  # > 0: cap the steps of each epoch (quick runs)
     checkpoint_every_steps: int = 0  # > 0: also back up mid-epoch every N steps
+    strategy: str = "auto"  # tf.distribute: auto, one_device, mirrored, multi_worker
 
     def replace(self, **changes):
         """A validated copy with ``changes`` applied."""
@@ -93,6 +95,7 @@ CHOICES = {
     "activation": architecture.ACTIVATIONS,
     "aug": ("paper", "none"),
     "precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+    "strategy": STRATEGIES,
 }
 
 # Numeric bounds: (minimum, maximum, inclusive-minimum).

@@ -46,34 +46,36 @@ def _activation(name, layer_name):
     return layers.LeakyReLU(negative_slope=0.01, name=layer_name)
 
 
-def _batch_norm(layer_name):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=layer_name)
+def _batch_norm(layer_name, synchronized=False):
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                     synchronized=synchronized, name=layer_name)
 
 
-def stem(x, width, patch_size, activation):
+def stem(x, width, patch_size, activation, sync_bn=False):
     """Patch embedding: a strided convolution over non-overlapping patches."""
     x = layers.Conv2D(width, patch_size, strides=patch_size, name="stem_conv")(x)
     x = _activation(activation, "stem_act")(x)
-    return _batch_norm("stem_bn")(x)
+    return _batch_norm("stem_bn", sync_bn)(x)
 
 
-def mixer_layer(x, index, width, kernel_size, activation):
+def mixer_layer(x, index, width, kernel_size, activation, sync_bn=False):
     """One ConvMixer layer: residual depthwise (spatial) mix, then pointwise (channel) mix."""
     prefix = f"layer_{index}"
     y = layers.DepthwiseConv2D(kernel_size, padding="same", name=f"{prefix}_depthwise")(x)
     y = _activation(activation, f"{prefix}_depthwise_act")(y)
-    y = _batch_norm(f"{prefix}_depthwise_bn")(y)
+    y = _batch_norm(f"{prefix}_depthwise_bn", sync_bn)(y)
     x = layers.Add(name=f"{prefix}_residual")([x, y])
     x = layers.Conv2D(width, 1, name=f"{prefix}_pointwise")(x)
     x = _activation(activation, f"{prefix}_pointwise_act")(x)
-    return _batch_norm(f"{prefix}_pointwise_bn")(x)
+    return _batch_norm(f"{prefix}_pointwise_bn", sync_bn)(x)
 
 
-def skip_group(x, group, first_index, num_layers, width, kernel_size, activation):
+def skip_group(x, group, first_index, num_layers, width, kernel_size, activation,
+               sync_bn=False):
     """ConvMixer-XL's inter-block residual: ``x + layers(x)`` over ``num_layers`` layers."""
     y = x
     for index in range(first_index, first_index + num_layers):
-        y = mixer_layer(y, index, width, kernel_size, activation)
+        y = mixer_layer(y, index, width, kernel_size, activation, sync_bn)
     return layers.Add(name=f"group_{group}_skip")([x, y])
 
 
@@ -88,7 +90,8 @@ def head(x, num_classes):
 
 
 def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes=10,
-                    activation="gelu", skip_period=0, input_shape=(32, 32, 3), name=None):
+                    activation="gelu", skip_period=0, input_shape=(32, 32, 3), name=None,
+                    sync_bn=False):
     """Builds a ConvMixer (``skip_period=0``) or ConvMixer-XL graph.
 
     Args:
@@ -102,6 +105,9 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
             ``depth`` must be divisible by it.
         input_shape: ``(size, size, 3)``; ``size`` divisible by ``patch_size``.
         name: model name; defaults to ``convmixer_{width}_{depth}``.
+        sync_bn: BatchNorm statistics over the global batch under a tf.distribute
+            strategy with several replicas (TensorFlow backend only). Weights are the
+            same either way: train with it, save and serve a model built without it.
 
     Returns:
         A ``keras.Model`` mapping raw images (uint8 or float in [0, 255]) to logits.
@@ -120,15 +126,15 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
         mean=[255.0 * m for m in CIFAR_MEAN],
         variance=[(255.0 * s) ** 2 for s in CIFAR_STD],
         name="normalize")(inputs)
-    x = stem(x, width, patch_size, activation)
+    x = stem(x, width, patch_size, activation, sync_bn)
     if skip_period:
         per_group = depth // skip_period
         for group in range(skip_period):
             x = skip_group(x, group + 1, group * per_group + 1, per_group,
-                           width, kernel_size, activation)
+                           width, kernel_size, activation, sync_bn)
     else:
         for index in range(1, depth + 1):
-            x = mixer_layer(x, index, width, kernel_size, activation)
+            x = mixer_layer(x, index, width, kernel_size, activation, sync_bn)
     outputs = head(x, num_classes)
     return keras.Model(inputs, outputs, name=name or f"convmixer_{width}_{depth}")
 

@@ -9,7 +9,9 @@ good checkpoint).
 
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from cmxl_keras import augment, runs
@@ -62,14 +64,22 @@ def steps_per_epoch(num_train, cfg):
     return min(steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else steps
 
 
-def build_model(cfg):
+def build_model(cfg, sync_bn=False):
     from cmxl_keras import models
 
     return models.build_convmixer(
         width=cfg.width, depth=cfg.depth, patch_size=cfg.patch_size,
         kernel_size=cfg.kernel_size, num_classes=cfg.num_classes, activation=cfg.activation,
         skip_period=cfg.skip_period, input_shape=(cfg.image_size, cfg.image_size, 3),
-        name=cfg.name)
+        name=cfg.name, sync_bn=sync_bn)
+
+
+def portable_copy(model, cfg):
+    """``model``'s weights in a model built without synchronized BatchNorm: the file it
+    is saved to loads on every backend, with or without a distribution strategy."""
+    copy = build_model(cfg)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def compile_model(model, cfg, steps, one_hot=False, jit_compile=False):
@@ -174,9 +184,32 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
         TrainingInterrupted: SIGINT/SIGTERM; the current step was saved for --resume.
         RunError, DataError, ConfigError: bad input, named in the message.
     """
+    from cmxl_keras import distribute
+
+    # First: a multi-worker strategy and the logical CPU split configure the runtime.
+    strategy = distribute.make_strategy(cfg.strategy, log)
+    if distribute.is_chief(strategy):
+        return _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose)
+    # Another worker runs the same program (the saves may read distributed variables
+    # collectively) but writes into a scratch folder; the chief writes the run folder.
+    task_type, task_id = distribute.task(strategy)
+    scratch = tempfile.mkdtemp(prefix=f"cmxl-{task_type}{task_id}-")
+    os.makedirs(os.path.join(scratch, "checkpoints"))
+    log(f"{task_type} {task_id}: the chief writes the run folder; this worker's copies go "
+        f"to {scratch}, removed at the end")
+    try:
+        result = _train(cfg, strategy, runs_dir, scratch, resume, True, argv, log, verbose,
+                        chief=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log(f"done: {task_type} {task_id} finished; the chief wrote the run folder")
+    return dict(result, run_dir=None)
+
+
+def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose, chief=True):
     import keras
 
-    from cmxl_keras import callbacks, data, models, pipeline
+    from cmxl_keras import callbacks, data, distribute, models, pipeline
 
     state_file = check_resumable(resume, cfg) if resume else None
     precision = resolve_precision(cfg.precision)
@@ -188,9 +221,10 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
         tf.config.experimental.enable_op_determinism()
 
     splits = data.load_splits(cfg, log=log)  # before the run folder: bad data leaves nothing
-    run_dir = resume or runs.new_run_dir(runs_dir, cfg.name, run_dir, overwrite)
+    if chief:
+        run_dir = resume or runs.new_run_dir(runs_dir, cfg.name, run_dir, overwrite)
     argv = list(argv or sys.argv)
-    if resume:
+    if resume and chief:
         for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
             for name in runs.remove_partials(folder):
                 log(f"removed {name}, left by an interrupted write")
@@ -198,7 +232,7 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
             f.write(" ".join(argv) + "\n")
         runs.write_text(os.path.join(run_dir, "config.toml"), cfg.to_toml())
         runs.write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
-    else:
+    elif chief:
         runs.write_run_metadata(run_dir, cfg, argv, splits.info)
 
     spec = augment.AugmentSpec.from_config(cfg)
@@ -210,18 +244,29 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     val_ds = pipeline.eval_dataset(splits.val, cfg.batch_size, one_hot=one_hot,
                                    num_classes=cfg.num_classes)
 
-    model = compile_model(build_model(cfg), cfg, steps, one_hot=one_hot)
-    metrics = runs.read_json(os.path.join(run_dir, "metrics.json"), []) if resume else []
+    replicas = distribute.replicas(strategy)
+    metrics = runs.read_json(os.path.join(resume, "metrics.json"), []) if resume else []
     state = callbacks.TrainState(steps, metrics, (state_file or {}).get("best_val_accuracy"))
-    checkpointer = callbacks.Checkpointer(run_dir, state, cfg.checkpoint_every_steps)
+    # Several replicas: BatchNorm over the global batch, and checkpoints saved from a
+    # copy without it (loadable anywhere).
+    portable = (lambda m: portable_copy(m, cfg)) if replicas > 1 else None
+    checkpointer = callbacks.Checkpointer(run_dir, state, cfg.checkpoint_every_steps, portable)
     start_step = 0
+    with distribute.scope(strategy):
+        model = compile_model(build_model(cfg, sync_bn=replicas > 1), cfg, steps,
+                              one_hot=one_hot)
+        distribute.prepare_model(model, strategy)
+        if resume:
+            weights = os.path.join(resume, "checkpoints",
+                                   os.path.basename(checkpointer.last_weights))
+            start_step = _restore(model, weights, state_file, steps)
     if resume:
-        start_step = _restore(model, checkpointer.last_weights, state_file, steps)
-        log(f"resuming {run_dir} at epoch {start_step // steps + 1}, step "
+        log(f"resuming {resume} at epoch {start_step // steps + 1}, step "
             f"{start_step % steps} of {steps} (optimizer step {start_step})")
     log(f"model: {cfg.name}, {models.trainable_param_count(model):,} trainable parameters; "
         f"precision {precision}; {len(splits.train):,} train / {len(splits.val):,} val "
-        f"images; {steps} steps per epoch")
+        f"images; {steps} steps per epoch of {cfg.batch_size} images"
+        + (f" ({cfg.batch_size / replicas:g} per replica on {replicas})" if replicas > 1 else ""))
     log(f"augmentation: {spec.describe()}")
 
     writer = None
@@ -230,7 +275,7 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     if _has_tensorflow():  # TensorBoard writes through tf.summary
         writer = callbacks.make_summary_writer(tb_dir, log)
         extra.append(keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
-    if not resume:
+    if not resume:  # on every worker alike: drawing it may advance the shuffle seeds
         grid = augmentation_grid(train_ds)
         save_png(os.path.join(run_dir, "augmentations.png"), grid)
         if writer is not None:
@@ -254,7 +299,8 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
                   validation_data=val_ds, callbacks=cbs, verbose=verbose, shuffle=False)
     if writer is not None:
         writer.flush()
-    return _finish(model, cfg, run_dir, state, checkpointer, started, log)
+    return _finish(model, cfg, run_dir, state, checkpointer, started,
+                   log if chief else (lambda *a: None))
 
 
 def _has_tensorflow():

@@ -83,7 +83,7 @@ def _toml(root, text):
     return path
 
 
-# (id, setup(root) -> args, substrings the message must contain: the value and the fix)
+# (id, setup(root) -> args or (args, environment), substrings the message must contain: the value and the fix)
 CASES = [
     ("depth zero", lambda r: ["train", "--depth", "0"], ["got 0", "--depth"]),
     ("depth negative", lambda r: ["train", "--depth", "-3"], ["got -3"]),
@@ -161,6 +161,22 @@ CASES = [
      ["gray.png", "mode L", "RGB"]),
     ("predict not an export", lambda r: ["predict", _gray_png(r), "--model", r / "nomodel"],
      ["not an exported model folder", "cli.py export"]),
+    ("unknown strategy", lambda r: ["train", "--config", "smoke", "--strategy", "tpu"],
+     ["'tpu'", "multi_worker"]),
+    ("multi_worker without TF_CONFIG", lambda r: (["train", "--config", "smoke", "--strategy",
+                                                   "multi_worker"], {"TF_CONFIG": ""}),
+     ["needs the TF_CONFIG environment variable", '"task": {"type": "worker"']),
+    ("TF_CONFIG not JSON", lambda r: (["train", "--config", "smoke", "--strategy",
+                                       "multi_worker"], {"TF_CONFIG": "{cluster: 1}"}),
+     ["TF_CONFIG='{cluster: 1}' is not a valid cluster description", "host:port"]),
+    ("TF_CONFIG task outside cluster", lambda r: (
+        ["train", "--config", "smoke", "--strategy", "multi_worker"],
+        {"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                                  "task": {"type": "worker", "index": 3}})}),
+     ["is not a valid cluster description (IndexError", "'index'"]),
+    ("bad CMXL_CPU_DEVICES", lambda r: (["train", "--config", "smoke", "--strategy", "mirrored"],
+                                        {"CMXL_CPU_DEVICES": "two"}),
+     ["CMXL_CPU_DEVICES='two' is not a positive integer", "unset it"]),
     ("unwritable output dir", lambda r: ["train", "--config", "smoke", "--data-dir",
                                          _bin_dir(r / "d"), "--val-from-train", "10",
                                          "--runs-dir",
@@ -181,9 +197,12 @@ def _snapshot(root):
 
 @pytest.mark.parametrize("name,setup,quoted", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(name, setup, quoted, tmp_path):
-    args = setup(tmp_path)
+    args, env = setup(tmp_path), {"CMXL_OFFLINE": "1"}
+    if isinstance(args, tuple):  # (arguments, extra environment)
+        args, extra = args
+        env.update(extra)
     before = _snapshot(tmp_path)
-    result = run_cli(*args, cwd=str(tmp_path), env={"CMXL_OFFLINE": "1"}, timeout=300)
+    result = run_cli(*args, cwd=str(tmp_path), env=env, timeout=300)
     after = _snapshot(tmp_path)
     message = result.stderr.strip()
     clear = result.returncode != 0 and all(q in message for q in quoted)

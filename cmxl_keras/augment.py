@@ -208,15 +208,21 @@ def keras_cv_stages(spec, seed=None):
     if spec.crop_scale:
         stages.append(keras_cv.layers.RandomCropAndResize(
             target_size=(spec.image_size, spec.image_size), crop_area_factor=spec.crop_scale,
-            aspect_ratio_factor=(1.0, 1.0), seed=seed))
+            aspect_ratio_factor=(1.0, 1.0), seed=_stage_seed(seed, 0)))
     if spec.flip:
-        stages.append(keras_cv.layers.RandomFlip("horizontal", seed=seed))
+        stages.append(keras_cv.layers.RandomFlip("horizontal", seed=_stage_seed(seed, 1)))
     if spec.randaugment_ops:
         stages.append(keras_cv.layers.RandAugment(
             value_range=(0, 255), augmentations_per_image=spec.randaugment_ops,
             magnitude=spec.keras_cv_magnitude, magnitude_stddev=0.0, rate=RANDAUGMENT_RATE,
-            seed=seed))
+            seed=_stage_seed(seed, 2)))
     return stages
+
+
+def _stage_seed(seed, index):
+    """One seed per stage: stages seeded alike would draw the same numbers (a crop's
+    offset would decide the flip)."""
+    return None if seed is None else seed + 7919 * (index + 1)
 
 
 def build_tf_augmenter(spec, seed=None):
@@ -255,3 +261,202 @@ def build_tf_augmenter(spec, seed=None):
         return images, labels
 
     return augment
+
+
+# ------------------------------------------------------ Keras layers (any backend, on device)
+# The same stages as Keras layers, for backends without tf.data (JAX, PyTorch) or to
+# augment on the accelerator: they sit in front of the model during training only
+# (``train`` saves models without them) and draw per image from Keras' seeded RNG.
+# Crop, colour jitter and erasing are written here with keras.ops, with the torchvision
+# semantics of the tf.data form above: Keras core has no RandomResizedCrop, and its
+# RandomColorJitter / RandomErasing use other parameters (see the tf.data notes).
+# RandAugment is Keras core's layer with its op strengths set from torchvision's table
+# (``RandAugment`` below says how); unlike keras-cv's and torchvision's it picks the ops
+# once per batch, not per image, and its 11 ops include rotation, posterize and
+# sharpness, which keras-cv lacks. tests/test_augment.py measures how the two forms
+# agree stage by stage.
+def _keras_layers():
+    import keras
+
+    class _Augmentation(keras.layers.Layer):
+        """Per-image random stage on float images in [0, 255]; identity at inference."""
+
+        def __init__(self, seed=None, **kwargs):
+            kwargs.setdefault("dtype", "float32")
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def uniform(self, shape, low=0.0, high=1.0):
+            return keras.random.uniform(shape, low, high, seed=self.seed_generator)
+
+        def call(self, images, training=None):
+            if not training:
+                return images
+            return self.augment(keras.ops.cast(images, "float32"))
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    class RandomResizedCrop(_Augmentation):
+        """torchvision RandomResizedCrop with ratio 1: a square of area ``U(scale)`` of
+        the image, placed uniformly, resized bilinearly to the full size."""
+
+        def __init__(self, scale=(0.75, 1.0), seed=None, **kwargs):
+            super().__init__(seed, **kwargs)
+            self.scale = tuple(scale)
+
+        def augment(self, images):
+            ops = keras.ops
+            shape = ops.shape(images)
+            batch, size = shape[0], ops.cast(shape[2], "float32")
+            side = ops.sqrt(self.uniform((batch,), *self.scale))  # crop side / image side
+            left = self.uniform((batch,)) * (1.0 - side) * size
+            top = self.uniform((batch,)) * (1.0 - side) * size
+            # Output pixel centre x + 0.5 samples the input at side * (x + 0.5) + left.
+            zeros = ops.zeros_like(side)
+            transform = ops.stack([side, zeros, left + 0.5 * side - 0.5,
+                                   zeros, side, top + 0.5 * side - 0.5, zeros, zeros], axis=1)
+            return ops.image.affine_transform(images, transform, interpolation="bilinear",
+                                              fill_mode="nearest")
+
+    class ColorJitter(_Augmentation):
+        """``color_jitter`` above in keras.ops: same factors, order and clipping."""
+
+        def __init__(self, brightness=0.2, contrast=0.2, saturation=0.2, seed=None, **kwargs):
+            super().__init__(seed, **kwargs)
+            self.strengths = (brightness, contrast, saturation)
+
+        def augment(self, images):
+            ops = keras.ops
+            batch = ops.shape(images)[0]
+            b, c, s = (self.uniform((batch, 1, 1, 1), 1 - f, 1 + f) if f
+                       else ops.ones((batch, 1, 1, 1)) for f in self.strengths)
+
+            def gray(x):
+                return ops.sum(x * ops.convert_to_tensor([0.299, 0.587, 0.114]), axis=-1,
+                               keepdims=True)
+
+            def blend(x, other, f):
+                return ops.clip(f * x + (1 - f) * other, 0.0, 255.0)
+
+            candidates = (
+                lambda x: blend(x, ops.zeros_like(x), b),
+                lambda x: blend(x, ops.mean(gray(x), axis=(1, 2, 3), keepdims=True), c),
+                lambda x: blend(x, gray(x), s),
+            )
+            orders = ops.convert_to_tensor(list(itertools.permutations(range(3))), "int32")
+            pick = ops.floor(self.uniform((batch,), 0.0, 6.0))
+            order = ops.take(orders, ops.minimum(ops.cast(pick, "int32"), 5), axis=0)
+            x = images
+            for step in range(3):
+                stacked = ops.stack([op(x) for op in candidates])  # 3 x B x H x W x C
+                weights = ops.one_hot(order[:, step], 3)  # B x 3
+                x = ops.einsum("kbhwc,bk->bhwc", stacked, weights)
+            return x
+
+    class RandomErasing(_Augmentation):
+        """``random_erasing`` above in keras.ops: the torchvision algorithm, mean fill."""
+
+        def __init__(self, prob=0.2, seed=None, **kwargs):
+            super().__init__(seed, **kwargs)
+            self.prob = prob
+
+        def augment(self, images):
+            ops = keras.ops
+            shape = ops.shape(images)
+            batch, height, width = shape[0], shape[1], shape[2]
+            h_f, w_f = float(height), float(width)
+            target = self.uniform((batch, ERASE_TRIES), *ERASE_AREA) * h_f * w_f
+            ratio = ops.exp(self.uniform((batch, ERASE_TRIES), math.log(ERASE_ASPECT[0]),
+                                         math.log(ERASE_ASPECT[1])))
+            box_h = ops.round(ops.sqrt(target * ratio))
+            box_w = ops.round(ops.sqrt(target / ratio))
+            fits = ops.logical_and(box_h < h_f, box_w < w_f)
+            first = ops.argmax(ops.cast(fits, "int32"), axis=1)[:, None]
+            box_h = ops.take_along_axis(box_h, first, axis=1)[:, 0]
+            box_w = ops.take_along_axis(box_w, first, axis=1)[:, 0]
+            top = ops.floor(self.uniform((batch,)) * (h_f - box_h + 1))
+            left = ops.floor(self.uniform((batch,)) * (w_f - box_w + 1))
+            apply = ops.logical_and(self.uniform((batch,)) < self.prob, ops.any(fits, axis=1))
+            rows = ops.arange(height, dtype="float32")[None, :, None]
+            cols = ops.arange(width, dtype="float32")[None, None, :]
+            inside = ((rows >= top[:, None, None]) & (rows < (top + box_h)[:, None, None])
+                      & (cols >= left[:, None, None]) & (cols < (left + box_w)[:, None, None])
+                      & apply[:, None, None])
+            mask = ops.cast(inside, "float32")[..., None]
+            fill = ops.convert_to_tensor([255.0 * m for m in CIFAR_MEAN])
+            return images * (1 - mask) + fill * mask
+
+    class RandAugment(keras.layers.RandAugment):
+        """Keras core RandAugment with each op's strength set from torchvision's table at
+        the given magnitude fraction ``f`` (12/30 for the paper).
+
+        The core layer hands one range, ``[0, f]`` of each op's own full scale, to all its
+        ops: at ``f = 0.4`` that rotates by up to 144 degrees one way and only ever
+        brightens by up to 40 % of the range. torchvision's op strengths at level ``f``
+        are: rotate 30 f degrees, shear 0.3 f, translate 150/331 f of the size,
+        brightness / contrast / colour / sharpness factors 1 +- 0.9 f, posterize to
+        8 - int(4 f) bits. The ops below get those (signs drawn uniformly; brightness,
+        which Keras adds instead of multiplying, as the shift of a mid-grey pixel).
+        The op is still picked once per batch, as the core layer does.
+        """
+
+        def __init__(self, num_ops=2, fraction=0.4, seed=None, **kwargs):
+            super().__init__(value_range=(0, 255), num_ops=num_ops, factor=fraction, seed=seed,
+                             **kwargs)
+            f, L = fraction, keras.layers
+            self.random_rotation = L.RandomRotation(30 * f / 360, seed=seed)
+            self.random_shear = L.RandomShear(x_factor=0.3 * f, y_factor=0.3 * f, seed=seed)
+            self.random_translation = L.RandomTranslation(150 / 331 * f, 150 / 331 * f,
+                                                          seed=seed)
+            self.random_brightness = L.RandomBrightness(0.45 * f, value_range=(0, 255),
+                                                        seed=seed)
+            self.random_contrast = L.RandomContrast(min(0.9 * f, 1.0), value_range=(0, 255),
+                                                    seed=seed)
+            self.random_color_degeneration = L.RandomColorDegeneration(
+                min(0.9 * f, 1.0), value_range=(0, 255), seed=seed)
+            self.random_sharpness = L.RandomSharpness(min(0.9 * f, 1.0),
+                                                      value_range=(0, 255), seed=seed)
+            self.random_posterization = L.RandomPosterization(max(1, 8 - int(4 * f)),
+                                                              value_range=(0, 255), seed=seed)
+
+    return RandomResizedCrop, ColorJitter, RandomErasing, RandAugment
+
+
+def keras_layers(spec, seed=None):
+    """The Keras-layer form of ``spec``: a list of layers to put in front of the model
+    during training (any backend). CutMix/MixUp mix labels and need the tf.data form."""
+    import keras
+
+    if spec.one_hot_labels:
+        raise ValueError("CutMix/MixUp change the labels and run only in the tf.data pipeline "
+                         "(TensorFlow backend); set cutmix_prob and mixup_prob to 0.")
+    RandomResizedCrop, ColorJitter, RandomErasing, RandAugment = _keras_layers()
+    stages = []
+    if spec.crop_scale:
+        stages.append(RandomResizedCrop(spec.crop_scale, seed=_stage_seed(seed, 0),
+                                        name="aug_crop"))
+    if spec.flip:
+        stages.append(keras.layers.RandomFlip("horizontal", seed=_stage_seed(seed, 1),
+                                              dtype="float32", name="aug_flip"))
+    if spec.randaugment_ops:
+        stages.append(RandAugment(spec.randaugment_ops, spec.keras_cv_magnitude,
+                                  seed=_stage_seed(seed, 2), dtype="float32",
+                                  name="aug_randaugment"))
+    if any(spec.jitter):
+        stages.append(ColorJitter(*spec.jitter, seed=_stage_seed(seed, 3),
+                                  name="aug_color_jitter"))
+    if spec.erase_prob:
+        stages.append(RandomErasing(spec.erase_prob, seed=_stage_seed(seed, 4),
+                                    name="aug_erasing"))
+    return stages
+
+
+def apply_keras_layers(stages, images):
+    """Runs ``stages`` on a batch in training mode (for tests and the augmentation grid)."""
+    import keras
+
+    x = keras.ops.cast(keras.ops.convert_to_tensor(images), "float32")
+    for stage in stages:
+        x = stage(x, training=True)
+    return keras.ops.convert_to_numpy(x)

@@ -72,6 +72,10 @@ class Config:
     steps_per_epoch: int = 0  # > 0: cap the steps of each epoch (quick runs)
     checkpoint_every_steps: int = 0  # > 0: also back up mid-epoch every N steps
     strategy: str = "auto"  # tf.distribute: auto, one_device, mirrored, multi_worker
+    # where augmentation runs: "tf.data" (keras-cv in the input pipeline, TensorFlow),
+    # "device" (Keras layers in front of the model, any backend); auto: tf.data on the
+    # TensorFlow backend, device on the others
+    pipeline: str = "auto"
 
     def replace(self, **changes):
         """A validated copy with ``changes`` applied."""
@@ -96,6 +100,7 @@ CHOICES = {
     "aug": ("paper", "none"),
     "precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
     "strategy": STRATEGIES,
+    "pipeline": ("auto", "tf.data", "device"),
 }
 
 # Numeric bounds: (minimum, maximum, inclusive-minimum).

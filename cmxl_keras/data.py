@@ -374,10 +374,10 @@ def read_tfds(name, tfds_dir=None):
     import tensorflow_datasets as tfds
 
     offline_advice = (
-        f"Point --data-dir at the official files instead, e.g. "
-        f"'python cli.py train --data-dir /path/to/cifar-10-batches-py', or make them from "
-        f"the shipped images with 'python ../shared/data/prepare_cifar10.py data/cifar10' "
-        f"and pass '--data-dir data/cifar10'.")
+        "Point --data-dir at the official files instead, e.g. "
+        "'python cli.py train --data-dir /path/to/cifar-10-batches-py', or make them from "
+        "the shipped images with 'python ../shared/data/prepare_cifar10.py data/cifar10' "
+        "and pass '--data-dir data/cifar10'.")
     try:
         builder = tfds.builder(name, data_dir=tfds_dir)
     except Exception as error:

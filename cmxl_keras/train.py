@@ -23,7 +23,7 @@ ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_
 # ... and see the same data in the same number of steps per epoch, or the one-cycle
 # schedule (which counts optimizer steps) would land somewhere else.
 DATA_KEYS = ("dataset", "data_dir", "val_size", "val_from_train", "limit_train", "seed",
-             "batch_size", "steps_per_epoch")
+             "batch_size", "steps_per_epoch", "pipeline")
 
 
 class TrainingDiverged(RunError):
@@ -59,19 +59,54 @@ def resolve_precision(name):
     return "mixed_float16" if has_gpu else "float32"
 
 
+def resolve_pipeline(cfg):
+    """Where augmentation runs: ``tf.data`` (keras-cv, TensorFlow) or ``device`` (Keras
+    layers in the model, any backend); ``auto`` picks tf.data on TensorFlow."""
+    import keras
+
+    from cmxl_keras.errors import ConfigError
+
+    kind = cfg.pipeline
+    if kind == "auto":
+        kind = "tf.data" if keras.backend.backend() == "tensorflow" else "device"
+    if kind == "tf.data" and not _has_tensorflow():
+        raise ConfigError(
+            f"pipeline 'tf.data' needs TensorFlow, which is not installed (Keras runs on "
+            f"{keras.backend.backend()!r}). Use --set pipeline=device (augmentation as "
+            f"Keras layers, on the device) or install the requirements.")
+    if kind == "device" and (cfg.cutmix_prob or cfg.mixup_prob):
+        raise ConfigError(
+            f"cutmix_prob={cfg.cutmix_prob:g} / mixup_prob={cfg.mixup_prob:g}: CutMix and "
+            f"MixUp mix labels and run only in the tf.data pipeline (TensorFlow backend, "
+            f"--set pipeline=tf.data). Set both to 0 for the {kind} pipeline.")
+    return kind
+
+
 def steps_per_epoch(num_train, cfg):
     steps = math.ceil(num_train / cfg.batch_size)
     return min(steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else steps
 
 
-def build_model(cfg, sync_bn=False):
+def build_model(cfg, sync_bn=False, augmentation=()):
+    """The model of ``cfg``; with ``augmentation`` layers, the training model that runs
+    them in front of it (they act in training only and hold no weights, so the weights
+    are the model's, in the same order)."""
+    import keras
+
     from cmxl_keras import models
 
-    return models.build_convmixer(
+    model = models.build_convmixer(
         width=cfg.width, depth=cfg.depth, patch_size=cfg.patch_size,
         kernel_size=cfg.kernel_size, num_classes=cfg.num_classes, activation=cfg.activation,
         skip_period=cfg.skip_period, input_shape=(cfg.image_size, cfg.image_size, 3),
         name=cfg.name, sync_bn=sync_bn)
+    if not augmentation:
+        return model
+    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")
+    x = inputs
+    for layer in augmentation:
+        x = layer(x)
+    return keras.Model(inputs, model(x), name=cfg.name)
 
 
 def portable_copy(model, cfg):
@@ -132,6 +167,8 @@ def check_resumable(run_dir, cfg):
             f"--resume {run_dir!r} is refused: the run was trained with another model "
             f"({'; '.join(diffs)}). Resume with the run's own architecture (omit those "
             f"flags), or start a new run.")
+    if saved.pipeline == "auto":  # a run from before the key existed: tf.data
+        saved = saved.replace(pipeline="tf.data")
     diffs = differences(DATA_KEYS)
     if diffs:
         raise RunError(
@@ -188,6 +225,7 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
 
     # First: a multi-worker strategy and the logical CPU split configure the runtime.
     strategy = distribute.make_strategy(cfg.strategy, log)
+    cfg = cfg.replace(pipeline=resolve_pipeline(cfg))
     if distribute.is_chief(strategy):
         return _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose)
     # Another worker runs the same program (the saves may read distributed variables
@@ -209,7 +247,7 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
 def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose, chief=True):
     import keras
 
-    from cmxl_keras import callbacks, data, distribute, models, pipeline
+    from cmxl_keras import callbacks, data, distribute, models
 
     state_file = check_resumable(resume, cfg) if resume else None
     precision = resolve_precision(cfg.precision)
@@ -238,23 +276,20 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
     spec = augment.AugmentSpec.from_config(cfg)
     one_hot = spec.one_hot_labels or cfg.label_smoothing > 0
     steps = steps_per_epoch(len(splits.train), cfg)
-    train_ds = pipeline.train_dataset(splits.train, cfg.batch_size, spec, seed=cfg.seed,
-                                      deterministic=cfg.deterministic, repeat=True,
-                                      one_hot=one_hot, num_classes=cfg.num_classes)
-    val_ds = pipeline.eval_dataset(splits.val, cfg.batch_size, one_hot=one_hot,
-                                   num_classes=cfg.num_classes)
+    stages, data_args = _inputs(cfg, splits, spec, one_hot)
 
     replicas = distribute.replicas(strategy)
     metrics = runs.read_json(os.path.join(resume, "metrics.json"), []) if resume else []
     state = callbacks.TrainState(steps, metrics, (state_file or {}).get("best_val_accuracy"))
-    # Several replicas: BatchNorm over the global batch, and checkpoints saved from a
-    # copy without it (loadable anywhere).
-    portable = (lambda m: portable_copy(m, cfg)) if replicas > 1 else None
+    # With several replicas (BatchNorm synchronized) or augmentation layers in front, the
+    # training model is not the one to save: checkpoints of the model come from a plain
+    # copy with the same weights, which loads anywhere.
+    portable = (lambda m: portable_copy(m, cfg)) if replicas > 1 or stages else None
     checkpointer = callbacks.Checkpointer(run_dir, state, cfg.checkpoint_every_steps, portable)
     start_step = 0
     with distribute.scope(strategy):
-        model = compile_model(build_model(cfg, sync_bn=replicas > 1), cfg, steps,
-                              one_hot=one_hot)
+        model = compile_model(build_model(cfg, sync_bn=replicas > 1, augmentation=stages),
+                              cfg, steps, one_hot=one_hot)
         distribute.prepare_model(model, strategy)
         if resume:
             weights = os.path.join(resume, "checkpoints",
@@ -267,7 +302,8 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
         f"precision {precision}; {len(splits.train):,} train / {len(splits.val):,} val "
         f"images; {steps} steps per epoch of {cfg.batch_size} images"
         + (f" ({cfg.batch_size / replicas:g} per replica on {replicas})" if replicas > 1 else ""))
-    log(f"augmentation: {spec.describe()}")
+    log(f"augmentation: {spec.describe()} ({cfg.pipeline}"
+        + (", Keras layers in front of the model)" if cfg.pipeline == "device" else ")"))
 
     writer = None
     tb_dir = os.path.join(run_dir, "tensorboard")
@@ -276,7 +312,7 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
         writer = callbacks.make_summary_writer(tb_dir, log)
         extra.append(keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
     if not resume:  # on every worker alike: drawing it may advance the shuffle seeds
-        grid = augmentation_grid(train_ds)
+        grid = augmentation_grid(data_args["grid"])
         save_png(os.path.join(run_dir, "augmentations.png"), grid)
         if writer is not None:
             writer.image("augmentations", grid)
@@ -291,16 +327,49 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
     started = time.time()
     epoch, skip = divmod(start_step, steps)
     if skip and epoch < cfg.epochs:  # finish the interrupted epoch first
-        model.fit(train_ds, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps - skip,
-                  validation_data=val_ds, callbacks=cbs, verbose=verbose, shuffle=False)
+        model.fit(**data_args["fit"], epochs=epoch + 1, initial_epoch=epoch,
+                  steps_per_epoch=steps - skip, callbacks=cbs, verbose=verbose)
         epoch += 1
     if state.stop_reason is None and epoch < cfg.epochs:
-        model.fit(train_ds, epochs=cfg.epochs, initial_epoch=epoch, steps_per_epoch=steps,
-                  validation_data=val_ds, callbacks=cbs, verbose=verbose, shuffle=False)
+        model.fit(**data_args["fit"], epochs=cfg.epochs, initial_epoch=epoch,
+                  steps_per_epoch=steps, callbacks=cbs, verbose=verbose)
     if writer is not None:
         writer.flush()
     return _finish(model, cfg, run_dir, state, checkpointer, started,
                    log if chief else (lambda *a: None))
+
+
+def _inputs(cfg, splits, spec, one_hot):
+    """``(augmentation layers for the model, {"fit": model.fit's data arguments, "grid":
+    batches to draw the augmentation grid from})`` for the config's pipeline."""
+    import numpy as np
+
+    from cmxl_keras import pipeline
+
+    if cfg.pipeline == "tf.data":
+        train_ds = pipeline.train_dataset(splits.train, cfg.batch_size, spec, seed=cfg.seed,
+                                          deterministic=cfg.deterministic, repeat=True,
+                                          one_hot=one_hot, num_classes=cfg.num_classes)
+        val_ds = pipeline.eval_dataset(splits.val, cfg.batch_size, one_hot=one_hot,
+                                       num_classes=cfg.num_classes)
+        return [], {"fit": dict(x=train_ds, validation_data=val_ds, shuffle=False),
+                    "grid": train_ds}
+    # device: decoded arrays go to fit as they are; Keras batches and shuffles them, and
+    # the augmentation layers run inside the compiled training step.
+    stages = [] if spec.is_identity else augment.keras_layers(spec, seed=cfg.seed)
+
+    def labels(split):
+        y = split.labels.astype(np.int32)
+        return np.eye(cfg.num_classes, dtype=np.float32)[y] if one_hot else y
+
+    x_train = splits.train.images.astype(np.float32)
+    sample = x_train[:64]
+    grid = [(augment.apply_keras_layers(stages, sample) if stages else sample, None)]
+    return stages, {"fit": dict(x=x_train, y=labels(splits.train), batch_size=cfg.batch_size,
+                                shuffle=True, validation_batch_size=cfg.batch_size,
+                                validation_data=(splits.val.images.astype(np.float32),
+                                                 labels(splits.val))),
+                    "grid": grid}
 
 
 def _has_tensorflow():

@@ -169,3 +169,90 @@ def test_cutmix_and_mixup_yield_one_hot_mixed_labels():
     assert labels.shape == (16, 10)
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
     assert np.any((labels > 0) & (labels < 1))  # mixed targets
+
+
+# ------------------------------------------- the two forms: tf.data (keras-cv) vs Keras layers
+def _both_forms(spec, images, seed=0):
+    """The same batch through the tf.data form and the Keras-layer form."""
+    tf_out, _ = _run(spec, images, seed=seed)
+    layers_out = augment.apply_keras_layers(augment.keras_layers(spec, seed=seed + 1), images)
+    return tf_out, layers_out
+
+
+def _coordinate_images(n):
+    """Channel 0 holds the column (0..255 across the width), channel 1 the row."""
+    ramp = np.linspace(0.0, 255.0, 32, dtype=np.float32)
+    image = np.stack([np.tile(ramp[None, :], (32, 1)), np.tile(ramp[:, None], (1, 32)),
+                      np.full((32, 32), 128.0, np.float32)], axis=-1)
+    return np.repeat(image[None], n, axis=0)
+
+
+def _crop_and_flip(out):
+    """Per image: the crop's area fraction and whether it is mirrored, read off the
+    column ramp (its span over the output is the crop side as a fraction)."""
+    span = out[:, 16, -1, 0] - out[:, 16, 0, 0]
+    return (np.abs(span) / 255.0) ** 2, span < 0
+
+
+def test_forms_agree_on_crop_scale_and_flip_rate():
+    spec = AugmentSpec(**dict(OFF, crop_scale=(0.75, 1.0), flip=True))
+    images = _coordinate_images(600)
+    forms = [_crop_and_flip(out) for out in _both_forms(spec, images)]
+    for area, flipped in forms:
+        assert area.min() > 0.74 and area.max() < 1.0 + 1e-3
+        assert abs(area.mean() - 0.875) < 0.012  # uniform on (0.75, 1): mean 0.875
+        assert abs(flipped.mean() - 0.5) < 0.07
+    (area_a, flip_a), (area_b, flip_b) = forms
+    np.testing.assert_allclose(np.quantile(area_a, [0.1, 0.5, 0.9]),
+                               np.quantile(area_b, [0.1, 0.5, 0.9]), atol=0.025)
+    assert abs(flip_a.mean() - flip_b.mean()) < 0.09
+
+
+def test_forms_agree_on_erase_rate_and_area():
+    spec = AugmentSpec(**dict(OFF, erase_prob=0.2))
+    images = np.zeros((1500, 32, 32, 3), np.float32)
+    stats = []
+    for out in _both_forms(spec, images):
+        erased = np.any(out != 0, axis=-1).mean(axis=(1, 2))  # fraction of pixels erased
+        fill = out[erased > 0][0][np.any(out[erased > 0][0] != 0, axis=-1)][0]
+        np.testing.assert_allclose(fill, [255 * m for m in augment.CIFAR_MEAN], atol=1e-3)
+        stats.append(((erased > 0).mean(), erased[erased > 0].mean()))
+    (rate_a, area_a), (rate_b, area_b) = stats
+    assert abs(rate_a - 0.2) < 0.035 and abs(rate_b - 0.2) < 0.035
+    assert abs(rate_a - rate_b) < 0.05
+    assert 0.1 < area_a < 0.2 and abs(area_a - area_b) < 0.025
+
+
+def test_forms_agree_on_colour_ranges():
+    spec = AugmentSpec(**dict(OFF, jitter=(0.2, 0.2, 0.2)))
+    images = random_images(800, seed=3).astype(np.float32) * 0.6 + 40  # room both ways
+    summaries = []
+    for out in _both_forms(spec, images):
+        assert out.min() >= 0.0 and out.max() <= 255.0
+        brightness = out.mean(axis=(1, 2, 3)) / images.mean(axis=(1, 2, 3))
+        spread = out.std(axis=(1, 2, 3)) / images.std(axis=(1, 2, 3))
+        gray = out.mean(axis=-1, keepdims=True)
+        saturation = np.abs(out - gray).mean(axis=(1, 2, 3)) / np.abs(
+            images - images.mean(axis=-1, keepdims=True)).mean(axis=(1, 2, 3))
+        summaries.append(np.stack([np.quantile(v, [0.05, 0.5, 0.95])
+                                   for v in (brightness, spread, saturation)]))
+    # brightness alone spans 0.8..1.2; the three together a little wider
+    assert summaries[0][0, 0] < 0.85 and summaries[0][0, 2] > 1.15
+    np.testing.assert_allclose(summaries[0], summaries[1], atol=0.04)
+
+
+def test_keras_layer_form_is_identity_at_inference_and_draws_per_image():
+    stages = augment.keras_layers(AugmentSpec(), seed=5)
+    images = random_images(16).astype(np.float32)
+    x = images
+    for stage in stages:
+        x = stage(x, training=False)
+    np.testing.assert_array_equal(np.asarray(x), images)
+    out = augment.apply_keras_layers(stages, np.repeat(images[:1], 16, axis=0))
+    assert out.shape == (16, 32, 32, 3) and out.min() >= 0.0 and out.max() <= 255.0
+    assert len({out[i].tobytes() for i in range(16)}) == 16
+
+
+def test_keras_layer_form_refuses_label_mixing():
+    with pytest.raises(ValueError, match="CutMix/MixUp"):
+        augment.keras_layers(AugmentSpec(cutmix_prob=0.5))

@@ -6,7 +6,6 @@ and the fix named in the message, no Python traceback, and no file created or ch
 
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -177,6 +176,11 @@ CASES = [
     ("bad CMXL_CPU_DEVICES", lambda r: (["train", "--config", "smoke", "--strategy", "mirrored"],
                                         {"CMXL_CPU_DEVICES": "two"}),
      ["CMXL_CPU_DEVICES='two' is not a positive integer", "unset it"]),
+    ("unknown pipeline", lambda r: ["train", "--config", "smoke", "--set", "pipeline=gpu"],
+     ["'gpu'", "tf.data"]),
+    ("CutMix on the device pipeline", lambda r: ["train", "--config", "smoke", "--set",
+                                                 "pipeline=device", "--set", "cutmix_prob=0.5"],
+     ["cutmix_prob=0.5", "--set pipeline=tf.data"]),
     ("unwritable output dir", lambda r: ["train", "--config", "smoke", "--data-dir",
                                          _bin_dir(r / "d"), "--val-from-train", "10",
                                          "--runs-dir",

@@ -1,7 +1,6 @@
 """Config: defaults are the paper's recipe, files and overrides merge, errors quote values."""
 
 import dataclasses
-import os
 
 import pytest
 

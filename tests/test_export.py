@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, random_images, run_cli
+from conftest import random_images, run_cli
 
 pytestmark = pytest.mark.slow
 

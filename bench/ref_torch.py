@@ -1,0 +1,104 @@
+"""The PyTorch reference: ConvMixer / ConvMixer-XL as the paper's own code defines them.
+
+Same layer order as cmxl_keras/models.py (stem conv -> act -> BN; per layer a residual
+depthwise conv -> act -> BN, then pointwise conv -> act -> BN; ConvMixer-XL wraps groups
+of layers in a long residual; global pool; linear head), PyTorch's defaults everywhere
+(NCHW tensors, BatchNorm momentum 0.1 / eps 1e-5, exact GELU), and the same pixel
+normalization inside the model. ``build`` asserts the parameter count against
+``cmxl_keras.architecture.count_params``, the closed form the Keras model is tested
+against. Only the benchmarks use this file (``pip install -r bench/requirements.txt``).
+"""
+
+import os
+import sys
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cmxl_keras.architecture import CIFAR_MEAN, CIFAR_STD, count_params  # noqa: E402
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU,
+               "leaky_relu": nn.LeakyReLU}
+
+
+class Residual(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x) + x
+
+
+class ConvMixer(nn.Module):
+    def __init__(self, width, depth, patch_size=2, kernel_size=5, num_classes=10,
+                 activation="gelu", skip_period=0):
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1) * 255.0)
+
+        def layer():
+            return nn.Sequential(
+                Residual(nn.Sequential(
+                    nn.Conv2d(width, width, kernel_size, groups=width, padding="same"),
+                    act(), nn.BatchNorm2d(width))),
+                nn.Conv2d(width, width, kernel_size=1), act(), nn.BatchNorm2d(width))
+
+        if skip_period:
+            per_group = depth // skip_period
+            body = [Residual(nn.Sequential(*[layer() for _ in range(per_group)]))
+                    for _ in range(skip_period)]
+        else:
+            body = [layer() for _ in range(depth)]
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size), act(),
+            nn.BatchNorm2d(width), *body,
+            nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x):  # x: raw pixels in [0, 255], NCHW
+        return self.net((x - self.mean) / self.std)
+
+
+def build(width, depth, patch_size=2, kernel_size=5, num_classes=10, activation="gelu",
+          skip_period=0):
+    model = ConvMixer(width, depth, patch_size, kernel_size, num_classes, activation,
+                      skip_period)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    expected = count_params(width, depth, patch_size, kernel_size, num_classes)
+    assert trainable == expected, f"PyTorch model has {trainable:,} parameters, expected {expected:,}"
+    return model
+
+
+def make_train_step(model, lr=0.005, weight_decay=0.01):
+    """One optimizer step as the paper's script takes it: AdamW, cross-entropy."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    criterion = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        model.train()
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def make_predict(model):
+    def predict(x):
+        model.eval()
+        with torch.inference_mode():
+            return model(x).argmax(1)
+
+    return predict
+
+
+if __name__ == "__main__":
+    for name, kwargs in {"cm_vanilla": dict(width=256, depth=8),
+                         "cm_xl": dict(width=256, depth=66, activation="silu", skip_period=3)
+                         }.items():
+        m = build(**kwargs)
+        print(name, sum(p.numel() for p in m.parameters()), "parameters")

@@ -169,6 +169,11 @@ def check_resumable(run_dir, cfg):
             f"flags), or start a new run.")
     if saved.pipeline == "auto":  # a run from before the key existed: tf.data
         saved = saved.replace(pipeline="tf.data")
+    if cfg.pipeline == "auto":
+        import keras
+
+        cfg = cfg.replace(pipeline="tf.data" if keras.backend.backend() == "tensorflow"
+                          else "device")
     diffs = differences(DATA_KEYS)
     if diffs:
         raise RunError(

@@ -98,15 +98,7 @@ def make_strategy(name, log=print):
         raise ConfigError(f"--strategy {name!r} is unknown; choose one of "
                           f"{', '.join(STRATEGIES)}.")
     if not _tensorflow_backend():
-        if name in ("auto", "one_device"):
-            return None
-        import keras
-
-        raise ConfigError(
-            f"--strategy {name} uses tf.distribute and needs the TensorFlow backend, but "
-            f"Keras runs on {keras.backend.backend()!r}. Use --backend tensorflow, or on JAX "
-            f"set keras.distribution.DataParallel (see README, \"Training on several GPUs or "
-            f"machines\").")
+        return _keras_distribution(name, log)
     import tensorflow as tf
 
     if name == "multi_worker":
@@ -130,6 +122,44 @@ def make_strategy(name, log=print):
     strategy = tf.distribute.MirroredStrategy(devices)
     log(f"strategy: mirrored over {len(devices)} device(s): {', '.join(devices)}")
     return strategy
+
+
+def _keras_distribution(name, log):
+    """On JAX, ``mirrored`` (and ``auto`` with several accelerators) is Keras' own
+    ``keras.distribution.DataParallel``: the model is replicated on every JAX device and
+    each batch is split across them; the compiled step then computes its BatchNorm
+    statistics over the whole batch by itself. Returns None (no tf.distribute strategy)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if name in ("auto", "mirrored") and backend == "jax":
+        import jax
+
+        devices = jax.devices()
+        several_accelerators = len(devices) > 1 and devices[0].platform != "cpu"
+        if name == "mirrored" or several_accelerators:
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            log(f"strategy: {name}, keras.distribution.DataParallel over {len(devices)} JAX "
+                f"device(s): {', '.join(str(d) for d in devices)}")
+        return None
+    if name in ("auto", "one_device"):
+        return None
+    raise ConfigError(
+        f"--strategy {name} needs the TensorFlow backend (tf.distribute), but Keras runs on "
+        f"{backend!r}. Use --backend tensorflow"
+        + (", or --strategy mirrored, which on JAX is keras.distribution.DataParallel over "
+           "this machine's devices." if backend == "jax" else "."))
+
+
+def data_parallel_devices():
+    """How many devices a Keras DataParallel distribution splits each batch over (1 if
+    none is set)."""
+    import keras
+
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    return int(distribution.device_mesh.shape[0])
 
 
 def replicas(strategy):

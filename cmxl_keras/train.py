@@ -231,6 +231,14 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     # First: a multi-worker strategy and the logical CPU split configure the runtime.
     strategy = distribute.make_strategy(cfg.strategy, log)
     cfg = cfg.replace(pipeline=resolve_pipeline(cfg))
+    devices = distribute.data_parallel_devices()  # Keras DataParallel (JAX) needs it even
+    if cfg.batch_size % devices:
+        from cmxl_keras.errors import ConfigError
+
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} does not split evenly over the {devices} devices "
+            f"of keras.distribution.DataParallel; use a multiple of {devices} (e.g. "
+            f"--batch-size {devices * max(1, round(cfg.batch_size / devices))}).")
     if distribute.is_chief(strategy):
         return _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose)
     # Another worker runs the same program (the saves may read distributed variables
@@ -284,6 +292,7 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
     stages, data_args = _inputs(cfg, splits, spec, one_hot)
 
     replicas = distribute.replicas(strategy)
+    devices = max(replicas, distribute.data_parallel_devices())
     metrics = runs.read_json(os.path.join(resume, "metrics.json"), []) if resume else []
     state = callbacks.TrainState(steps, metrics, (state_file or {}).get("best_val_accuracy"))
     # With several replicas (BatchNorm synchronized) or augmentation layers in front, the
@@ -306,9 +315,10 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
     log(f"model: {cfg.name}, {models.trainable_param_count(model):,} trainable parameters; "
         f"precision {precision}; {len(splits.train):,} train / {len(splits.val):,} val "
         f"images; {steps} steps per epoch of {cfg.batch_size} images"
-        + (f" ({cfg.batch_size / replicas:g} per replica on {replicas})" if replicas > 1 else ""))
-    log(f"augmentation: {spec.describe()} ({cfg.pipeline}"
-        + (", Keras layers in front of the model)" if cfg.pipeline == "device" else ")"))
+        + (f" ({cfg.batch_size // devices} per replica on {devices})" if devices > 1 else ""))
+    log(f"augmentation: {spec.describe()}" + ("" if spec.is_identity else (
+        f" ({cfg.pipeline}" + (", Keras layers in front of the model)"
+                               if cfg.pipeline == "device" else ")"))))
 
     writer = None
     tb_dir = os.path.join(run_dir, "tensorboard")

@@ -173,3 +173,23 @@ def test_cli_multi_worker_one_run_folder_and_resume(cifar_dir, tmp_path):
         assert "resuming" in out and "at epoch 2, step 0 of 8" in out
     assert [m["epoch"] for m in _metrics(run_dir)] == [1, 2]
     assert os.listdir(runs) == ["mw"]
+
+
+@pytest.mark.slow
+def test_jax_mirrored_is_keras_data_parallel(cifar_dir, tmp_path):
+    env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    uneven = run_cli("train", "--config", "smoke", "--data-dir", cifar_dir, "--strategy",
+                     "mirrored", "--batch-size", "31", "--run-dir", tmp_path / "no", env=env)
+    assert uneven.returncode == 2
+    assert "batch_size 31 does not split evenly over the 2 devices" in uneven.stderr
+    assert "--batch-size 32" in uneven.stderr and not os.path.exists(tmp_path / "no")
+    run_dir = str(tmp_path / "run")
+    result = run_cli("train", "--config", "smoke", "--data-dir", cifar_dir, "--strategy",
+                     "mirrored", "--run-dir", run_dir, "--epochs", "1", "--steps-per-epoch",
+                     "3", env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "keras.distribution.DataParallel over 2 JAX device(s)" in result.stdout
+    assert "(16 per replica on 2)" in result.stdout
+    assert [m["epoch"] for m in _metrics(run_dir)] == [1]
+    assert os.path.exists(os.path.join(run_dir, "model.keras"))

@@ -396,9 +396,12 @@ def _keras_layers():
         brightens by up to 40 % of the range. torchvision's op strengths at level ``f``
         are: rotate 30 f degrees, shear 0.3 f, translate 150/331 f of the size,
         brightness / contrast / colour / sharpness factors 1 +- 0.9 f, posterize to
-        8 - int(4 f) bits. The ops below get those (signs drawn uniformly; brightness,
-        which Keras adds instead of multiplying, as the shift of a mid-grey pixel).
-        The op is still picked once per batch, as the core layer does.
+        8 - int(4 f) bits. The ops below get those strengths: rotation, shear,
+        translation, brightness and contrast in both directions (brightness, which Keras
+        adds instead of multiplying, as the shift of a mid-grey pixel); Keras' colour
+        and sharpness ops only reduce, by up to 0.9 f. Solarize, auto-contrast and
+        equalize stay as the core layer has them. The op is still picked once per batch,
+        as the core layer does.
         """
 
         def __init__(self, num_ops=2, fraction=0.4, seed=None, **kwargs):

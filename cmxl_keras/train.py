@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from cmxl_keras import augment, runs
-from cmxl_keras.errors import RunError
+from cmxl_keras.errors import ConfigError, RunError
 
 # A resumed run must rebuild exactly the model it saved.
 ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_period",
@@ -64,11 +64,7 @@ def resolve_pipeline(cfg):
     layers in the model, any backend); ``auto`` picks tf.data on TensorFlow."""
     import keras
 
-    from cmxl_keras.errors import ConfigError
-
-    kind = cfg.pipeline
-    if kind == "auto":
-        kind = "tf.data" if keras.backend.backend() == "tensorflow" else "device"
+    kind = _default_pipeline() if cfg.pipeline == "auto" else cfg.pipeline
     if kind == "tf.data" and not _has_tensorflow():
         raise ConfigError(
             f"pipeline 'tf.data' needs TensorFlow, which is not installed (Keras runs on "
@@ -80,6 +76,12 @@ def resolve_pipeline(cfg):
             f"MixUp mix labels and run only in the tf.data pipeline (TensorFlow backend, "
             f"--set pipeline=tf.data). Set both to 0 for the {kind} pipeline.")
     return kind
+
+
+def _default_pipeline():
+    import keras
+
+    return "tf.data" if keras.backend.backend() == "tensorflow" else "device"
 
 
 def steps_per_epoch(num_train, cfg):
@@ -170,10 +172,7 @@ def check_resumable(run_dir, cfg):
     if saved.pipeline == "auto":  # a run from before the key existed: tf.data
         saved = saved.replace(pipeline="tf.data")
     if cfg.pipeline == "auto":
-        import keras
-
-        cfg = cfg.replace(pipeline="tf.data" if keras.backend.backend() == "tensorflow"
-                          else "device")
+        cfg = cfg.replace(pipeline=_default_pipeline())
     diffs = differences(DATA_KEYS)
     if diffs:
         raise RunError(
@@ -231,10 +230,8 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     # First: a multi-worker strategy and the logical CPU split configure the runtime.
     strategy = distribute.make_strategy(cfg.strategy, log)
     cfg = cfg.replace(pipeline=resolve_pipeline(cfg))
-    devices = distribute.data_parallel_devices()  # Keras DataParallel (JAX) needs it even
+    devices = distribute.data_parallel_devices()  # DataParallel (JAX) splits batches evenly
     if cfg.batch_size % devices:
-        from cmxl_keras.errors import ConfigError
-
         raise ConfigError(
             f"batch_size {cfg.batch_size} does not split evenly over the {devices} devices "
             f"of keras.distribution.DataParallel; use a multiple of {devices} (e.g. "
@@ -430,8 +427,7 @@ def _finish(model, cfg, run_dir, state, checkpointer, started, log):
         raise TrainingInterrupted(
             f"training stopped by {state.stop_reason}; every finished step is saved. "
             f"Continue with: python cli.py train --resume {run_dir}")
-    final = build_model(cfg)  # uncompiled: built-in layers only, loads anywhere
-    final.set_weights(model.get_weights())
+    final = portable_copy(model, cfg)  # uncompiled: built-in layers only, loads anywhere
     with runs.atomic_path(os.path.join(run_dir, "model.keras")) as tmp:
         final.save(tmp)
     last = state.metrics[-1] if state.metrics else {}

@@ -28,12 +28,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import cmxl_keras  # noqa: E402,F401  (before TensorFlow: it picks the CPU allocator)
 
-MODELS = {
-    "vanilla": dict(width=256, depth=8, patch_size=2, kernel_size=5, activation="gelu",
-                    skip_period=0),
-    "xl": dict(width=256, depth=66, patch_size=2, kernel_size=5, activation="silu",
-               skip_period=3),
-}
+from cmxl_keras.architecture import ARCH_KEYS, VARIANTS  # noqa: E402
+
+# The paper's CM-Vanilla (d8, GELU) and CM-XL (d66, skip period 3, SiLU).
+MODELS = {name: {key: VARIANTS[variant][key] for key in ARCH_KEYS}
+          for name, variant in (("vanilla", "cm_vanilla"), ("xl", "cm_xl"))}
 
 
 def step_clock(kind):
@@ -57,8 +56,6 @@ def step_clock(kind):
 
 
 class Keras:
-    name = "keras"
-
     def __init__(self, arch, batch, x, y):
         import tensorflow as tf
 
@@ -88,14 +85,11 @@ class Keras:
 
 
 class Torch:
-    name = "torch"
-
     def __init__(self, arch, batch, x, y):
         import torch
 
         import ref_torch
 
-        self.torch = torch
         torch.manual_seed(0)
         self.model = ref_torch.build(**arch)
         self.step = ref_torch.make_train_step(self.model)

@@ -97,9 +97,8 @@ class Checkpointer(keras.callbacks.Callback):
         super().__init__()
         self.portable = portable  # model -> the model to save as best.keras (or None)
         self.paths = runs.checkpoint_paths(run_dir)
-        folder = os.path.join(run_dir, "checkpoints")
-        self.last_weights = os.path.join(folder, "last.weights.h5")
-        self.good_weights = os.path.join(folder, "good.weights.h5")
+        self.last_weights = self.paths["last"]
+        self.good_weights = self.paths["good"]
         self.state = state
         self.every_steps = every_steps
         self.good_state = None

@@ -7,8 +7,9 @@
       split.json                 the data split (source, seed, sizes, index digests)
       metrics.json               one entry per finished epoch
       results.json               final results
-      checkpoints/last.keras     model + optimizer state, for --resume
-      checkpoints/state.json     where last.keras stands (epoch, step, best)
+      checkpoints/last.weights.h5  model + optimizer state, for --resume
+      checkpoints/good.weights.h5  the last finished epoch's copy (kept after a NaN)
+      checkpoints/state.json     where last.weights.h5 stands (epoch, step, best)
       checkpoints/best.keras     best validation accuracy so far
       model.keras                final model, uncompiled, built-in layers only
       augmentations.png          a grid of augmented training images
@@ -171,6 +172,7 @@ def write_run_metadata(run_dir, cfg, argv, split_info):
 
 def checkpoint_paths(run_dir):
     folder = os.path.join(run_dir, "checkpoints")
-    return {"last": os.path.join(folder, "last.keras"),
+    return {"last": os.path.join(folder, "last.weights.h5"),
+            "good": os.path.join(folder, "good.weights.h5"),
             "best": os.path.join(folder, "best.keras"),
             "state": os.path.join(folder, "state.json")}

@@ -303,9 +303,8 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
                               cfg, steps, one_hot=one_hot)
         distribute.prepare_model(model, strategy)
         if resume:
-            weights = os.path.join(resume, "checkpoints",
-                                   os.path.basename(checkpointer.last_weights))
-            start_step = _restore(model, weights, state_file, steps)
+            start_step = _restore(model, runs.checkpoint_paths(resume)["last"], state_file,
+                                  steps)
     if resume:
         log(f"resuming {resume} at epoch {start_step // steps + 1}, step "
             f"{start_step % steps} of {steps} (optimizer step {start_step})")

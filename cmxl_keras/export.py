@@ -10,8 +10,15 @@
 
 The export is written to a temporary folder beside the target and renamed into place
 at the end, so an interrupted export never leaves a half-written model. TFLite files
-are converted from the SavedModel (``TFLiteConverter.from_keras_model`` does not support
+are converted from a SavedModel (``TFLiteConverter.from_keras_model`` does not support
 Keras 3 models) with builtin ops only: a model that would need Flex ops fails to convert.
+
+That SavedModel holds ``inference_graph(model)``: the same function with its affine
+layers folded away (the input normalization into the stem convolution, every
+BatchNormalization into a per-channel 1x1 depthwise convolution). In float this changes
+only rounding (~1e-5 on the probabilities); in int8 it removes two requantizations per
+BatchNormalization and gives its per-channel scale int8 weights of its own. The int8 file
+is calibrated with ``calibrated_int8`` (see there for why not the converter's own pass).
 """
 
 import json
@@ -82,6 +89,70 @@ def load_source(source=None, checkpoint=None):
     return model, cfg, model_path
 
 
+def inference_graph(model):
+    """A copy of ``model`` that computes the same function with its affine layers folded.
+
+    - The Normalization layer in front of a ``valid``-padded stem Conv2D (the builder's
+      ``normalize`` -> ``stem_conv``) is folded into that convolution: without padding,
+      conv(a * x + b) is exactly a convolution of x with kernel W * a and a new bias.
+    - Every BatchNormalization (inference mode: y = s * x + t per channel) becomes a 1x1
+      DepthwiseConv2D with kernel s and bias t.
+
+    Why by hand: the TFLite converter keeps a BatchNormalization that follows an
+    activation (ConvMixer's act -> BN order, which cannot fold into a convolution) as a
+    MUL and an ADD. In int8 both constants then share one per-tensor scale and the
+    activation is rounded twice; a depthwise convolution has per-channel int8 weights and
+    one rounding. Scale and shift are read from the layers themselves (their outputs on
+    zeros and ones), so any centering/scaling options are honoured.
+    """
+    import keras
+
+    def affine(layer, channels, **kwargs):
+        zeros = np.zeros((1, 1, 1, channels), np.float32)
+        shift = np.asarray(layer(zeros, **kwargs), np.float64).reshape(-1)
+        scale = np.asarray(layer(zeros + 1, **kwargs), np.float64).reshape(-1) - shift
+        return scale, shift
+
+    stem_fold = None
+    names = {layer.name for layer in model.layers}
+    if {"normalize", "stem_conv"} <= names:
+        norm, conv = model.get_layer("normalize"), model.get_layer("stem_conv")
+        if (conv.padding == "valid" and conv.input is norm.output
+                and isinstance(norm, keras.layers.Normalization)):
+            scale, shift = affine(norm, conv.kernel.shape[2])
+            kernel, bias = (np.asarray(w, np.float64) for w in conv.get_weights())
+            stem_fold = [(kernel * scale[None, None, :, None]).astype(np.float32),
+                         (bias + np.einsum("hwio,i->o", kernel, shift)).astype(np.float32)]
+
+    class FoldedBatchNorm(keras.layers.DepthwiseConv2D):
+        def call(self, inputs, mask=None, training=None):  # BatchNormalization's signature
+            return super().call(inputs)
+
+    folded = {}
+
+    def clone(layer):
+        rank = len(getattr(layer.input, "shape", ()) or ())
+        if (isinstance(layer, keras.layers.BatchNormalization) and rank == 4
+                and layer.axis % rank == rank - 1):
+            folded[layer.name] = affine(layer, layer.input.shape[-1], training=False)
+            return FoldedBatchNorm(1, use_bias=True, name=layer.name, dtype=layer.dtype_policy)
+        if stem_fold and layer.name == "normalize":
+            return keras.layers.Identity(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in copy.layers:
+        if layer.name in folded:
+            scale, shift = folded[layer.name]
+            layer.set_weights([scale.reshape(1, 1, -1, 1).astype(np.float32),
+                               shift.astype(np.float32)])
+        elif layer.name == "stem_conv" and stem_fold:
+            layer.set_weights(stem_fold)
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return copy
+
+
 def _serving_fn(model):
     import tensorflow as tf
 
@@ -120,26 +191,75 @@ def convert_tflite(saved_model_dir, kind, calibration=None):
     """TFLite bytes from the SavedModel; builtin ops only (conversion fails otherwise)."""
     import tensorflow as tf
 
-    signature = "serving_float" if kind == "tflite_int8" else "serving_default"
+    if kind == "tflite_int8":
+        return calibrated_int8(saved_model_dir, calibration)
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
-                                                         signature_keys=[signature])
+                                                         signature_keys=["serving_default"])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if kind == "tflite_fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif kind == "tflite_int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        # uint8 input with the range 0..255 of the calibration images: scale 1, zero
-        # point 0, i.e. raw pixels, like the other formats.
-        converter.inference_input_type = tf.uint8
-
-        def representative():
-            for image in calibration:
-                yield [image[None].astype(np.float32)]
-
-        converter.representative_dataset = representative
     return converter.convert()
+
+
+def calibrated_int8(saved_model_dir, calibration, batch=8):
+    """Full-integer TFLite bytes (uint8 input) calibrated on ``calibration`` images.
+
+    Why not the converter's own calibration: its logging interpreter records every op's
+    inputs again *after* the op has run (for LSTM state), and TFLite runs elementwise ops
+    such as MUL and ADD in place, so an activation's recorded range also takes in the
+    values of the op that overwrote it (a GELU output, whose true minimum is -0.17, was
+    recorded down to -1.1 and up to the following BatchNormalization's maximum, a range
+    3.4x too wide). Here the converter only lays out the calibration fields (on one
+    image); the ranges are then measured on all images with the float model run with
+    ``experimental_preserve_all_tensors`` (no buffer is reused), written into those
+    fields, and the model is quantized by the same MLIR quantizer the converter calls.
+    ``_experimental_calibrate_only`` and ``mlir_quantize`` are TensorFlow internals (the
+    path ``tf.lite.experimental.QuantizationDebugger`` takes), pinned with TensorFlow in
+    requirements.txt and covered by tests/test_export.py.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    images = np.asarray(calibration, np.float32)
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
+                                                         signature_keys=["serving_float"])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.representative_dataset = lambda: iter([[images[:1]]])
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+
+    tflite_model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    tensors = tflite_model.subgraphs[0].tensors
+    logged = [i for i, t in enumerate(tensors) if t.quantization is not None
+              and t.quantization.min is not None and len(t.quantization.min) == 1]
+    interpreter = tf.lite.Interpreter(model_content=bytes(calibrated),
+                                      experimental_preserve_all_tensors=True)
+    index = interpreter.get_input_details()[0]["index"]
+    low, high = {}, {}
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        interpreter.resize_tensor_input(index, chunk.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, chunk)
+        interpreter.invoke()
+        for i in logged:
+            try:
+                value = interpreter.get_tensor(i)
+            except ValueError:  # not materialized by this interpreter: keep its stats
+                continue
+            low[i] = min(low.get(i, np.inf), float(value.min()))
+            high[i] = max(high.get(i, -np.inf), float(value.max()))
+    for i in low:
+        tensors[i].quantization.min = np.array([low[i]], np.float32)
+        tensors[i].quantization.max = np.array([high[i]], np.float32)
+    fixed = bytes(flatbuffer_utils.convert_object_to_bytearray(tflite_model))
+    # uint8 input with the range 0..255 of the calibration images: scale 1, zero point
+    # 0, i.e. raw pixels, like the other formats.
+    return tflite_convert.mlir_quantize(fixed, input_data_type=tf.uint8,
+                                        output_data_type=tf.float32)
 
 
 def tflite_ops(model_bytes):
@@ -228,6 +348,9 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
            calibration_images=None, parity_images=None, class_names=None, log=print):
     """Exports ``loaded = load_source(...)``; returns (folder, metadata)."""
     check_formats(formats)
+    if "tflite_int8" in formats and calibration_images is None:
+        raise RunError("int8 export needs calibration images: pass --data-dir (or export a "
+                       "run folder whose data is still there).")
     model, cfg, model_path = loaded
     name = name or (cfg.name if cfg else os.path.splitext(os.path.basename(model_path))[0])
     target = os.path.join(out_dir, name)
@@ -242,32 +365,36 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
                        f"({error.strerror or error}). Choose a writable --out DIR.") from None
     try:
         started = time.time()
-        sm_dir = os.path.join(staging, "saved_model", "1")
-        log(f"export: SavedModel -> {target}/saved_model/1")
-        write_saved_model(model, sm_dir)  # every TFLite file is converted from it
         sizes = {}
+        if "saved_model" in formats:
+            log(f"export: SavedModel -> {target}/saved_model/1")
+            write_saved_model(model, os.path.join(staging, "saved_model", "1"))
+            sizes["saved_model"] = sum(
+                os.path.getsize(os.path.join(root, f))
+                for root, _, files in os.walk(os.path.join(staging, "saved_model"))
+                for f in files)
+        tflite_source = os.path.join(staging, "tflite_source")
         for kind, fname in TFLITE_FILES.items():
             if kind not in formats:
                 continue
-            if kind == "tflite_int8" and calibration_images is None:
-                raise RunError("int8 export needs calibration images: pass --data-dir (or "
-                               "export a run folder whose data is still there).")
+            if not os.path.isdir(tflite_source):
+                # The TFLite files are converted from a SavedModel of the folded graph;
+                # the served SavedModel keeps the model's own graph, exact to float
+                # rounding (folding the normalization into the stem moves the
+                # probabilities by ~1e-5, within the TFLite targets but not below 1e-5).
+                write_saved_model(inference_graph(model), tflite_source)
             log(f"export: {kind} -> {target}/{fname}")
-            data = convert_tflite(sm_dir, kind, calibration_images)
+            data = convert_tflite(tflite_source, kind, calibration_images)
             flex = [op for op in tflite_ops(data) if op.lower().startswith("flex")]
             if flex:
                 raise RunError(f"{kind} needs TensorFlow (Flex) ops {flex}; not exported.")
             with open(os.path.join(staging, fname), "wb") as f:
                 f.write(data)
             sizes[fname] = len(data)
-        sizes["saved_model"] = sum(os.path.getsize(os.path.join(r, f))
-                                   for r, _, fs in os.walk(os.path.join(staging, "saved_model"))
-                                   for f in fs)
         report = parity(model, staging, parity_images, formats) if parity_images is not None else {}
         metadata = _metadata(model, cfg, model_path, source, class_names, sizes, report, formats)
         runs.write_json(os.path.join(staging, "metadata.json"), metadata)
-        if "saved_model" not in formats:
-            shutil.rmtree(os.path.join(staging, "saved_model"))
+        shutil.rmtree(tflite_source, ignore_errors=True)
         if os.path.exists(target):
             shutil.rmtree(target)
         os.replace(staging, target)

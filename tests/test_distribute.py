@@ -177,8 +177,12 @@ def test_cli_multi_worker_one_run_folder_and_resume(cifar_dir, tmp_path):
 
 @pytest.mark.slow
 def test_jax_mirrored_is_keras_data_parallel(cifar_dir, tmp_path):
+    # Two virtual CPU devices meet in every all-reduce; on a loaded 2-core machine one
+    # of them can arrive more than XLA's default 40 s late, which aborts the process.
     env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+                        "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+                        "--xla_cpu_collective_timeout_seconds=600"}
     uneven = run_cli("train", "--config", "smoke", "--data-dir", cifar_dir, "--strategy",
                      "mirrored", "--batch-size", "31", "--run-dir", tmp_path / "no", env=env)
     assert uneven.returncode == 2

@@ -41,11 +41,65 @@ def test_parity_meets_the_targets(exported):
     assert parity["saved_model_max_abs_diff"] < 1e-5
     assert parity["tflite_max_abs_diff"] < 1e-4 and parity["tflite_top1_agreement"] == 1.0
     assert parity["tflite_fp16_top1_agreement"] >= 0.99
-    # The smoke model (10k parameters, 6 epochs on 256 images) predicts with small
-    # margins, which int8 rounding flips more often than on a trained model: measured
-    # 0.875 here, against 0.970-0.974 for configs/cpu_quick (README, Export). This bound
-    # only guards the int8 path against breaking; the 97 % target is not tested here.
-    assert parity["tflite_int8_top1_agreement"] >= 0.8
+    # The smoke model (10k parameters, 6 epochs on 256 images, ~25 % validation top-1)
+    # predicts with margins so small that int8 rounding flips some (measured 0.96 here);
+    # the 97 % target is tested on a model that learned something, below.
+    assert parity["tflite_int8_top1_agreement"] >= 0.9
+
+
+@pytest.fixture(scope="module")
+def learned_export(tmp_path_factory):
+    """The export of a model trained long enough for int8 agreement to mean something:
+    configs/cpu_quick for 4 epochs on 11,500 of the shipped images (about 60 %
+    validation top-1, 2-4 minutes here), exported with parity on 512 validation images."""
+    from conftest import SHARED_DATA
+
+    cache = os.environ.get("CMXL_DATA_CACHE")
+    data_dir = f"{cache}-12k" if cache else str(tmp_path_factory.mktemp("cifar12k"))
+    if not os.path.isdir(os.path.join(data_dir, "cifar-10-batches-bin")):
+        subprocess.run([sys.executable, os.path.join(SHARED_DATA, "prepare_cifar10.py"),
+                        data_dir, "--limit", "12000"], check=True, capture_output=True,
+                       timeout=600)
+    run_dir = str(tmp_path_factory.mktemp("learned") / "run")
+    result = run_cli("train", "--config", "cpu_quick", "--epochs", "4", "--data-dir", data_dir,
+                     "--val-from-train", "512", "--run-dir", run_dir, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = str(tmp_path_factory.mktemp("exported"))
+    result = run_cli("export", run_dir, "--out", out, "--parity-images", "512")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return os.path.join(out, "cpu_quick"), result
+
+
+def test_parity_targets_on_a_model_that_learned(learned_export):
+    folder, result = learned_export
+    meta = json.load(open(os.path.join(folder, "metadata.json")))
+    parity = meta["parity"]
+    print(f"validation top-1 {meta['validation_accuracy']:.4f}; parity {parity}")
+    assert meta["validation_accuracy"] > 0.45  # it learned: chance is 0.10
+    assert parity["images"] == 512 and "parity on 512 images" in result.stdout
+    assert parity["saved_model_max_abs_diff"] < 1e-5
+    assert parity["tflite_max_abs_diff"] < 1e-4 and parity["tflite_top1_agreement"] == 1.0
+    assert parity["tflite_fp16_top1_agreement"] >= 0.99
+    assert parity["tflite_int8_top1_agreement"] >= 0.97
+    assert "parity below target" not in result.stderr
+
+
+def test_int8_ranges_are_the_activations_own(learned_export):
+    """Each GELU output's int8 range starts near GELU's minimum (-0.17), as calibrated
+    by ``export.calibrated_int8``; the converter's own calibration stretches these
+    ranges over the following op's output (tensors reused in place), measured
+    down to -1.1 and several times too wide."""
+    import tensorflow as tf
+
+    folder, _ = learned_export
+    interpreter = tf.lite.Interpreter(model_path=os.path.join(folder, "model_int8.tflite"))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    gelus = [op for op in interpreter._get_ops_details() if op["op_name"] == "GELU"]
+    assert len(gelus) == 1 + 2 * 5  # stem + depthwise and pointwise of 5 layers
+    for op in gelus:
+        scale, zero_point = tensors[op["outputs"][0]]["quantization"]
+        lowest = (-128 - zero_point) * scale
+        assert -0.17 - scale <= lowest <= -0.16 + scale, (op, scale, zero_point, lowest)
 
 
 def test_tflite_files_use_builtin_ops_only(exported):

@@ -187,3 +187,34 @@ def test_model_builds_and_runs_under_jax_backend():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "594186"
+
+
+@pytest.mark.parametrize("activation,skip_period", [("gelu", 2), ("relu", 0)])
+def test_inference_graph_folds_affine_layers_and_computes_the_same(tiny_kwargs, activation,
+                                                                   skip_period):
+    """export.inference_graph: normalization folded into the stem, every BatchNorm a 1x1
+    depthwise convolution, same logits (with non-trivial BN statistics)."""
+    from cmxl_keras import export
+
+    model = models.build_convmixer(**dict(tiny_kwargs, activation=activation,
+                                          skip_period=skip_period))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                               rng.normal(0, 0.5, mean.shape), rng.uniform(0.2, 3, var.shape)])
+    folded = export.inference_graph(model)
+    kinds = {type(layer).__name__ for layer in folded.layers}
+    assert not kinds & {"BatchNormalization", "Normalization"}, kinds
+    bn_count = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    depthwise_1x1 = [layer for layer in folded.layers
+                     if isinstance(layer, keras.layers.DepthwiseConv2D)
+                     and tuple(layer.kernel_size) == (1, 1)]
+    assert len(depthwise_1x1) == bn_count == 1 + 2 * tiny_kwargs["depth"]
+    assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
+    images = random_images(16)
+    expected = np.asarray(model(images, training=False))
+    got = np.asarray(folded(images, training=False))
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    assert not np.allclose(got, 0)

@@ -34,21 +34,26 @@ def tiny_kwargs():
                 skip_period=2)
 
 
-@pytest.fixture(scope="session")
-def cifar_dir(tmp_path_factory):
-    """The shipped CIFAR-10 training images in all three official on-disk layouts.
-
-    Made once per test session by ../shared/data/prepare_cifar10.py (limited to 2,000
-    images to keep it quick); CMXL_DATA_CACHE names a folder to reuse across sessions.
-    """
+def shipped_cifar(tmp_path_factory, limit, *layouts, suffix=""):
+    """The first ``limit`` shipped CIFAR-10 training images written by
+    ../shared/data/prepare_cifar10.py (binary layout, plus ``layouts`` such as
+    "--python"); CMXL_DATA_CACHE (+ ``suffix``) names a folder to reuse across sessions."""
     cache = os.environ.get("CMXL_DATA_CACHE")
-    out = cache or str(tmp_path_factory.mktemp("cifar10"))
-    if not os.path.isdir(os.path.join(out, "cifar-10-batches-py")):
+    out = cache + suffix if cache else str(tmp_path_factory.mktemp(f"cifar10-{limit}"))
+    done = "cifar-10-batches-py" if "--python" in layouts else "cifar-10-batches-bin"
+    if not os.path.isdir(os.path.join(out, done)):
         script = os.path.join(SHARED_DATA, "prepare_cifar10.py")
         assert os.path.isfile(script), f"shipped data missing: {script}"
-        subprocess.run([sys.executable, script, out, "--python", "--folder", "--limit", "2000"],
+        subprocess.run([sys.executable, script, out, *layouts, "--limit", str(limit)],
                        check=True, capture_output=True, timeout=600)
     return out
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory):
+    """The shipped CIFAR-10 training images in all three official on-disk layouts,
+    limited to 2,000 images to keep it quick; made once per test session."""
+    return shipped_cifar(tmp_path_factory, 2000, "--python", "--folder")
 
 
 @pytest.fixture(scope="session")

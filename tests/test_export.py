@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import random_images, run_cli
+from conftest import random_images, run_cli, shipped_cifar
 
 pytestmark = pytest.mark.slow
 
@@ -52,14 +52,7 @@ def learned_export(tmp_path_factory):
     """The export of a model trained long enough for int8 agreement to mean something:
     configs/cpu_quick for 4 epochs on 11,500 of the shipped images (about 60 %
     validation top-1, 2-4 minutes here), exported with parity on 512 validation images."""
-    from conftest import SHARED_DATA
-
-    cache = os.environ.get("CMXL_DATA_CACHE")
-    data_dir = f"{cache}-12k" if cache else str(tmp_path_factory.mktemp("cifar12k"))
-    if not os.path.isdir(os.path.join(data_dir, "cifar-10-batches-bin")):
-        subprocess.run([sys.executable, os.path.join(SHARED_DATA, "prepare_cifar10.py"),
-                        data_dir, "--limit", "12000"], check=True, capture_output=True,
-                       timeout=600)
+    data_dir = shipped_cifar(tmp_path_factory, 12000, suffix="-12k")
     run_dir = str(tmp_path_factory.mktemp("learned") / "run")
     result = run_cli("train", "--config", "cpu_quick", "--epochs", "4", "--data-dir", data_dir,
                      "--val-from-train", "512", "--run-dir", run_dir, timeout=1200)

@@ -102,15 +102,22 @@ def inference_graph(model):
     activation (ConvMixer's act -> BN order, which cannot fold into a convolution) as a
     MUL and an ADD. In int8 both constants then share one per-tensor scale and the
     activation is rounded twice; a depthwise convolution has per-channel int8 weights and
-    one rounding. Scale and shift are read from the layers themselves (their outputs on
-    zeros and ones), so any centering/scaling options are honoured.
+    one rounding. Scale and shift are read from float32 copies of the layers (their
+    outputs on zeros and ones), so any centering/scaling options are honoured. The copy
+    computes in float32 whatever the model's dtype policy: a model trained with mixed
+    precision exports float32 TFLite files.
     """
     import keras
 
+    def float32_copy(layer):
+        return layer.__class__.from_config(dict(layer.get_config(), dtype="float32"))
+
     def affine(layer, channels, **kwargs):
-        zeros = np.zeros((1, 1, 1, channels), np.float32)
-        shift = np.asarray(layer(zeros, **kwargs), np.float64).reshape(-1)
-        scale = np.asarray(layer(zeros + 1, **kwargs), np.float64).reshape(-1) - shift
+        probe, zeros = float32_copy(layer), np.zeros((1, 1, 1, channels), np.float32)
+        probe(zeros, **kwargs)  # builds it
+        probe.set_weights(layer.get_weights())
+        shift = np.asarray(probe(zeros, **kwargs), np.float64).reshape(-1)
+        scale = np.asarray(probe(zeros + 1, **kwargs), np.float64).reshape(-1) - shift
         return scale, shift
 
     stem_fold = None
@@ -135,10 +142,10 @@ def inference_graph(model):
         if (isinstance(layer, keras.layers.BatchNormalization) and rank == 4
                 and layer.axis % rank == rank - 1):
             folded[layer.name] = affine(layer, layer.input.shape[-1], training=False)
-            return FoldedBatchNorm(1, use_bias=True, name=layer.name, dtype=layer.dtype_policy)
+            return FoldedBatchNorm(1, use_bias=True, name=layer.name, dtype="float32")
         if stem_fold and layer.name == "normalize":
-            return keras.layers.Identity(name=layer.name)
-        return layer.__class__.from_config(layer.get_config())
+            return keras.layers.Identity(name=layer.name, dtype="float32")
+        return float32_copy(layer)
 
     copy = keras.models.clone_model(model, clone_function=clone)
     for layer in copy.layers:

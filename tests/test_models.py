@@ -189,24 +189,33 @@ def test_model_builds_and_runs_under_jax_backend():
     assert result.stdout.strip().splitlines()[-1] == "594186"
 
 
-@pytest.mark.parametrize("activation,skip_period", [("gelu", 2), ("relu", 0)])
+@pytest.mark.parametrize("activation,skip_period,policy", [
+    ("gelu", 2, "float32"), ("relu", 0, "float32"), ("gelu", 2, "mixed_float16")])
 def test_inference_graph_folds_affine_layers_and_computes_the_same(tiny_kwargs, activation,
-                                                                   skip_period):
+                                                                   skip_period, policy):
     """export.inference_graph: normalization folded into the stem, every BatchNorm a 1x1
-    depthwise convolution, same logits (with non-trivial BN statistics)."""
+    depthwise convolution, float32 throughout, and the same logits as a float32 model with
+    the same (non-trivial) weights, also for a model built for mixed precision."""
     from cmxl_keras import export
 
-    model = models.build_convmixer(**dict(tiny_kwargs, activation=activation,
-                                          skip_period=skip_period))
+    kwargs = dict(tiny_kwargs, activation=activation, skip_period=skip_period)
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        model = models.build_convmixer(**kwargs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(0, 0.5, beta.shape),
                                rng.normal(0, 0.5, mean.shape), rng.uniform(0.2, 3, var.shape)])
+    reference = models.build_convmixer(**kwargs)
+    reference.set_weights(model.get_weights())
     folded = export.inference_graph(model)
     kinds = {type(layer).__name__ for layer in folded.layers}
     assert not kinds & {"BatchNormalization", "Normalization"}, kinds
+    assert {layer.dtype_policy.name for layer in folded.layers} == {"float32"}
     bn_count = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
     depthwise_1x1 = [layer for layer in folded.layers
                      if isinstance(layer, keras.layers.DepthwiseConv2D)
@@ -214,7 +223,7 @@ def test_inference_graph_folds_affine_layers_and_computes_the_same(tiny_kwargs, 
     assert len(depthwise_1x1) == bn_count == 1 + 2 * tiny_kwargs["depth"]
     assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
     images = random_images(16)
-    expected = np.asarray(model(images, training=False))
+    expected = np.asarray(reference(images, training=False))
     got = np.asarray(folded(images, training=False))
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
     assert not np.allclose(got, 0)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Training and inference speed side by side: our Keras/TensorFlow path vs the paper's
-PyTorch model (bench/ref_torch.py), CM-Vanilla and CM-XL, batch 128, one process.
+PyTorch model (bench/ref_torch.py), CM-Vanilla and CM-XL, batch 128, in one run.
 
 Ours is the real training step: ``train.build_model`` + ``train.compile_model`` through
 ``model.fit`` (train_step, AdamW on the one-cycle schedule, loss, top-1/top-5 metrics,

@@ -96,9 +96,8 @@ class Checkpointer(keras.callbacks.Callback):
     def __init__(self, run_dir, state, every_steps=0, portable=None):
         super().__init__()
         self.portable = portable  # model -> the model to save as best.keras (or None)
+        self.run_dir = run_dir
         self.paths = runs.checkpoint_paths(run_dir)
-        self.last_weights = self.paths["last"]
-        self.good_weights = self.paths["good"]
         self.state = state
         self.every_steps = every_steps
         self.good_state = None
@@ -110,15 +109,14 @@ class Checkpointer(keras.callbacks.Callback):
         try:
             yield
         except OSError as error:
-            run_dir = os.path.dirname(os.path.dirname(self.last_weights))
             raise RunError(
                 f"cannot write {path!r} ({error.strerror or error}). The previous checkpoint "
                 f"is intact. Free disk space (or fix the folder's permissions) and continue "
-                f"with: python cli.py train --resume {run_dir}") from None
+                f"with: python cli.py train --resume {self.run_dir}") from None
 
     def save_last(self):
         step = _step(self.model)
-        with self._reported(self.last_weights), runs.atomic_path(self.last_weights) as tmp:
+        with self._reported(self.paths["last"]), runs.atomic_path(self.paths["last"]) as tmp:
             self.model.save_weights(tmp)
         with self._reported(self.paths["state"]):
             runs.write_json(self.paths["state"], {
@@ -126,11 +124,11 @@ class Checkpointer(keras.callbacks.Callback):
                 "step_in_epoch": step % self.state.steps_per_epoch,
                 "steps_per_epoch": self.state.steps_per_epoch,
                 "best_val_accuracy": self.state.best,
-                "weights": os.path.basename(self.last_weights)})
+                "weights": os.path.basename(self.paths["last"])})
 
     def _mark_good(self):
-        if os.path.exists(self.last_weights) and os.path.exists(self.paths["state"]):
-            runs.copy_atomic(self.last_weights, self.good_weights)
+        if os.path.exists(self.paths["last"]) and os.path.exists(self.paths["state"]):
+            runs.copy_atomic(self.paths["last"], self.paths["good"])
             self.good_state = runs.read_json(self.paths["state"])
 
     def on_train_begin(self, logs=None):
@@ -140,11 +138,11 @@ class Checkpointer(keras.callbacks.Callback):
     def rollback(self):
         """Makes the last good checkpoint the one to resume; returns its state or None."""
         if self.good_state is None:
-            for path in (self.last_weights, self.paths["state"]):
+            for path in (self.paths["last"], self.paths["state"]):
                 if os.path.exists(path):
                     os.remove(path)
             return None
-        runs.copy_atomic(self.good_weights, self.last_weights)
+        runs.copy_atomic(self.paths["good"], self.paths["last"])
         runs.write_json(self.paths["state"], self.good_state)
         return self.good_state
 
@@ -163,7 +161,7 @@ class Checkpointer(keras.callbacks.Callback):
             with self._reported(self.paths["best"]), runs.atomic_path(self.paths["best"]) as tmp:
                 (self.portable(self.model) if self.portable else self.model).save(tmp)
         self.save_last()
-        with self._reported(self.good_weights):
+        with self._reported(self.paths["good"]):
             self._mark_good()
 
 

@@ -414,7 +414,7 @@ def _finish(model, cfg, run_dir, state, checkpointer, started, log):
         good = checkpointer.rollback()
         where = (f"The last good checkpoint (epoch {good['epoch'] + 1}, step "
                  f"{good['step_in_epoch']}; optimizer step {good['step']}) is kept in "
-                 f"{os.path.dirname(checkpointer.last_weights)}. Resume from it with a smaller "
+                 f"{os.path.dirname(checkpointer.paths['last'])}. Resume from it with a smaller "
                  f"learning rate: python cli.py train --resume {run_dir} --set "
                  f"lr_max={cfg.lr_max / 10:g}" if good else
                  "No finished epoch was saved; start again with a smaller --lr "

@@ -16,27 +16,47 @@ import sys
 
 import click
 
+from cmxl_keras.config import CHOICES
+
 # Keep TensorFlow's C++ start-up chatter (including "failed call to cuInit" on
 # machines without a GPU) out of the user's terminal; set it to 0 to debug.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-EXIT_USER_ERROR = 2
+# Exit codes, so that scripts and schedulers can tell outcomes apart (README, "When
+# things go wrong"). 2 is also what click uses for a usage error.
+EXIT_OK = 0
+EXIT_USER_ERROR = 2  # a bad flag, config value, run folder or checkpoint
+EXIT_DATA_ERROR = 3  # a missing, partial or unreadable dataset
+EXIT_DIVERGED = 4  # the loss became NaN or infinite; the last good checkpoint is kept
+EXIT_PARITY_MISS = 5  # an export missed a parity target (files kept only on request)
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; every finished step is saved
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 2 bad flag, config value, run folder or checkpoint; 3 bad or "
+    "missing data; 4 training diverged (NaN); 5 export parity below target; 130 "
+    "interrupted (saved, resumable).")
 
 
-def _fail(message):
+def _fail(message, code=EXIT_USER_ERROR):
     click.echo(f"Error: {message}", err=True)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(code)
 
 
 def user_errors(command):
-    """Turns the library's user-facing errors into a clean message and exit code 2."""
+    """Turns the library's user-facing errors into a clean message and an exit code."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from cmxl_keras.errors import CmxlError
+        from cmxl_keras.errors import CmxlError, DataError, ParityMiss, TrainingDiverged
 
         try:
             return command(*args, **kwargs)
+        except DataError as error:
+            _fail(str(error), EXIT_DATA_ERROR)
+        except ParityMiss as error:
+            _fail(str(error), EXIT_PARITY_MISS)
+        except TrainingDiverged as error:
+            _fail(str(error), EXIT_DIVERGED)
         except CmxlError as error:
             _fail(str(error))
 
@@ -60,7 +80,7 @@ def _set_backend(ctx, param, value):
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]),
               callback=_set_backend, expose_value=False, is_eager=True,
               help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
@@ -154,8 +174,9 @@ def info(config_file, overrides, variant, summary, **flags):
 @click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch.")
 @click.option("--seed", type=int, help="Random seed (paper: 1024).")
 @click.option("--name", type=str, help="Run name (the run folder is runs/<name>-<time>).")
-@click.option("--precision", type=str, help="auto, float32, mixed_float16, mixed_bfloat16.")
-@click.option("--strategy", type=str,
+@click.option("--precision", type=click.Choice(CHOICES["precision"]),
+              help="auto = mixed_float16 on a GPU, float32 on a CPU.")
+@click.option("--strategy", type=click.Choice(CHOICES["strategy"]),
               help="tf.distribute: auto, one_device, mirrored, multi_worker (TF_CONFIG).")
 @click.option("--runs-dir", default="runs", show_default=True,
               help="Parent folder of new run folders.")
@@ -163,10 +184,14 @@ def info(config_file, overrides, variant, summary, **flags):
 @click.option("--overwrite", is_flag=True, help="Replace an existing --run-dir.")
 @click.option("--resume", type=str, metavar="RUN_DIR",
               help="Continue a run from its last checkpoint (its config, plus any overrides).")
+@click.option("--replan", is_flag=True,
+              help="With --resume: accept new epochs / lr_max and follow the re-planned "
+                   "one-cycle from the current step.")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and check the config, print it as TOML, and exit.")
 @user_errors
-def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume, **flags):
+def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume, replan,
+          **flags):
     """Train a model with the paper's recipe (model.fit, one-cycle, AdamW)."""
     base = None
     if resume:
@@ -189,10 +214,10 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
     _quiet_tensorflow()
     try:
         train_lib.train(cfg, runs_dir=runs_dir, run_dir=run_dir, resume=resume,
-                        overwrite=overwrite, argv=["python"] + sys.argv)
+                        overwrite=overwrite, argv=["python"] + sys.argv, replan=replan)
     except train_lib.TrainingInterrupted as error:
         click.echo(str(error), err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         _fail("interrupted before training started; nothing was trained.")
 
@@ -231,8 +256,11 @@ def evaluate(source, data_dir, split, tta, out_dir):
               help="Images for int8 calibration and parity checks (default: the run's data).")
 @click.option("--parity-images", type=int, default=512, show_default=True,
               help="Validation images compared across formats.")
+@click.option("--allow-parity-miss", is_flag=True,
+              help="Keep the export even if a format misses its parity target.")
 @user_errors
-def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images):
+def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
+           allow_parity_miss):
     """Export a run (or .keras file) to SavedModel and TFLite, with parity checks."""
     _quiet_tensorflow()
     from cmxl_keras import export as export_lib
@@ -243,7 +271,8 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images):
     calibration, images, class_names = _export_images(cfg, data_dir, parity_images,
                                                       model.input_shape[1])
     folder, metadata = export_lib.export(
-        loaded, source, formats, out_dir, name, calibration, images, class_names)
+        loaded, source, formats, out_dir, name, calibration, images, class_names,
+        allow_parity_miss=allow_parity_miss)
     report = metadata["parity"]
     click.echo(f"exported to {folder}")
     for fname, size in metadata["file_sizes"].items():
@@ -349,7 +378,7 @@ def ablation(epochs, limit_train, data_dir, val_from_train, overrides, out_dir):
         rows, figures = report_lib.ablation(changes, out_dir)
     except train_lib.TrainingInterrupted as error:
         click.echo(f"{error} Then run the same ablation command again.", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(open(os.path.join(out_dir, "results.md")).read())
     for path in figures:
         click.echo(f"figure: {path}")

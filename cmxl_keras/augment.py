@@ -13,17 +13,15 @@ Reference order and how each torchvision parameter maps here:
    ``scale`` and place it uniformly, then resize bilinearly to 32x32. With ratio fixed at
    1 the crop is square in both.
 2. ``RandomHorizontalFlip(p=0.5)`` -> ``keras_cv.layers.RandomFlip("horizontal")``.
-3. ``RandAugment(num_ops=2, magnitude=12)`` (torchvision: 31 magnitude levels 0..30, each
-   op at a fixed strength ``magnitude / 30`` of its maximum, always applied) ->
-   ``keras_cv.layers.RandAugment(augmentations_per_image=2, magnitude=12 / 30,
-   magnitude_stddev=0, rate=13 / 14)``. keras-cv's magnitude is the same linear fraction of
-   each op's maximum on a 0..1 scale; ``magnitude_stddev=0`` keeps it fixed (keras-cv's
-   default 0.15 would jitter it). torchvision picks among 14 ops, one being Identity, so a
-   draw changes nothing 1/14 of the time; keras-cv has no Identity op, and ``rate=13/14``
-   gives each draw the same chance of doing nothing. keras-cv's op list (auto-contrast,
-   equalize, solarize, colour, contrast, brightness, shear x/y, translate x/y) lacks
-   torchvision's rotate, posterize and sharpness, and its per-op maxima differ; these
-   are keras-cv's choices and are kept as the user asked for keras-cv's RandAugment.
+3. ``RandAugment(num_ops=2, magnitude=12)`` -> ``TorchvisionRandAugment`` below, a
+   keras-cv layer (``VectorizedBaseImageAugmentationLayer``) that computes torchvision's
+   policy from ``randaugment.py``: per image, two ops drawn from torchvision's 14
+   (Identity among them) at the fixed strength of level 12 of 31, with a random sign
+   where torchvision has one, on 8-bit pixels with PIL's arithmetic, geometric ops
+   filled with 0. keras-cv's own ``RandAugment`` is another policy (see
+   ``randaugment.py``); it stays available as ``randaugment = "keras_cv"``
+   (``keras_cv.layers.RandAugment(magnitude=12/30, magnitude_stddev=0,
+   rate=13/14)``, the same fraction of each of its ops' maxima).
 4. ``ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)`` -> ``color_jitter``
    below, written here because keras-cv's colour layers use other semantics (additive
    brightness, per-channel contrast, saturation on a 0..1 scale where 0.5 is identity).
@@ -41,18 +39,25 @@ Reference order and how each torchvision parameter maps here:
 
 CutMix and MixUp (keras-cv) are options, off by default as in every reported run; they
 need one-hot labels, so with them on the dataset yields one-hot labels.
+
+Every stage computes in float32 whatever the model's dtype policy: under a
+mixed_float16 policy keras-cv's layers would otherwise compute in float16 and its
+RandAugment returns NaN images.
 """
 
+import contextlib
 import dataclasses
 import itertools
 import math
 
+from cmxl_keras import randaugment
 from cmxl_keras.architecture import CIFAR_MEAN
 
-# torchvision RandAugment: 31 magnitude levels, 0..30.
-RANDAUGMENT_LEVELS = 31
-# torchvision RandAugment's 14 ops include Identity; keras-cv's 10 ops do not.
+RANDAUGMENT_LEVELS = randaugment.LEVELS  # torchvision: 31 magnitude levels, 0..30
+# For the keras-cv policy: torchvision's 14 ops include Identity, keras-cv's 10 do not,
+# so each of its draws does nothing 1/14 of the time.
 RANDAUGMENT_RATE = 13 / 14
+RANDAUGMENT_POLICIES = ("torchvision", "keras_cv")
 ERASE_AREA = (0.02, 0.33)
 ERASE_ASPECT = (0.3, 3.3)
 ERASE_TRIES = 10  # torchvision tries 10 boxes before it gives up and returns the image
@@ -68,6 +73,7 @@ class AugmentSpec:
     flip: bool = True
     randaugment_ops: int = 2
     randaugment_magnitude: int = 12  # of RANDAUGMENT_LEVELS
+    randaugment: str = "torchvision"  # the policy: torchvision's (the paper's) or keras-cv's
     jitter: tuple = (0.2, 0.2, 0.2)  # brightness, contrast, saturation
     erase_prob: float = 0.2
     cutmix_prob: float = 0.0
@@ -85,6 +91,7 @@ class AugmentSpec:
                    crop_scale=None if crop == (1.0, 1.0) else crop, flip=cfg.flip,
                    randaugment_ops=cfg.randaugment_ops,
                    randaugment_magnitude=cfg.randaugment_magnitude,
+                   randaugment=cfg.randaugment,
                    jitter=(cfg.jitter_brightness, cfg.jitter_contrast, cfg.jitter_saturation),
                    erase_prob=cfg.erase_prob, cutmix_prob=cfg.cutmix_prob,
                    mixup_prob=cfg.mixup_prob, num_classes=cfg.num_classes)
@@ -112,8 +119,8 @@ class AugmentSpec:
         if self.flip:
             parts.append("HorizontalFlip(0.5)")
         if self.randaugment_ops:
-            parts.append(f"RandAugment({self.randaugment_ops} ops, magnitude "
-                         f"{self.randaugment_magnitude}/{RANDAUGMENT_LEVELS - 1})")
+            parts.append(f"RandAugment({self.randaugment}, {self.randaugment_ops} ops, "
+                         f"magnitude {self.randaugment_magnitude}/{RANDAUGMENT_LEVELS - 1})")
         if any(self.jitter):
             parts.append("ColorJitter(%g, %g, %g)" % self.jitter)
         if self.erase_prob:
@@ -200,22 +207,83 @@ def random_erasing(images, prob, area=ERASE_AREA, aspect=ERASE_ASPECT, fill=None
     return images * (1 - mask) + fill * mask, mask
 
 
+@contextlib.contextmanager
+def _float32_policy():
+    """Layers made inside compute in float32 whatever the global dtype policy: keras-cv's
+    composite layers (RandAugment) make their sub-layers with the global policy, so a
+    ``dtype`` argument on the outer layer alone would not reach them."""
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _torchvision_randaugment_layer():
+    """``TorchvisionRandAugment``: torchvision's RandAugment as a keras-cv layer (made on
+    first use: keras-cv is imported only by the tf.data pipeline)."""
+    import keras_cv
+    import tensorflow as tf
+    # keras-cv runs its layers' ops as TensorFlow ops inside tf.data whatever the Keras
+    # backend; this namespace is that switch (keras.ops outside the scope, TensorFlow's
+    # ops inside it).
+    from keras_cv.src.backend import ops as tf_data_ops
+
+    class TorchvisionRandAugment(keras_cv.layers.VectorizedBaseImageAugmentationLayer):
+        """torchvision's ``RandAugment(num_ops, magnitude)`` for images in [0, 255]: per
+        image, ``num_ops`` ops of ``randaugment.OPS`` with a random sign each."""
+
+        def __init__(self, num_ops=2, magnitude=12, image_size=32, seed=None, **kwargs):
+            kwargs.setdefault("dtype", "float32")
+            super().__init__(seed=seed, **kwargs)
+            randaugment.strengths(magnitude, image_size)  # validates the level
+            self.num_ops, self.magnitude, self.image_size = num_ops, magnitude, image_size
+
+        def get_random_transformation_batch(self, batch_size, **kwargs):
+            draw = lambda: self._random_generator.uniform(  # noqa: E731
+                (self.num_ops, batch_size), 0.0, 1.0, tf.float32)
+            return {"op": draw(), "sign": draw()}
+
+        def augment_images(self, images, transformations, **kwargs):
+            return randaugment.run(tf_data_ops, images, transformations["op"],
+                                   transformations["sign"], self.magnitude, self.image_size)
+
+        def augment_labels(self, labels, transformations, **kwargs):
+            return labels
+
+        def get_config(self):
+            return dict(super().get_config(), num_ops=self.num_ops, magnitude=self.magnitude,
+                        image_size=self.image_size)
+
+    return TorchvisionRandAugment
+
+
 def keras_cv_stages(spec, seed=None):
-    """The keras-cv layers of stages 1-3 (crop, flip, RandAugment) that ``spec`` turns on."""
+    """The keras-cv layers of stages 1-3 (crop, flip, RandAugment) that ``spec`` turns
+    on, computing in float32."""
     import keras_cv
 
     stages = []
-    if spec.crop_scale:
-        stages.append(keras_cv.layers.RandomCropAndResize(
-            target_size=(spec.image_size, spec.image_size), crop_area_factor=spec.crop_scale,
-            aspect_ratio_factor=(1.0, 1.0), seed=_stage_seed(seed, 0)))
-    if spec.flip:
-        stages.append(keras_cv.layers.RandomFlip("horizontal", seed=_stage_seed(seed, 1)))
-    if spec.randaugment_ops:
-        stages.append(keras_cv.layers.RandAugment(
-            value_range=(0, 255), augmentations_per_image=spec.randaugment_ops,
-            magnitude=spec.keras_cv_magnitude, magnitude_stddev=0.0, rate=RANDAUGMENT_RATE,
-            seed=_stage_seed(seed, 2)))
+    with _float32_policy():
+        if spec.crop_scale:
+            stages.append(keras_cv.layers.RandomCropAndResize(
+                target_size=(spec.image_size, spec.image_size),
+                crop_area_factor=spec.crop_scale, aspect_ratio_factor=(1.0, 1.0),
+                seed=_stage_seed(seed, 0)))
+        if spec.flip:
+            stages.append(keras_cv.layers.RandomFlip("horizontal", seed=_stage_seed(seed, 1)))
+        if spec.randaugment_ops and spec.randaugment == "keras_cv":
+            stages.append(keras_cv.layers.RandAugment(
+                value_range=(0, 255), augmentations_per_image=spec.randaugment_ops,
+                magnitude=spec.keras_cv_magnitude, magnitude_stddev=0.0,
+                rate=RANDAUGMENT_RATE, seed=_stage_seed(seed, 2)))
+        elif spec.randaugment_ops:
+            stages.append(_torchvision_randaugment_layer()(
+                spec.randaugment_ops, spec.randaugment_magnitude, spec.image_size,
+                seed=_stage_seed(seed, 2)))
     return stages
 
 
@@ -234,8 +302,9 @@ def build_tf_augmenter(spec, seed=None):
     import tensorflow as tf
 
     stages = keras_cv_stages(spec, seed)
-    cutmix = keras_cv.layers.CutMix(alpha=MIX_ALPHA, seed=seed) if spec.cutmix_prob else None
-    mixup = keras_cv.layers.MixUp(alpha=MIX_ALPHA, seed=seed) if spec.mixup_prob else None
+    with _float32_policy():
+        cutmix = keras_cv.layers.CutMix(alpha=MIX_ALPHA, seed=seed) if spec.cutmix_prob else None
+        mixup = keras_cv.layers.MixUp(alpha=MIX_ALPHA, seed=seed) if spec.mixup_prob else None
 
     def maybe(layer, prob, images, labels):
         def mixed():
@@ -270,11 +339,9 @@ def build_tf_augmenter(spec, seed=None):
 # Crop, colour jitter and erasing are written here with keras.ops, with the torchvision
 # semantics of the tf.data form above: Keras core has no RandomResizedCrop, and its
 # RandomColorJitter / RandomErasing use other parameters (see the tf.data notes).
-# RandAugment is Keras core's layer with its op strengths set from torchvision's table
-# (``RandAugment`` below says how); unlike keras-cv's and torchvision's it picks the ops
-# once per batch, not per image, and its 11 ops include rotation, posterize and
-# sharpness, which keras-cv lacks. tests/test_augment.py measures how the two forms
-# agree stage by stage.
+# RandAugment computes the same functions (``randaugment.py``) as the tf.data form, with
+# its draws per image from Keras' RNG. tests/test_augment.py measures how the two forms
+# agree stage by stage, and tests/test_reference.py compares both with torchvision.
 def _keras_layers():
     import keras
 
@@ -387,41 +454,21 @@ def _keras_layers():
             fill = ops.convert_to_tensor([255.0 * m for m in CIFAR_MEAN])
             return images * (1 - mask) + fill * mask
 
-    class RandAugment(keras.layers.RandAugment):
-        """Keras core RandAugment with each op's strength set from torchvision's table at
-        the given magnitude fraction ``f`` (12/30 for the paper).
+    class RandAugment(_Augmentation):
+        """torchvision's RandAugment from ``randaugment.py``, as the tf.data form's
+        ``TorchvisionRandAugment``: ops and signs drawn per image."""
 
-        The core layer hands one range, ``[0, f]`` of each op's own full scale, to all its
-        ops: at ``f = 0.4`` that rotates by up to 144 degrees one way and only ever
-        brightens by up to 40 % of the range. torchvision's op strengths at level ``f``
-        are: rotate 30 f degrees, shear 0.3 f, translate 150/331 f of the size,
-        brightness / contrast / colour / sharpness factors 1 +- 0.9 f, posterize to
-        8 - int(4 f) bits. The ops below get those strengths: rotation, shear,
-        translation, brightness and contrast in both directions (brightness, which Keras
-        adds instead of multiplying, as the shift of a mid-grey pixel); Keras' colour
-        and sharpness ops only reduce, by up to 0.9 f. Solarize, auto-contrast and
-        equalize stay as the core layer has them. The op is still picked once per batch,
-        as the core layer does.
-        """
+        def __init__(self, num_ops=2, magnitude=12, image_size=32, seed=None, **kwargs):
+            super().__init__(seed, **kwargs)
+            randaugment.strengths(magnitude, image_size)  # validates the level
+            self.num_ops, self.magnitude, self.image_size = num_ops, magnitude, image_size
 
-        def __init__(self, num_ops=2, fraction=0.4, seed=None, **kwargs):
-            super().__init__(value_range=(0, 255), num_ops=num_ops, factor=fraction, seed=seed,
-                             **kwargs)
-            f, L = fraction, keras.layers
-            self.random_rotation = L.RandomRotation(30 * f / 360, seed=seed)
-            self.random_shear = L.RandomShear(x_factor=0.3 * f, y_factor=0.3 * f, seed=seed)
-            self.random_translation = L.RandomTranslation(150 / 331 * f, 150 / 331 * f,
-                                                          seed=seed)
-            self.random_brightness = L.RandomBrightness(0.45 * f, value_range=(0, 255),
-                                                        seed=seed)
-            self.random_contrast = L.RandomContrast(min(0.9 * f, 1.0), value_range=(0, 255),
-                                                    seed=seed)
-            self.random_color_degeneration = L.RandomColorDegeneration(
-                min(0.9 * f, 1.0), value_range=(0, 255), seed=seed)
-            self.random_sharpness = L.RandomSharpness(min(0.9 * f, 1.0),
-                                                      value_range=(0, 255), seed=seed)
-            self.random_posterization = L.RandomPosterization(max(1, 8 - int(4 * f)),
-                                                              value_range=(0, 255), seed=seed)
+        def augment(self, images):
+            batch = keras.ops.shape(images)[0]
+            op = self.uniform((self.num_ops, batch))
+            sign = self.uniform((self.num_ops, batch))
+            return randaugment.run(keras.ops, images, op, sign, self.magnitude,
+                                   self.image_size)
 
     return RandomResizedCrop, ColorJitter, RandomErasing, RandAugment
 
@@ -443,8 +490,12 @@ def keras_layers(spec, seed=None):
         stages.append(keras.layers.RandomFlip("horizontal", seed=_stage_seed(seed, 1),
                                               dtype="float32", name="aug_flip"))
     if spec.randaugment_ops:
-        stages.append(RandAugment(spec.randaugment_ops, spec.keras_cv_magnitude,
-                                  seed=_stage_seed(seed, 2), dtype="float32",
+        if spec.randaugment != "torchvision":
+            raise ValueError(
+                f"randaugment {spec.randaugment!r}: keras-cv's policy runs only in the "
+                f"tf.data pipeline (TensorFlow); the Keras-layer form has torchvision's.")
+        stages.append(RandAugment(spec.randaugment_ops, spec.randaugment_magnitude,
+                                  spec.image_size, seed=_stage_seed(seed, 2),
                                   name="aug_randaugment"))
     if any(spec.jitter):
         stages.append(ColorJitter(*spec.jitter, seed=_stage_seed(seed, 3),

@@ -191,7 +191,11 @@ class EpochReport(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.writer is not None:
-            self.writer.scalar("learning_rate", current_lr(self.model), _step(self.model))
+            step = _step(self.model)
+            self.writer.scalar("learning_rate", current_lr(self.model), step)
+            scale = getattr(self.model.optimizer, "dynamic_scale", None)
+            if scale is not None:  # mixed_float16: the loss scale, halved at each skip
+                self.writer.scalar("loss_scale", float(keras.ops.convert_to_numpy(scale)), step)
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.state.epoch_finished(self.model):

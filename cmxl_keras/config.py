@@ -33,6 +33,8 @@ class Config:
     kernel_size: int = 5
     activation: str = "gelu"
     skip_period: int = 0  # number of long-skip groups; 0 = vanilla ConvMixer
+    # initial weights: PyTorch's defaults as the reference trains from, or Keras' own
+    init: str = "torch"
     num_classes: int = 10
     image_size: int = 32
 
@@ -51,6 +53,8 @@ class Config:
     flip: bool = True
     randaugment_ops: int = 2  # torchvision num_ops
     randaugment_magnitude: int = 12  # torchvision magnitude, of 31 levels (0..30)
+    # the RandAugment policy: torchvision's (the paper's), or keras-cv's own (tf.data only)
+    randaugment: str = "torchvision"
     jitter_brightness: float = 0.2
     jitter_contrast: float = 0.2
     jitter_saturation: float = 0.2
@@ -67,6 +71,13 @@ class Config:
     clip_norm: float = 0.0  # global-norm clipping; 0 = off (paper default)
     label_smoothing: float = 0.0
     precision: str = "auto"  # auto = mixed_float16 on GPU, float32 on CPU
+    # mixed_float16's dynamic loss scale: the reference's GradScaler defaults (its first
+    # scale 2**16, doubled after 2000 steps without overflow)
+    loss_scale: float = 65536.0
+    loss_scale_growth_steps: int = 2000
+    # a compiled training step: auto = on JAX (without it JAX runs every op eagerly), off
+    # on TensorFlow (graph mode measured faster than XLA for this model on the CPU)
+    jit_compile: str = "auto"
     seed: int = 1024
     deterministic: bool = False
     steps_per_epoch: int = 0  # > 0: cap the steps of each epoch (quick runs)
@@ -101,6 +112,9 @@ CHOICES = {
     "precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
     "strategy": STRATEGIES,
     "pipeline": ("auto", "tf.data", "device"),
+    "randaugment": ("torchvision", "keras_cv"),
+    "init": ("torch", "keras"),
+    "jit_compile": ("auto", "true", "false"),
 }
 
 # Numeric bounds: (minimum, maximum, inclusive-minimum).
@@ -124,6 +138,8 @@ BOUNDS = {
     "weight_decay": (0.0, None),
     "adam_epsilon": (0.0, None),
     "clip_norm": (0.0, None),
+    "loss_scale": (1.0, None),
+    "loss_scale_growth_steps": (1, None),
     "label_smoothing": (0.0, 1.0),
     "seed": (0, None),
     "steps_per_epoch": (0, None),

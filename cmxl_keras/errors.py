@@ -15,3 +15,15 @@ class DataError(CmxlError):
 
 class RunError(CmxlError):
     """A run folder, checkpoint or exported model that cannot be used as asked."""
+
+
+class ParityMiss(RunError):
+    """An exported format disagrees with the Keras model beyond its target."""
+
+
+class TrainingDiverged(RunError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RunError):
+    """SIGINT or SIGTERM arrived; the state was saved."""

@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from cmxl_keras import runs
-from cmxl_keras.errors import RunError
+from cmxl_keras.errors import ParityMiss, RunError
 
 FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8")
 TFLITE_FILES = {"tflite": "model_fp32.tflite", "tflite_fp16": "model_fp16.tflite",
@@ -87,6 +87,21 @@ def load_source(source=None, checkpoint=None):
     if len(shape) != 3 or shape[-1] != 3:
         raise RunError(f"{model_path!r} takes inputs of shape {shape}, not RGB images.")
     return model, cfg, model_path
+
+
+def float32_model(model):
+    """``model`` with every layer computing in float32, same weights: what is exported
+    and what the exports are compared with. A model trained under mixed precision keeps
+    its float16 policy in its ``.keras`` file; served as it is, it would compute in
+    float16 (slow on CPUs, and ~1e-3 off the float32 function that TFLite converts)."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    copy = keras.models.clone_model(model, clone_function=lambda layer: layer.__class__
+                                    .from_config(dict(layer.get_config(), dtype="float32")))
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def inference_graph(model):
@@ -352,13 +367,20 @@ def check_formats(formats):
 
 
 def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
-           calibration_images=None, parity_images=None, class_names=None, log=print):
-    """Exports ``loaded = load_source(...)``; returns (folder, metadata)."""
+           calibration_images=None, parity_images=None, class_names=None, log=print,
+           allow_parity_miss=False):
+    """Exports ``loaded = load_source(...)``; returns (folder, metadata).
+
+    Raises:
+        ParityMiss: a format missed its parity target (``PARITY_TARGETS``); nothing is
+            written unless ``allow_parity_miss``.
+    """
     check_formats(formats)
     if "tflite_int8" in formats and calibration_images is None:
         raise RunError("int8 export needs calibration images: pass --data-dir (or export a "
                        "run folder whose data is still there).")
     model, cfg, model_path = loaded
+    model = float32_model(model)
     name = name or (cfg.name if cfg else os.path.splitext(os.path.basename(model_path))[0])
     target = os.path.join(out_dir, name)
     try:
@@ -399,6 +421,14 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
                 f.write(data)
             sizes[fname] = len(data)
         report = parity(model, staging, parity_images, formats) if parity_images is not None else {}
+        failures = parity_failures(report)
+        if failures and not allow_parity_miss:
+            raise ParityMiss(
+                f"export parity below target on {report['images']} images: "
+                f"{'; '.join(failures)}. Nothing was written to {target}. A model that "
+                f"barely learned has margins that rounding flips (int8, fp16); train it "
+                f"longer, compare on more images (--parity-images), or keep the files "
+                f"anyway with --allow-parity-miss.")
         metadata = _metadata(model, cfg, model_path, source, class_names, sizes, report, formats)
         runs.write_json(os.path.join(staging, "metadata.json"), metadata)
         shutil.rmtree(tflite_source, ignore_errors=True)

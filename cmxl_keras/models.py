@@ -31,6 +31,33 @@ from cmxl_keras.architecture import (  # noqa: F401  (re-exported: one place to 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
+INITS = ("torch", "keras")
+
+
+def _torch_init(init, fan_in, depthwise=False):
+    """``{kernel/depthwise, bias}_initializer`` arguments for PyTorch's default
+    initialization of a Conv2d / Linear, or ``{}`` for Keras' own (``init="keras"``).
+
+    PyTorch draws weights with ``kaiming_uniform_(a=sqrt(5))`` and biases uniformly,
+    both in ``+-1 / sqrt(fan_in)``, where ``fan_in`` is what one output sums over:
+    ``in_channels * k * k``, only ``k * k`` for a depthwise conv. Keras' built-in
+    ``VarianceScaling(1/3, "fan_in", "uniform")`` has that bound, ``sqrt(3 / 3 / fan_in)``,
+    for a Conv2D or Dense kernel; Keras counts a depthwise kernel's fan-in as
+    ``k * k * channels`` and its fan-out as ``k * k``, so the depthwise form uses
+    ``"fan_out"``. A new initializer per layer: one seeded instance would give every
+    layer the same draws. Built-in initializers only, so ``.keras`` files load anywhere.
+    """
+    if init == "keras":
+        return {}
+    if init != "torch":
+        raise ValueError(f"init {init!r} is not one of {', '.join(INITS)}.")
+    bound = 1.0 / math.sqrt(fan_in)
+    kernel = keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_out" if depthwise else "fan_in", distribution="uniform")
+    return {("depthwise_initializer" if depthwise else "kernel_initializer"): kernel,
+            "bias_initializer": keras.initializers.RandomUniform(-bound, bound)}
+
+
 def _activation(name, layer_name):
     """One activation layer; names follow PyTorch's modules."""
     name = name.lower()
@@ -51,47 +78,50 @@ def _batch_norm(layer_name, synchronized=False):
                                      synchronized=synchronized, name=layer_name)
 
 
-def stem(x, width, patch_size, activation, sync_bn=False):
+def stem(x, width, patch_size, activation, sync_bn=False, init="torch"):
     """Patch embedding: a strided convolution over non-overlapping patches."""
-    x = layers.Conv2D(width, patch_size, strides=patch_size, name="stem_conv")(x)
+    x = layers.Conv2D(width, patch_size, strides=patch_size, name="stem_conv",
+                      **_torch_init(init, x.shape[-1] * patch_size * patch_size))(x)
     x = _activation(activation, "stem_act")(x)
     return _batch_norm("stem_bn", sync_bn)(x)
 
 
-def mixer_layer(x, index, width, kernel_size, activation, sync_bn=False):
+def mixer_layer(x, index, width, kernel_size, activation, sync_bn=False, init="torch"):
     """One ConvMixer layer: residual depthwise (spatial) mix, then pointwise (channel) mix."""
     prefix = f"layer_{index}"
-    y = layers.DepthwiseConv2D(kernel_size, padding="same", name=f"{prefix}_depthwise")(x)
+    y = layers.DepthwiseConv2D(kernel_size, padding="same", name=f"{prefix}_depthwise",
+                               **_torch_init(init, kernel_size * kernel_size, True))(x)
     y = _activation(activation, f"{prefix}_depthwise_act")(y)
     y = _batch_norm(f"{prefix}_depthwise_bn", sync_bn)(y)
     x = layers.Add(name=f"{prefix}_residual")([x, y])
-    x = layers.Conv2D(width, 1, name=f"{prefix}_pointwise")(x)
+    x = layers.Conv2D(width, 1, name=f"{prefix}_pointwise", **_torch_init(init, width))(x)
     x = _activation(activation, f"{prefix}_pointwise_act")(x)
     return _batch_norm(f"{prefix}_pointwise_bn", sync_bn)(x)
 
 
 def skip_group(x, group, first_index, num_layers, width, kernel_size, activation,
-               sync_bn=False):
+               sync_bn=False, init="torch"):
     """ConvMixer-XL's inter-block residual: ``x + layers(x)`` over ``num_layers`` layers."""
     y = x
     for index in range(first_index, first_index + num_layers):
-        y = mixer_layer(y, index, width, kernel_size, activation, sync_bn)
+        y = mixer_layer(y, index, width, kernel_size, activation, sync_bn, init)
     return layers.Add(name=f"group_{group}_skip")([x, y])
 
 
-def head(x, num_classes):
+def head(x, num_classes, init="torch"):
     """Global average pool and a linear classifier returning logits.
 
     The logits are float32 even under a mixed-precision policy, so the softmax
     and loss stay numerically stable.
     """
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    return layers.Dense(num_classes, dtype="float32", name="head_logits")(x)
+    return layers.Dense(num_classes, dtype="float32", name="head_logits",
+                        **_torch_init(init, x.shape[-1]))(x)
 
 
 def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes=10,
                     activation="gelu", skip_period=0, input_shape=(32, 32, 3), name=None,
-                    sync_bn=False):
+                    sync_bn=False, init="torch"):
     """Builds a ConvMixer (``skip_period=0``) or ConvMixer-XL graph.
 
     Args:
@@ -108,6 +138,9 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
         sync_bn: BatchNorm statistics over the global batch under a tf.distribute
             strategy with several replicas (TensorFlow backend only). Weights are the
             same either way: train with it, save and serve a model built without it.
+        init: ``"torch"`` for PyTorch's default initialization of every convolution and
+            the classifier (what the reference trains from), ``"keras"`` for Keras'
+            (glorot-uniform kernels, zero biases).
 
     Returns:
         A ``keras.Model`` mapping raw images (uint8 or float in [0, 255]) to logits.
@@ -126,16 +159,16 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
         mean=[255.0 * m for m in CIFAR_MEAN],
         variance=[(255.0 * s) ** 2 for s in CIFAR_STD],
         name="normalize")(inputs)
-    x = stem(x, width, patch_size, activation, sync_bn)
+    x = stem(x, width, patch_size, activation, sync_bn, init)
     if skip_period:
         per_group = depth // skip_period
         for group in range(skip_period):
             x = skip_group(x, group + 1, group * per_group + 1, per_group,
-                           width, kernel_size, activation, sync_bn)
+                           width, kernel_size, activation, sync_bn, init)
     else:
         for index in range(1, depth + 1):
-            x = mixer_layer(x, index, width, kernel_size, activation, sync_bn)
-    outputs = head(x, num_classes)
+            x = mixer_layer(x, index, width, kernel_size, activation, sync_bn, init)
+    outputs = head(x, num_classes, init)
     return keras.Model(inputs, outputs, name=name or f"convmixer_{width}_{depth}")
 
 

@@ -15,7 +15,8 @@ import tempfile
 import time
 
 from cmxl_keras import augment, runs
-from cmxl_keras.errors import ConfigError, RunError
+from cmxl_keras.errors import (  # noqa: F401  (re-exported for callers)
+    ConfigError, RunError, TrainingDiverged, TrainingInterrupted)
 
 # A resumed run must rebuild exactly the model it saved.
 ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_period",
@@ -24,14 +25,8 @@ ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_
 # schedule (which counts optimizer steps) would land somewhere else.
 DATA_KEYS = ("dataset", "data_dir", "val_size", "val_from_train", "limit_train", "seed",
              "batch_size", "steps_per_epoch", "pipeline")
-
-
-class TrainingDiverged(RunError):
-    """The loss became NaN or infinite."""
-
-
-class TrainingInterrupted(RunError):
-    """SIGINT or SIGTERM arrived; the state was saved."""
+# ... and follow the one-cycle it planned, unless the user asks to re-plan it (--replan).
+SCHEDULE_KEYS = ("epochs", "lr_max")
 
 
 def resolve_precision(name):
@@ -101,7 +96,7 @@ def build_model(cfg, sync_bn=False, augmentation=()):
         width=cfg.width, depth=cfg.depth, patch_size=cfg.patch_size,
         kernel_size=cfg.kernel_size, num_classes=cfg.num_classes, activation=cfg.activation,
         skip_period=cfg.skip_period, input_shape=(cfg.image_size, cfg.image_size, 3),
-        name=cfg.name, sync_bn=sync_bn)
+        name=cfg.name, sync_bn=sync_bn, init=cfg.init)
     if not augmentation:
         return model
     inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")
@@ -119,16 +114,35 @@ def portable_copy(model, cfg):
     return copy
 
 
-def compile_model(model, cfg, steps, one_hot=False, jit_compile=False):
-    """AdamW on the one-cycle, cross-entropy from logits, top-1 and top-5 accuracy."""
+def resolve_jit_compile(value):
+    """``jit_compile`` config value -> bool: ``auto`` compiles on JAX (where ``False``
+    means an eager step, op by op) and keeps TensorFlow's graph mode (XLA measured
+    slower for this model on the CPU, bench/RESULTS.md)."""
     import keras
 
+    if value == "auto":
+        return keras.backend.backend() == "jax"
+    return value == "true"
+
+
+def compile_model(model, cfg, steps, one_hot=False):
+    """AdamW as PyTorch's on the one-cycle, cross-entropy from logits, top-1 and top-5
+    accuracy; under mixed_float16, dynamic loss scaling that counts skipped steps."""
+    import keras
+
+    from cmxl_keras.optimizers import CountingLossScaleOptimizer, TorchAdamW
     from cmxl_keras.schedules import OneCycle
 
-    optimizer = keras.optimizers.AdamW(
+    optimizer = TorchAdamW(
         learning_rate=OneCycle(cfg.lr_max, cfg.epochs, steps),
         weight_decay=cfg.weight_decay, epsilon=cfg.adam_epsilon,
         global_clipnorm=cfg.clip_norm or None)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        # Keras would wrap the optimizer in its own LossScaleOptimizer, which does not
+        # count skipped steps (see CountingLossScaleOptimizer).
+        optimizer = CountingLossScaleOptimizer(
+            optimizer, initial_scale=cfg.loss_scale,
+            dynamic_growth_steps=cfg.loss_scale_growth_steps)
     if one_hot:  # CutMix/MixUp or label smoothing: soft targets
         loss = keras.losses.CategoricalCrossentropy(from_logits=True,
                                                     label_smoothing=cfg.label_smoothing)
@@ -138,13 +152,14 @@ def compile_model(model, cfg, steps, one_hot=False, jit_compile=False):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                    keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
-    # jit_compile=False: XLA measured far slower than graph mode for this model on CPU.
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                  jit_compile=resolve_jit_compile(cfg.jit_compile))
     return model
 
 
-def check_resumable(run_dir, cfg):
-    """The saved config and state of ``run_dir``; refuses another model or data setup."""
+def check_resumable(run_dir, cfg, replan=False):
+    """The saved config and state of ``run_dir``; refuses another model, data setup or
+    precision, and (unless ``replan``) another schedule."""
     from cmxl_keras import config as config_lib
 
     saved_path = os.path.join(run_dir, "config.json")
@@ -179,6 +194,21 @@ def check_resumable(run_dir, cfg):
             f"--resume {run_dir!r} is refused: {'; '.join(diffs)}. These fix the data and "
             f"the steps per epoch that the learning-rate schedule counts; resume without "
             f"changing them.")
+    if saved.precision == "auto":  # a run from before the resolved precision was saved
+        saved = saved.replace(precision=resolve_precision("auto"))
+    diffs = differences(("precision",))
+    if diffs:
+        raise RunError(
+            f"--resume {run_dir!r} is refused: {diffs[0]}. The checkpoint holds the "
+            f"optimizer state of a {saved.precision} run (loss scaling under "
+            f"mixed_float16); resume with --precision {saved.precision}.")
+    diffs = differences(SCHEDULE_KEYS)
+    if diffs and not replan:
+        raise RunError(
+            f"--resume {run_dir!r} is refused: {'; '.join(diffs)}. The one-cycle learning "
+            f"rate was planned over the run's epochs and peak, and changing them bends the "
+            f"curve in mid-run. Resume without them, or add --replan to follow the new "
+            f"schedule from the current step on.")
     return runs.read_json(state_path)
 
 
@@ -217,7 +247,7 @@ def _hparams(cfg):
 
 
 def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv=None,
-          log=print, verbose=None):
+          log=print, verbose=None, replan=False):
     """Trains ``cfg`` and returns ``{"run_dir", "results"}``.
 
     Raises:
@@ -229,15 +259,18 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
 
     # First: a multi-worker strategy and the logical CPU split configure the runtime.
     strategy = distribute.make_strategy(cfg.strategy, log)
-    cfg = cfg.replace(pipeline=resolve_pipeline(cfg))
+    # The run records what ran: the pipeline and precision that "auto" resolved to.
+    cfg = cfg.replace(pipeline=resolve_pipeline(cfg), precision=resolve_precision(cfg.precision))
     devices = distribute.data_parallel_devices()  # DataParallel (JAX) splits batches evenly
     if cfg.batch_size % devices:
         raise ConfigError(
             f"batch_size {cfg.batch_size} does not split evenly over the {devices} devices "
             f"of keras.distribution.DataParallel; use a multiple of {devices} (e.g. "
             f"--batch-size {devices * max(1, round(cfg.batch_size / devices))}).")
+    distribute.check_cpu_collectives(resolve_jit_compile(cfg.jit_compile))
     if distribute.is_chief(strategy):
-        return _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose)
+        return _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose,
+                      replan=replan)
     # Another worker runs the same program (the saves may read distributed variables
     # collectively) but writes into a scratch folder; the chief writes the run folder.
     task_type, task_id = distribute.task(strategy)
@@ -247,20 +280,21 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
         f"to {scratch}, removed at the end")
     try:
         result = _train(cfg, strategy, runs_dir, scratch, resume, True, argv, log, verbose,
-                        chief=False)
+                        chief=False, replan=replan)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log(f"done: {task_type} {task_id} finished; the chief wrote the run folder")
     return dict(result, run_dir=None)
 
 
-def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose, chief=True):
+def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose, chief=True,
+           replan=False):
     import keras
 
     from cmxl_keras import callbacks, data, distribute, models
 
-    state_file = check_resumable(resume, cfg) if resume else None
-    precision = resolve_precision(cfg.precision)
+    state_file = check_resumable(resume, cfg, replan) if resume else None
+    precision = cfg.precision
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic and keras.backend.backend() == "tensorflow":
@@ -312,6 +346,10 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
         f"precision {precision}; {len(splits.train):,} train / {len(splits.val):,} val "
         f"images; {steps} steps per epoch of {cfg.batch_size} images"
         + (f" ({cfg.batch_size // devices} per replica on {devices})" if devices > 1 else ""))
+    jit = resolve_jit_compile(cfg.jit_compile)
+    log(f"training step: {keras.backend.backend()}, "
+        + ("compiled step (jit_compile)" if jit else "TensorFlow graph" if
+           keras.backend.backend() == "tensorflow" else "eager, op by op (jit_compile=false)"))
     log(f"augmentation: {spec.describe()}" + ("" if spec.is_identity else (
         f" ({cfg.pipeline}" + (", Keras layers in front of the model)"
                                if cfg.pipeline == "device" else ")"))))
@@ -331,7 +369,7 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
             writer.flush()
     report = callbacks.EpochReport(run_dir, state, cfg.batch_size, cfg.epochs, log, writer)
     guard = callbacks.Guard(state, checkpointer)
-    cbs = [guard, report, checkpointer] + extra
+    cbs = [guard, report, checkpointer] + extra + distribute.collective_callbacks()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 0
 
@@ -416,7 +454,7 @@ def _finish(model, cfg, run_dir, state, checkpointer, started, log):
                  f"{good['step_in_epoch']}; optimizer step {good['step']}) is kept in "
                  f"{os.path.dirname(checkpointer.paths['last'])}. Resume from it with a smaller "
                  f"learning rate: python cli.py train --resume {run_dir} --set "
-                 f"lr_max={cfg.lr_max / 10:g}" if good else
+                 f"lr_max={cfg.lr_max / 10:g} --replan" if good else
                  "No finished epoch was saved; start again with a smaller --lr "
                  f"(now {cfg.lr_max:g}).")
         raise TrainingDiverged(

@@ -1,8 +1,11 @@
 """Shared test helpers: the CLI as a subprocess, small models, real data on demand."""
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,13 +16,102 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, ROOT)
 
 
+class Child:
+    """A child process that no test can wait on forever.
+
+    Its output is collected as it comes (one thread per pipe), so a test can wait for a
+    line, a file or the end with a deadline. Past the deadline the child gets SIGABRT
+    (Python's fault handler, on in every child, then prints where each thread was
+    waiting) and the test fails with the child's last output, not a bare timeout.
+    """
+
+    def __init__(self, command, env=None, cwd=None):
+        self.command = " ".join(map(str, command))
+        full_env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONUNBUFFERED="1")
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=full_env,
+                                     cwd=cwd or ROOT)
+        self.out, self.err = [], []
+        self._pumps = [threading.Thread(target=self._pump, args=(pipe, lines), daemon=True)
+                       for pipe, lines in ((self.proc.stdout, self.out),
+                                           (self.proc.stderr, self.err))]
+        for pump in self._pumps:
+            pump.start()
+
+    @staticmethod
+    def _pump(pipe, lines):
+        for line in pipe:
+            lines.append(line)
+
+    @property
+    def stdout(self):
+        return "".join(self.out)
+
+    @property
+    def stderr(self):
+        return "".join(self.err)
+
+    def _drain(self):
+        for pump in self._pumps:
+            pump.join(timeout=30)
+
+    def _fail(self, why):
+        self._drain()
+        pytest.fail(f"{self.command}: {why}. Its last output:\n--- stdout ---\n"
+                    f"{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-8000:]}",
+                    pytrace=False)
+
+    def _hang(self, timeout, what):
+        self.proc.send_signal(signal.SIGABRT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._fail(f"{what} did not happen within {timeout} s (a hang, or far slower than "
+                   f"usual)")
+
+    def wait_until(self, condition, timeout, what):
+        """Polls ``condition()`` until it holds; fails if the child ends first or the
+        deadline passes."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None:
+                self._fail(f"it ended (exit {self.proc.returncode}) before {what}")
+            if time.monotonic() > deadline:
+                self._hang(timeout, what)
+            time.sleep(0.2)
+
+    def lines_starting(self, prefix):
+        return sum(1 for line in list(self.out) if line.startswith(prefix))
+
+    def wait(self, timeout):
+        """Waits for the end; returns a CompletedProcess."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._hang(timeout, "the end of the process")
+        self._drain()
+        return subprocess.CompletedProcess(self.command, self.proc.returncode, self.stdout,
+                                           self.stderr)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+        self._drain()
+
+
+def run_process(command, timeout, env=None, cwd=None):
+    """Runs ``command`` (a list) to its end and returns its CompletedProcess; a run past
+    ``timeout`` seconds fails the test with the process's last output."""
+    return Child(command, env=env, cwd=cwd).wait(timeout)
+
+
 def run_cli(*args, env=None, timeout=600, cwd=None):
     """Runs ``python cli.py ARGS`` for real and returns the CompletedProcess."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "cli.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT)
+    return run_process([sys.executable, os.path.join(ROOT, "cli.py"), *map(str, args)],
+                       timeout, env=env, cwd=cwd)
 
 
 def random_images(n, size=32, seed=0):
@@ -44,8 +136,9 @@ def shipped_cifar(tmp_path_factory, limit, *layouts, suffix=""):
     if not os.path.isdir(os.path.join(out, done)):
         script = os.path.join(SHARED_DATA, "prepare_cifar10.py")
         assert os.path.isfile(script), f"shipped data missing: {script}"
-        subprocess.run([sys.executable, script, out, *layouts, "--limit", str(limit)],
-                       check=True, capture_output=True, timeout=600)
+        made = run_process([sys.executable, script, out, *layouts, "--limit", str(limit)],
+                           timeout=600)
+        assert made.returncode == 0, made.stderr[-3000:]
     return out
 
 

@@ -1,5 +1,6 @@
 """Augmentation behaviour, Keras-style, and the mapping onto torchvision's parameters."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -150,17 +151,56 @@ def test_color_jitter_factors_follow_torchvision():
     np.testing.assert_allclose(after, before, rtol=1e-4)
 
 
-def test_randaugment_parameters_map_torchvision_magnitude():
+def test_randaugment_is_torchvisions_by_default_and_keras_cv_on_request():
     spec = AugmentSpec()
-    assert spec.keras_cv_magnitude == pytest.approx(12 / 30)
+    assert spec.randaugment == "torchvision"
     layer = augment.keras_cv_stages(spec)[-1]
+    assert type(layer).__name__ == "TorchvisionRandAugment"
+    assert (layer.num_ops, layer.magnitude) == (2, 12)
+    assert "RandAugment(torchvision, 2 ops, magnitude 12/30)" in spec.describe()
+    # keras-cv's own policy stays available, at torchvision's magnitude fraction.
+    old = AugmentSpec.from_config(Config(randaugment="keras_cv"))
+    layer = augment.keras_cv_stages(old)[-1]
     assert type(layer).__name__ == "RandAugment"
     assert layer.augmentations_per_image == 2
     assert layer.magnitude == pytest.approx(0.4) and layer.magnitude_stddev == 0.0
     assert layer.rate == pytest.approx(13 / 14)
-    out, _ = _run(AugmentSpec(**dict(OFF, randaugment_ops=2)), random_images(200))
-    changed = np.any(np.abs(out - random_images(200)) > 1, axis=(1, 2, 3))
-    assert changed.mean() > 0.7
+    for policy in ("torchvision", "keras_cv"):
+        images = random_images(200)
+        out, _ = _run(AugmentSpec(**dict(OFF, randaugment_ops=2, randaugment=policy)), images)
+        changed = np.any(np.abs(out - images) > 1, axis=(1, 2, 3))
+        assert changed.mean() > 0.7, policy
+    with pytest.raises(ValueError, match="keras-cv's policy runs only in the tf.data"):
+        augment.keras_layers(old)
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_every_stage_computes_in_float32_under_a_mixed_policy(precision):
+    """Under a mixed policy keras-cv's layers would compute in half precision (its
+    RandAugment then returns NaN images): every stage of both forms stays float32 and
+    finite, on edge images (all black, all white, one flat colour, random)."""
+    import keras
+
+    images = np.concatenate([np.zeros((8, 32, 32, 3)), np.full((8, 32, 32, 3), 255.0),
+                             np.tile([[[[200.0, 30.0, 90.0]]]], (8, 32, 32, 1)),
+                             random_images(8).astype(np.float64)]).astype(np.uint8)
+    stages = dict(crop_scale=(0.75, 1.0), flip=True, randaugment_ops=2,
+                  jitter=(0.2, 0.2, 0.2), erase_prob=0.5)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        for stage, value in list(stages.items()) + [("all", None)]:
+            spec = AugmentSpec(**(stages if stage == "all" else dict(OFF, **{stage: value})))
+            for policy in (("torchvision", "keras_cv") if stage in ("randaugment_ops", "all")
+                           else ("torchvision",)):
+                spec = dataclasses.replace(spec, randaugment=policy)
+                tf_out, _ = _run(spec, images)
+                assert tf_out.dtype == np.float32 and np.isfinite(tf_out).all(), (stage, policy)
+                assert tf_out.min() >= 0 and tf_out.max() <= 255, (stage, policy)
+            layers = augment.keras_layers(dataclasses.replace(spec, randaugment="torchvision"))
+            out = augment.apply_keras_layers(layers, images)
+            assert out.dtype == np.float32 and np.isfinite(out).all(), stage
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_cutmix_and_mixup_yield_one_hot_mixed_labels():

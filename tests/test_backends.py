@@ -25,6 +25,7 @@ def test_jax_backend_trains_resumes_and_its_model_evaluates_under_tensorflow(cif
                     env=JAX, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "(device, Keras layers in front of the model)" in first.stdout
+    assert "compiled step (jit_compile)" in first.stdout
     env = _json(os.path.join(run_dir, "env.json"))
     assert "jax" in json.dumps(env)
     config = _json(os.path.join(run_dir, "config.json"))
@@ -33,9 +34,10 @@ def test_jax_backend_trains_resumes_and_its_model_evaluates_under_tensorflow(cif
                  "augmentations.png", "metrics.json"):
         assert os.path.exists(os.path.join(run_dir, name)), name
 
-    # The one-cycle and the checkpoints behave as on TensorFlow: resume to a third epoch.
+    # The one-cycle and the checkpoints behave as on TensorFlow: resume to a third epoch
+    # (a longer run than planned: --replan accepts the new schedule).
     again = run_cli("--backend", "jax", "train", "--resume", run_dir, "--epochs", "3",
-                    env=JAX, timeout=900)
+                    "--replan", env=JAX, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = _json(os.path.join(run_dir, "metrics.json"))
     assert [m["epoch"] for m in metrics] == [1, 2, 3]

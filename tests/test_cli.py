@@ -51,3 +51,17 @@ def test_bad_input_is_a_clear_error_without_traceback(args, quoted):
     assert result.returncode == 2
     assert quoted in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args,code", [
+    (["train", "--precision", "float64"], 2),  # click's usage error: not a choice
+    (["train", "--set", "jit_compile=maybe"], 2),  # a config value
+    (["train", "--config", "smoke", "--data-dir", "/nonexistent/cifar"], 3),  # data
+])
+def test_exit_codes_tell_outcomes_apart(args, code):
+    result = run_cli(*args)
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    help_text = run_cli("--help").stdout
+    assert "Exit codes: 0 done" in help_text and "4 training diverged" in " ".join(
+        help_text.split())

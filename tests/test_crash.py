@@ -6,15 +6,12 @@ library) to announce the moment on stdout and linger in it, so the kill lands th
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import keras
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, Child, run_cli
 from test_train import read_events
 
 pytestmark = pytest.mark.slow
@@ -53,32 +50,22 @@ export.convert_tflite = convert_tflite
 
 def _cli_with(patch, *args):
     code = patch + "\nimport sys\nsys.argv = ['cli.py'] + sys.argv[1:]\nimport cli\ncli.cli()\n"
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT))
+    return Child([sys.executable, "-c", code, *args], env={"PYTHONPATH": ROOT})
 
 
-def _kill_at(proc, marker, nth=1, timeout=300):
-    seen = 0
-    deadline = time.time() + timeout
-    for line in proc.stdout:
-        if line.startswith(f"MARK {marker}"):
-            seen += 1
-            if seen == nth:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=60)
-                return
-        assert time.time() < deadline
-    raise AssertionError(f"{marker} not reached: {proc.stderr.read()[-3000:]}")
+def _kill_at(child, marker, nth=1, timeout=300):
+    child.wait_until(lambda: child.lines_starting(f"MARK {marker}") >= nth, timeout,
+                     f"marker {marker!r} #{nth}")
+    child.kill()
 
 
 @pytest.mark.parametrize("moment,patch,nth", [("saving", SAVE, 2), ("validating", VALIDATE, 2)])
 def test_kill_during_save_or_validation_then_resume_loses_no_epoch(cifar_dir, tmp_path, moment,
                                                                     patch, nth):
     run_dir = tmp_path / "run"
-    proc = _cli_with(patch, "train", "--config", "smoke", "--data-dir", cifar_dir, "--run-dir",
-                     run_dir, "--epochs", "3")
-    _kill_at(proc, moment, nth)  # in epoch 2: epoch 1 is saved, epoch 2 is not
+    child = _cli_with(patch, "train", "--config", "smoke", "--data-dir", cifar_dir, "--run-dir",
+                      run_dir, "--epochs", "3")
+    _kill_at(child, moment, nth)  # in epoch 2: epoch 1 is saved, epoch 2 is not
     folder = run_dir / "checkpoints"
     state = json.load(open(folder / "state.json"))
     assert state["step"] == 8, state  # the last finished epoch, never a half-written one
@@ -94,9 +81,9 @@ def test_kill_during_save_or_validation_then_resume_loses_no_epoch(cifar_dir, tm
 
 def test_export_killed_halfway_leaves_no_model_and_a_rerun_works(trained_run, tmp_path):
     out = tmp_path / "exported"
-    proc = _cli_with(EXPORT, "export", trained_run, "--out", out, "--formats",
-                     "saved_model,tflite")
-    _kill_at(proc, "converting")
+    child = _cli_with(EXPORT, "export", trained_run, "--out", out, "--formats",
+                      "saved_model,tflite")
+    _kill_at(child, "converting")
     assert not (out / "smoke").exists()  # the staging folder is never renamed half-done
     assert [n for n in os.listdir(out) if n.startswith(".smoke")]  # only hidden leftovers
     result = run_cli("export", trained_run, "--out", out, "--formats", "saved_model,tflite")

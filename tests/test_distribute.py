@@ -4,13 +4,12 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, Child, run_cli, run_process
 
 # One training step on the same batch and weights: a single device, two mirrored
 # replicas with synchronized BatchNorm (what `train` builds), and, as a control that the
@@ -54,8 +53,7 @@ STEP_SCRIPT = textwrap.dedent("""
 def test_mirrored_step_matches_single_device(tmp_path):
     script = tmp_path / "step.py"
     script.write_text(STEP_SCRIPT)
-    result = subprocess.run([sys.executable, str(script), ROOT], capture_output=True,
-                            text=True, timeout=300)
+    result = run_process([sys.executable, str(script), ROOT], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
     out = json.loads(line[len("RESULT "):])
@@ -83,21 +81,20 @@ def test_cli_mirrored_train_and_resume(cifar_dir, tmp_path):
     assert "mirrored over 2 device(s)" in first.stdout
     assert "(16 per replica on 2)" in first.stdout
     again = run_cli("train", "--resume", run_dir, "--strategy", "mirrored", "--epochs", "2",
-                    env=env, timeout=300)
+                    "--replan", env=env, timeout=300)  # one epoch more than planned
     assert again.returncode == 0, again.stderr[-3000:]
     assert [m["epoch"] for m in _metrics(run_dir)] == [1, 2]
     with open(os.path.join(run_dir, "checkpoints", "state.json")) as f:
         assert json.load(f)["step"] == 2 * 8
     # The saved models carry no synchronized BatchNorm: they load and run anywhere.
-    check = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    check = run_process([sys.executable, "-c", textwrap.dedent(f"""
         import keras, numpy as np
         for name in ("model.keras", "checkpoints/best.keras"):
             m = keras.saving.load_model({run_dir!r} + "/" + name)
             assert not any(getattr(l, "synchronized", False) for l in m.layers), name
             assert m.predict(np.zeros((2, 32, 32, 3)), verbose=0).shape == (2, 10)
         print("LOADED")
-        """)], capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, KERAS_BACKEND="jax"))
+        """)], timeout=120, env={"KERAS_BACKEND": "jax"})
     assert "LOADED" in check.stdout, check.stderr[-3000:]
 
 
@@ -119,23 +116,21 @@ def _run_workers(args, cwd, scratch, timeout=300):
     os.makedirs(scratch, exist_ok=True)
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, TMPDIR=str(scratch), TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        env.pop("CMXL_CPU_DEVICES", None)
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "cli.py"), "train", *map(str, args)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd))
-    outputs = []
+    workers = []
     try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            outputs.append((proc.returncode, out, err))
+        for index in range(2):
+            env = {"TMPDIR": str(scratch), "CMXL_CPU_DEVICES": "", "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+            workers.append(Child([sys.executable, os.path.join(ROOT, "cli.py"), "train", *args],
+                                 env=env, cwd=cwd))
+        outputs = []
+        for worker in workers:
+            done = worker.wait(timeout)
+            outputs.append((done.returncode, done.stdout, done.stderr))
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+        for worker in workers:
+            if worker.proc.poll() is None:
+                worker.kill()
     return outputs
 
 
@@ -166,8 +161,8 @@ def test_cli_multi_worker_one_run_folder_and_resume(cifar_dir, tmp_path):
     assert "/cmxl-worker1-" in worker_out
     assert not [n for n in os.listdir(scratch) if n.startswith("cmxl-")]
 
-    outputs = _run_workers(["--resume", run_dir, "--strategy", "multi_worker", "--epochs", "2"],
-                           cwd=str(tmp_path), scratch=scratch)
+    outputs = _run_workers(["--resume", run_dir, "--strategy", "multi_worker", "--epochs", "2",
+                            "--replan"], cwd=str(tmp_path), scratch=scratch)
     for code, out, err in outputs:
         assert code == 0, err[-3000:]
         assert "resuming" in out and "at epoch 2, step 0 of 8" in out
@@ -177,17 +172,26 @@ def test_cli_multi_worker_one_run_folder_and_resume(cifar_dir, tmp_path):
 
 @pytest.mark.slow
 def test_jax_mirrored_is_keras_data_parallel(cifar_dir, tmp_path):
-    # Two virtual CPU devices meet in every all-reduce; on a loaded 2-core machine one
-    # of them can arrive more than XLA's default 40 s late, which aborts the process.
+    """How this is kept from hanging: XLA's in-process CPU collectives (the two virtual
+    devices of --xla_force_host_platform_device_count=2) deadlock when several
+    all-reduce programs are in flight, which an uncompiled JAX step (one program per op)
+    always risks. Training under DataParallel over CPU devices therefore compiles its
+    step and waits for each step to finish before the next (distribute.py,
+    OneCollectiveProgramInFlight); the uncompiled form is refused. XLA's own collective
+    timeout stays at its default, so a deadlock would end in seconds with XLA's
+    "may be stuck" report rather than hold CI, and the subprocess has a deadline too."""
     env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
-                        "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
-                        "--xla_cpu_collective_timeout_seconds=600"}
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     uneven = run_cli("train", "--config", "smoke", "--data-dir", cifar_dir, "--strategy",
                      "mirrored", "--batch-size", "31", "--run-dir", tmp_path / "no", env=env)
     assert uneven.returncode == 2
     assert "batch_size 31 does not split evenly over the 2 devices" in uneven.stderr
     assert "--batch-size 32" in uneven.stderr and not os.path.exists(tmp_path / "no")
+    eager = run_cli("train", "--config", "smoke", "--data-dir", cifar_dir, "--strategy",
+                    "mirrored", "--set", "jit_compile=false", "--run-dir", tmp_path / "no",
+                    env=env)
+    assert eager.returncode == 2 and "deadlock" in eager.stderr
+    assert "jit_compile=auto" in eager.stderr and not os.path.exists(tmp_path / "no")
     run_dir = str(tmp_path / "run")
     result = run_cli("train", "--config", "smoke", "--data-dir", cifar_dir, "--strategy",
                      "mirrored", "--run-dir", run_dir, "--epochs", "1", "--steps-per-epoch",
@@ -197,3 +201,33 @@ def test_jax_mirrored_is_keras_data_parallel(cifar_dir, tmp_path):
     assert "(16 per replica on 2)" in result.stdout
     assert [m["epoch"] for m in _metrics(run_dir)] == [1]
     assert os.path.exists(os.path.join(run_dir, "model.keras"))
+
+
+@pytest.mark.slow
+def test_back_to_back_cpu_collectives_deadlock_unless_each_is_waited_for(tmp_path):
+    """The cause of the hang above, on its own: 3,000 sums of an array sharded over two
+    virtual CPU devices, dispatched back to back, deadlock inside XLA (measured: every
+    run, within seconds; XLA's collective timeout then aborts the process); waiting for
+    each, as training now does, 5,000 finish. If a jaxlib upgrade fixes XLA, the first
+    half fails and the workaround can go."""
+    script = tmp_path / "sums.py"
+    script.write_text(textwrap.dedent("""
+        import sys, jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        mesh = Mesh(np.array(jax.devices()), ("batch",))
+        x = jax.device_put(np.ones((8, 8), np.float32), NamedSharding(mesh, P("batch")))
+        wait = sys.argv[1] == "wait"
+        for _ in range(int(sys.argv[2])):
+            total = jnp.sum(x)
+            if wait:
+                total.block_until_ready()
+        print("finished", float(total))
+        """))
+    env = {"JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+                        "--xla_cpu_collective_call_warn_stuck_timeout_seconds=5 "
+                        "--xla_cpu_collective_call_terminate_timeout_seconds=10"}
+    waited = run_process([sys.executable, str(script), "wait", "5000"], timeout=300, env=env)
+    assert waited.returncode == 0 and "finished 64.0" in waited.stdout, waited.stderr[-2000:]
+    racing = run_process([sys.executable, str(script), "race", "3000"], timeout=300, env=env)
+    assert racing.returncode != 0 and "may be stuck" in racing.stderr, racing.stdout

@@ -1,8 +1,6 @@
 """Model builder: shapes, exact parameter counts, layer semantics, save/load, gradients."""
 
 import math
-import os
-import subprocess
 import sys
 
 import keras
@@ -11,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from cmxl_keras import models
-from conftest import ROOT, random_images
+from conftest import random_images, run_process
 
 PAPER_COUNTS = {"cm_vanilla": 594_186, "cm_xl": 4_855_562}
 
@@ -182,9 +180,8 @@ def test_model_builds_and_runs_under_jax_backend():
         "y = np.asarray(m(x))\n"
         "assert y.shape == (2, 10) and np.isfinite(y).all()\n"
         "print(models.trainable_param_count(m))\n")
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = run_process([sys.executable, "-c", code], timeout=300,
+                         env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "594186"
 

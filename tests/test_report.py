@@ -2,15 +2,12 @@
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, Child, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +35,11 @@ def test_ablation_gives_seven_rows_and_resumes_without_redoing_finished_runs(cif
     out = tmp_path / "ablation"
     args = [sys.executable, os.path.join(ROOT, "cli.py"), "ablation", "--data-dir", cifar_dir,
             "--out", str(out), *TINY]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    child = Child(args)
     finished = [out / name / "results.json" for name in ("cm_vanilla_noaug", "cm_vanilla")]
-    deadline = time.time() + 600
-    while not all(p.exists() for p in finished):
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "the first two runs did not finish in time"
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)  # somewhere in the third run
-    proc.wait(timeout=60)
+    child.wait_until(lambda: all(p.exists() for p in finished), 600,
+                     "the first two runs' results")
+    child.kill()  # somewhere in the third run
     stamps = {p: p.stat().st_mtime_ns for p in finished}
     assert not (out / "results.json").exists()
 

@@ -3,9 +3,7 @@
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 from cmxl_keras import config, train
 from cmxl_keras.errors import RunError
 from cmxl_keras.schedules import one_cycle_lr
-from conftest import ROOT, run_cli
+from conftest import ROOT, Child, run_cli, run_process
 
 
 def read_events(folder):
@@ -96,7 +94,7 @@ def test_tensorboard_logs_hold_the_scalars_images_and_hparams(smoke_run):
 def test_resume_with_another_model_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    saved = config.load("smoke")
+    saved = config.load("smoke").replace(precision="float32")
     (run_dir / "config.json").write_text(json.dumps(saved.to_dict()))
     (run_dir / "checkpoints" / "state.json").write_text(json.dumps({"step": 3}))
     with pytest.raises(RunError, match="trained with another model .*depth: saved 4, now 6"):
@@ -105,40 +103,47 @@ def test_resume_with_another_model_is_refused(tmp_path):
         train.check_resumable(str(run_dir), saved.replace(batch_size=64))
     with pytest.raises(RunError, match="no such run folder"):
         train.check_resumable(str(tmp_path / "missing"), saved)
-    assert train.check_resumable(str(run_dir), saved.replace(lr_max=0.001)) == {"step": 3}
+    # The schedule's plan: refused unless the user asks to re-plan it.
+    for change in (dict(epochs=7), dict(lr_max=0.001)):
+        with pytest.raises(RunError, match="--replan"):
+            train.check_resumable(str(run_dir), saved.replace(**change))
+        assert train.check_resumable(str(run_dir), saved.replace(**change), replan=True) == {
+            "step": 3}
+    # Another precision would load another optimizer state (loss scaling).
+    with pytest.raises(RunError, match="precision: saved 'float32', now 'mixed_float16'"):
+        train.check_resumable(str(run_dir), saved.replace(precision="mixed_float16"))
 
 
 def _train_process(*args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "cli.py"), "train", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=ROOT)
+    return Child([sys.executable, os.path.join(ROOT, "cli.py"), "train", *args])
 
 
-def _wait_for_step(run_dir, min_step, proc, timeout=300):
+def _wait_for_step(run_dir, min_step, child, timeout=300):
     state = os.path.join(run_dir, "checkpoints", "state.json")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(state):
-            try:
-                if json.load(open(state))["step"] >= min_step:
-                    return
-            except (ValueError, KeyError):
-                pass  # never happens with atomic writes; tolerate and retry
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.2)
-    raise AssertionError(f"step {min_step} not reached in {timeout} s")
+
+    def reached():
+        # state.json is written atomically: it is absent or whole
+        return os.path.exists(state) and json.load(open(state))["step"] >= min_step
+
+    child.wait_until(reached, timeout, f"a checkpoint at step {min_step}")
+
+
+# mixed_float16 with a loss scale that overflows float16 and doubles after every good
+# step: about every other step is skipped for non-finite gradients, mid-epoch.
+SKIPPING = ["--precision", "mixed_float16", "--set", "loss_scale=1048576", "--set",
+            "loss_scale_growth_steps=1"]
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_finishes_every_epoch_and_continues_the_schedule(cifar_dir, tmp_path):
+@pytest.mark.parametrize("precision", [[], SKIPPING], ids=["float32", "mixed_float16-skips"])
+def test_sigkill_then_resume_finishes_every_epoch_and_continues_the_schedule(cifar_dir, tmp_path,
+                                                                             precision):
     run_dir = str(tmp_path / "run")
     args = ["--config", "smoke", "--data-dir", cifar_dir, "--run-dir", run_dir,
-            "--epochs", "3", "--set", "checkpoint_every_steps=2"]
-    proc = _train_process(*args)
-    _wait_for_step(run_dir, 10, proc)  # mid epoch 2 (8 steps per epoch)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+            "--epochs", "3", "--set", "checkpoint_every_steps=2", *precision]
+    child = _train_process(*args)
+    _wait_for_step(run_dir, 10, child)  # mid epoch 2 (8 steps per epoch)
+    child.kill()
     state = json.load(open(os.path.join(run_dir, "checkpoints", "state.json")))
     assert state["epoch"] >= 1 and not os.path.exists(os.path.join(run_dir, "results.json"))
     result = run_cli("train", "--resume", run_dir)
@@ -155,30 +160,36 @@ def test_sigkill_then_resume_finishes_every_epoch_and_continues_the_schedule(cif
     for step, value in lr.items():  # before and after the kill: one cycle, not restarted
         assert value == pytest.approx(one_cycle_lr(step, 8, 3, 0.005), rel=1e-5, abs=1e-9)
     keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    if precision:  # steps were skipped in mid-epoch, and every one of them counted
+        scale = scalars["loss_scale"]
+        halved = [s for s in sorted(scale) if s - 1 in scale and scale[s] < scale[s - 1]]
+        assert len(halved) >= 5 and [s for s in halved if s % 8], halved
+        assert all(np.isfinite(m["loss"]) for m in metrics)
 
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly_then_nan_keeps_the_last_good_checkpoint(cifar_dir,
                                                                                  tmp_path):
     run_dir = str(tmp_path / "run")
-    proc = _train_process("--config", "smoke", "--data-dir", cifar_dir, "--run-dir", run_dir,
-                          "--epochs", "2", "--set", "checkpoint_every_steps=1")
-    _wait_for_step(run_dir, 10, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+    child = _train_process("--config", "smoke", "--data-dir", cifar_dir, "--run-dir", run_dir,
+                           "--epochs", "2", "--set", "checkpoint_every_steps=1")
+    _wait_for_step(run_dir, 10, child)
+    child.proc.send_signal(signal.SIGTERM)
+    err = child.wait(timeout=120).stderr
+    assert child.proc.returncode == 130, err[-3000:]
     assert "stopped by SIGTERM" in err and f"--resume {run_dir}" in err
     assert "Traceback" not in err
     assert json.load(open(os.path.join(run_dir, "checkpoints", "state.json")))["step"] >= 10
     # Resume with a learning rate that blows up: a clear error, the checkpoint survives.
     before = json.load(open(os.path.join(run_dir, "checkpoints", "state.json")))
-    result = run_cli("train", "--resume", run_dir, "--set", "lr_max=1e8")
-    assert result.returncode == 2, result.stderr[-3000:]
+    result = run_cli("train", "--resume", run_dir, "--set", "lr_max=1e8", "--replan")
+    assert result.returncode == 4, result.stderr[-3000:]  # diverged
     assert "training diverged" in result.stderr and "lr_max=" in result.stderr
+    assert "--replan" in result.stderr
     assert "Traceback" not in result.stderr
     assert json.load(open(os.path.join(run_dir, "checkpoints", "state.json"))) == before
     # ... and resuming with a sane learning rate finishes the run.
-    result = run_cli("train", "--resume", run_dir, "--set", "lr_max=0.005")
+    result = run_cli("train", "--resume", run_dir, "--set", "lr_max=0.005", "--replan")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert [m["epoch"] for m in metrics] == [1, 2]
@@ -230,3 +241,80 @@ def test_disk_full_is_reported_and_the_previous_checkpoint_survives(cifar_dir, t
     model.optimizer.build(model.trainable_variables)
     model.load_weights(os.path.join(folder, "last.weights.h5"))
     assert int(model.optimizer.iterations.numpy()) == 8
+
+
+COUNTING = """
+import json, sys
+import numpy as np, keras
+from cmxl_keras import config, train
+from cmxl_keras.optimizers import CountingLossScaleOptimizer
+keras.mixed_precision.set_global_policy("mixed_float16")
+cfg = config.load("smoke").replace(aug="none", epochs=2, loss_scale=2.0 ** 20,
+                                   loss_scale_growth_steps=1)
+model = train.compile_model(train.build_model(cfg), cfg, 8)
+if sys.argv[1] == "keras":  # the control: Keras' own loss scaling
+    keras_own = keras.optimizers.LossScaleOptimizer(
+        model.optimizer.inner_optimizer, initial_scale=2.0 ** 20, dynamic_growth_steps=1)
+    model.compile(optimizer=keras_own, loss=model.loss, jit_compile=model.jit_compile)
+seen = []
+
+
+class Record(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        optimizer = self.model.optimizer  # self.model: synced with JAX's state first
+        seen.append([int(optimizer.iterations), float(optimizer.learning_rate)])
+
+
+record = Record()
+rng = np.random.default_rng(0)
+x = rng.integers(0, 256, (256, 32, 32, 3)).astype("float32")
+y = rng.integers(0, 10, 256)
+model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[record])
+scale = float(keras.ops.convert_to_numpy(model.optimizer.dynamic_scale))
+print("RESULT " + json.dumps({"seen": seen, "scale": scale,
+                              "counting": isinstance(model.optimizer, CountingLossScaleOptimizer)}))
+"""
+
+
+def _counting_run(tmp_path, backend, optimizer):
+    script = tmp_path / "counting.py"
+    script.write_text(COUNTING)
+    done = run_process([sys.executable, str(script), optimizer], timeout=600,
+                       env={"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
+                            "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.split("RESULT ")[-1])
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.slow)])
+def test_skipped_mixed_precision_steps_still_count(tmp_path, backend):
+    """mixed_float16 with a loss scale that overflows: Keras skips about every other
+    step. Our optimizer still counts each, so the learning rate of every step is the
+    reference's at the true step; Keras' own LossScaleOptimizer (the control) lags."""
+    out = _counting_run(tmp_path, backend, "ours")
+    assert out["counting"] and len(out["seen"]) == 16
+    for step, (iterations, lr) in enumerate(out["seen"]):
+        assert iterations == step
+        assert lr == pytest.approx(one_cycle_lr(step, 8, 2, 0.005), rel=1e-5, abs=1e-9)
+    control = _counting_run(tmp_path, backend, "keras")
+    assert not control["counting"]
+    assert [i for i, _ in control["seen"]] != list(range(16))  # skipped steps not counted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_the_paper_augmentation_trains_under_mixed_precision(cifar_dir, tmp_path, precision):
+    """What a GPU run does by default (precision auto = mixed_float16), on the CPU: every
+    augmentation stage on, finite losses, and an augmentation grid of real images."""
+    from PIL import Image
+
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "--config", "smoke", "--data-dir", cifar_dir, "--run-dir", run_dir,
+                     "--epochs", "1", "--steps-per-epoch", "4", "--precision", precision)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"precision {precision}" in result.stdout
+    assert "RandAugment(torchvision, 2 ops, magnitude 12/30)" in result.stdout
+    metrics = json.load(open(run_dir / "metrics.json"))
+    assert np.isfinite(metrics[0]["loss"]) and np.isfinite(metrics[0]["val_loss"])
+    grid = np.asarray(Image.open(run_dir / "augmentations.png"))
+    assert grid.std() > 20  # images, not a flat (NaN-cast) grid

@@ -1,0 +1,149 @@
+"""The paper's PyTorch code, run as a separate process for tests/test_reference.py.
+
+PyTorch and torchvision run here, never inside the test process: their CUDA builds
+load libraries (triton) that crash a process which has already loaded TensorFlow.
+
+    python tests/torch_reference.py JOB IN.npz OUT.npz
+
+Jobs:
+- ``randaugment``: torchvision's RandAugment ops (``autoaugment._apply_op``, the
+  function ``RandAugment.forward`` calls) on PIL images, each op at ``level`` with both
+  signs; and torchvision's op table at that level.
+- ``model``: the paper's network (bench/ref_torch.py: the layout of the paper's
+  networks.py) with PyTorch's default initialization for ``seed``, or with the given
+  parameters; its logits in eval and in train mode.
+- ``train``: the reference training loop (AdamW, the one-cycle ``lr_schedule`` set before
+  every step, cross-entropy) on the given batches from the given parameters.
+
+Parameters travel as ``p0000, p0001, ...``: every Conv2d (weight, bias), BatchNorm2d
+(weight, bias, running_mean, running_var) and Linear (weight, bias) in module order.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import ref_torch  # noqa: E402  (the paper's network, shared with the benchmarks)
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tensors(model):
+    """The parameter tensors in the order described above."""
+    out = []
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            out += [module.weight, module.bias]
+        elif isinstance(module, nn.BatchNorm2d):
+            out += [module.weight, module.bias, module.running_mean, module.running_var]
+    return out
+
+
+def save_params(model, out, prefix="p"):
+    for i, t in enumerate(tensors(model)):
+        out[f"{prefix}{i:04d}"] = t.detach().numpy().copy()
+
+
+def load_params(model, data):
+    with torch.no_grad():
+        for i, t in enumerate(tensors(model)):
+            t.copy_(torch.from_numpy(data[f"p{i:04d}"]).to(t.dtype))
+
+
+def build(spec):
+    torch.manual_seed(spec.get("seed", 0))
+    model = ref_torch.build(**spec["arch"])
+    if spec.get("dtype") == "float64":
+        model.double()
+        with torch.no_grad():  # the constants too, not their float32 roundings
+            for name, values in (("mean", ref_torch.CIFAR_MEAN), ("std", ref_torch.CIFAR_STD)):
+                getattr(model, name).copy_(
+                    torch.tensor(values, dtype=torch.float64).view(1, 3, 1, 1) * 255.0)
+    return model
+
+
+def nchw(images, dtype="float32"):
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype))
+
+
+def job_randaugment(spec, data, out):
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode, autoaugment
+
+    level = spec["level"]
+    images = data["images"]
+    space = autoaugment.RandAugment(num_ops=2, magnitude=level)._augmentation_space(
+        31, (images.shape[1], images.shape[2]))
+    table = {}
+    for name, (magnitudes, signed) in space.items():
+        magnitude = float(magnitudes[level].item()) if magnitudes.ndim > 0 else 0.0
+        table[name] = [magnitude, bool(signed)]
+        for sign in (1, -1):
+            value = magnitude * sign if signed else magnitude
+            out[f"{name}{sign:+d}"] = np.stack([
+                np.asarray(autoaugment._apply_op(Image.fromarray(image), name, value,
+                                                 InterpolationMode.NEAREST, None))
+                for image in images])
+    out["table"] = np.array(json.dumps(table))
+
+
+def job_model(spec, data, out):
+    model = build(spec)
+    if "p0000" in data:
+        load_params(model, data)
+    save_params(model, out)
+    x = nchw(data["images"], spec.get("dtype", "float32"))
+    with torch.no_grad():
+        model.eval()
+        out["eval_logits"] = model(x).numpy()
+        model.train()
+        out["train_logits"] = model(x).numpy()
+
+
+def job_train(spec, data, out):
+    """The reference's loop for ``epochs`` epochs of the given batches."""
+    model = build(spec)
+    load_params(model, data)
+    epochs, lr_max = spec["epochs"], spec["lr_max"]
+    batches = [(nchw(x), torch.from_numpy(y.astype(np.int64)))
+               for x, y in zip(data["x"], data["y"])]
+    # The reference script's own lines:
+    lr_schedule = lambda t: np.interp([t], [0, epochs * 2 // 5, epochs * 4 // 5, epochs],  # noqa: E731
+                                      [0, lr_max, lr_max / 20.0, 0])[0]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr_max, weight_decay=spec["weight_decay"])
+    criterion = nn.CrossEntropyLoss()
+    losses, lrs = [], []
+    steps_per_epoch = len(batches) // epochs
+    for epoch in range(epochs):
+        loader = batches[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
+        for i, (X, y) in enumerate(loader):
+            model.train()
+            lr = lr_schedule(epoch + (i + 1) / len(loader))
+            opt.param_groups[0].update(lr=lr)
+            opt.zero_grad()
+            output = model(X)
+            loss = criterion(output, y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            lrs.append(lr)
+    out["losses"] = np.array(losses)
+    out["lrs"] = np.array(lrs)
+    save_params(model, out)
+
+
+if __name__ == "__main__":
+    job, in_path, out_path = sys.argv[1:4]
+    with np.load(in_path) as loaded:
+        data = dict(loaded)
+    spec = json.loads(str(data.pop("spec")))
+    out = {}
+    globals()[f"job_{job}"](spec, data, out)
+    np.savez(out_path, **out)
+    print(f"{job}: done")

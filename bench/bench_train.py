@@ -4,7 +4,7 @@ PyTorch model (bench/ref_torch.py), CM-Vanilla and CM-XL, batch 128, in one run.
 
 Ours is the real training step: ``train.build_model`` + ``train.compile_model`` through
 ``model.fit`` (train_step, AdamW on the one-cycle schedule, loss, top-1/top-5 metrics,
-the project's thread settings), fed by tf.data; inference is ``model.predict``. Theirs is
+the project's thread settings), fed the batch as arrays; inference is ``model.predict``. Theirs is
 the paper script's step (AdamW, cross-entropy, ``loss.backward()``) and an
 ``inference_mode`` forward pass. Both see the same random batch. Each repetition times
 both frameworks back to back, each in a fresh process; the medians and their ratios (ours / theirs, higher is
@@ -12,6 +12,7 @@ better for us) are printed last, machine-readable:
 
     pip install -r bench/requirements.txt     # torch==2.13.0, CPU build
     python bench/bench_train.py [--models vanilla,xl] [--repeats 3] [--steps 3]
+                                [--frameworks keras,keras-jax,torch]
 
 Final lines: ``train_ratio_vanilla=...``, ``infer_ratio_vanilla=...``, and the same for xl.
 """
@@ -56,23 +57,28 @@ def step_clock(kind):
 
 
 class Keras:
-    def __init__(self, arch, batch, x, y):
-        import tensorflow as tf
+    """Our path on the Keras backend of the process (``--frameworks keras`` runs it on
+    TensorFlow, ``keras-jax`` on JAX with the compiled step training uses there). The
+    batch is fed as numpy arrays, which every backend takes, so the JAX form runs where
+    TensorFlow is not installed (a GPU host with only JAX)."""
 
+    def __init__(self, arch, batch, x, y):
         from cmxl_keras import config, train
 
         cfg = config.Config(**arch, batch_size=batch, aug="none")
         self.model = train.compile_model(train.build_model(cfg), cfg, steps=1000)
         self.batch = batch
-        self.train_data = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
-        self.x = x
+        self.x, self.y = x, y
 
     def train(self, steps):
         # Steady state inside one fit: from the end of a first step to the end of the
         # last, so fit's own start-up (a fixed cost per epoch of ~390 steps) is left out.
+        import numpy as np
+
         clock = step_clock("train")
-        self.model.fit(self.train_data, steps_per_epoch=steps + 1, epochs=1, verbose=0,
-                       callbacks=[clock])
+        self.model.fit(np.concatenate([self.x] * (steps + 1)),
+                       np.concatenate([self.y] * (steps + 1)), batch_size=self.batch,
+                       shuffle=False, epochs=1, verbose=0, callbacks=[clock])
         return steps * self.batch / clock.seconds()
 
     def infer(self, batches):
@@ -119,20 +125,24 @@ def measure(framework, name, batch, steps, infer_batches):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, batch).astype("int32")
-    fw = {"keras": Keras, "torch": Torch}[framework](MODELS[name], batch, x, y)
+    fw = {"keras": Keras, "keras-jax": Keras, "torch": Torch}[framework](
+        MODELS[name], batch, x, y)
     fw.train(1)  # trace, allocate, warm up
     fw.infer(1)
     return fw.train(steps), fw.infer(infer_batches)
 
 
 def versions():
-    import keras
-    import tensorflow as tf
-    import torch
+    import importlib
 
-    return (f"TensorFlow {tf.__version__}, Keras {keras.__version__}, PyTorch "
-            f"{torch.__version__}; torch threads {torch.get_num_threads()}; "
-            f"TF_CPU_ALLOCATOR_USE_BFC={os.environ.get('TF_CPU_ALLOCATOR_USE_BFC')}")
+    found = []
+    for module in ("keras", "tensorflow", "jax", "torch"):
+        try:
+            found.append(f"{module} {importlib.import_module(module).__version__}")
+        except ImportError:
+            found.append(f"{module} not installed")
+    return (", ".join(found) + "; TF_CPU_ALLOCATOR_USE_BFC="
+            f"{os.environ.get('TF_CPU_ALLOCATOR_USE_BFC')}")
 
 
 def main():
@@ -142,6 +152,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="training steps per repetition")
     parser.add_argument("--infer-batches", type=int, default=3)
+    parser.add_argument("--frameworks", default="keras,torch",
+                        help="any of keras (on TensorFlow), keras-jax (on JAX, compiled), "
+                             "torch (the paper's PyTorch model)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:model, one measurement
     args = parser.parse_args()
     if args.worker:
@@ -157,16 +170,19 @@ def main():
     import subprocess
 
     print(f"{versions()}; batch {args.batch}", flush=True)
+    frameworks = args.frameworks.split(",")
     lines = []
     for name in args.models.split(","):
-        rates = {(fw, kind): [] for fw in ("keras", "torch") for kind in ("train", "infer")}
+        rates = {(fw, kind): [] for fw in frameworks for kind in ("train", "infer")}
         for r in range(args.repeats):
-            for fw in ("keras", "torch"):
+            for fw in frameworks:
+                backend = "jax" if fw == "keras-jax" else "tensorflow"
                 out = subprocess.run(
                     [sys.executable, os.path.abspath(__file__), "--worker", f"{fw}:{name}",
                      "--batch", str(args.batch), "--steps", str(args.steps),
                      "--infer-batches", str(args.infer_batches)],
-                    capture_output=True, text=True)
+                    capture_output=True, text=True,
+                    env=dict(os.environ, KERAS_BACKEND=backend))
                 result = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
                 if out.returncode != 0 or not result:
                     sys.exit(f"{fw} {name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
@@ -178,9 +194,14 @@ def main():
                 flush=True)
         med = {key: statistics.median(values) for key, values in rates.items()}
         for kind in ("train", "infer"):
-            lines.append(f"{kind}_images_per_second_{name}_keras={med['keras', kind]:.1f}")
-            lines.append(f"{kind}_images_per_second_{name}_torch={med['torch', kind]:.1f}")
-            lines.append(f"{kind}_ratio_{name}={med['keras', kind] / med['torch', kind]:.2f}")
+            for fw in frameworks:
+                lines.append(f"{kind}_images_per_second_{name}_{fw.replace('-', '_')}="
+                             f"{med[fw, kind]:.1f}")
+            if "torch" in frameworks:
+                for fw, suffix in (("keras", ""), ("keras-jax", "_jax")):
+                    if fw in frameworks:
+                        lines.append(f"{kind}_ratio_{name}{suffix}="
+                                     f"{med[fw, kind] / med['torch', kind]:.2f}")
     print("\n".join(lines))
 
 

@@ -63,5 +63,5 @@ def test_evaluate_run_folder_writes_into_the_run_and_tensorboard(three_forms, ci
 def test_test_split_without_test_data_is_a_clear_error(three_forms, cifar_dir, tmp_path):
     result = run_cli("evaluate", three_forms["run"], "--data-dir", cifar_dir, "--split", "test",
                      "--out", tmp_path)
-    assert result.returncode == 2 and "has no test split" in result.stderr
+    assert result.returncode == 3 and "has no test split" in result.stderr  # a data error
     assert "--split val" in result.stderr and "Traceback" not in result.stderr

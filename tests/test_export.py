@@ -158,7 +158,7 @@ def test_predict_bad_files(exported, tmp_path, case, quoted):
     elif case == "gray":
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
     result = run_cli("predict", path, "--model", folder)
-    assert result.returncode == 2 and quoted in result.stderr and str(path) in result.stderr
+    assert result.returncode == 3 and quoted in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -194,12 +194,16 @@ def test_a_parity_miss_exits_5_and_writes_nothing_unless_allowed(cifar_dir, tmp_
 
     from cmxl_keras import config, train
 
-    model_path = tmp_path / "untrained.keras"
+    # In a folder with the smoke run's config: its split carves 128 validation images.
+    (tmp_path / "untrained").mkdir()
+    model_path = tmp_path / "untrained" / "untrained.keras"
+    cfg = config.load("smoke")
+    (tmp_path / "untrained" / "config.json").write_text(json.dumps(cfg.to_dict()))
     keras.utils.set_random_seed(0)
-    train.build_model(config.load("smoke")).save(model_path)
+    train.build_model(cfg).save(model_path)
     out = tmp_path / "exported"
     args = ["export", "--checkpoint", model_path, "--data-dir", cifar_dir, "--out", out,
-            "--formats", "tflite_int8", "--parity-images", "256"]
+            "--formats", "tflite_int8", "--name", "untrained"]
     missed = run_cli(*args)
     assert missed.returncode == 5, missed.stderr[-3000:]
     assert "tflite_int8_top1_agreement" in missed.stderr and "(target >= 0.97)" in missed.stderr

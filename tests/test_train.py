@@ -56,9 +56,9 @@ def test_smoke_fit_lowers_the_loss_and_fills_the_run_folder(smoke_run):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     env = json.load(open(os.path.join(run_dir, "env.json")))
     assert env["packages"]["keras"] == keras.__version__ and "git_commit" in env
-    # The run records the config as resolved: "auto" pipeline -> the one that ran.
+    # The run records the config as resolved: "auto" pipeline and precision -> what ran.
     saved = config.from_dict(json.load(open(os.path.join(run_dir, "config.json"))))
-    assert saved == cfg.replace(pipeline="tf.data")
+    assert saved == cfg.replace(pipeline="tf.data", precision="float32")
     split = json.load(open(os.path.join(run_dir, "split.json")))
     assert split["train"] == 256 and split["val"] == 128 and split["seed"] == cfg.seed
     assert len([line for line in logs if line.startswith("epoch ")]) == 4

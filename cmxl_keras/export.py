@@ -89,6 +89,11 @@ def load_source(source=None, checkpoint=None):
     return model, cfg, model_path
 
 
+def _float32_layer(layer):
+    """A new layer like ``layer`` that computes in float32 (weights not copied)."""
+    return layer.__class__.from_config(dict(layer.get_config(), dtype="float32"))
+
+
 def float32_model(model):
     """``model`` with every layer computing in float32, same weights: what is exported
     and what the exports are compared with. A model trained under mixed precision keeps
@@ -98,8 +103,7 @@ def float32_model(model):
 
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
-    copy = keras.models.clone_model(model, clone_function=lambda layer: layer.__class__
-                                    .from_config(dict(layer.get_config(), dtype="float32")))
+    copy = keras.models.clone_model(model, clone_function=_float32_layer)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -124,11 +128,8 @@ def inference_graph(model):
     """
     import keras
 
-    def float32_copy(layer):
-        return layer.__class__.from_config(dict(layer.get_config(), dtype="float32"))
-
     def affine(layer, channels, **kwargs):
-        probe, zeros = float32_copy(layer), np.zeros((1, 1, 1, channels), np.float32)
+        probe, zeros = _float32_layer(layer), np.zeros((1, 1, 1, channels), np.float32)
         probe(zeros, **kwargs)  # builds it
         probe.set_weights(layer.get_weights())
         shift = np.asarray(probe(zeros, **kwargs), np.float64).reshape(-1)
@@ -160,7 +161,7 @@ def inference_graph(model):
             return FoldedBatchNorm(1, use_bias=True, name=layer.name, dtype="float32")
         if stem_fold and layer.name == "normalize":
             return keras.layers.Identity(name=layer.name, dtype="float32")
-        return float32_copy(layer)
+        return _float32_layer(layer)
 
     copy = keras.models.clone_model(model, clone_function=clone)
     for layer in copy.layers:

@@ -29,12 +29,13 @@ EXIT_USER_ERROR = 2  # a bad flag, config value, run folder or checkpoint
 EXIT_DATA_ERROR = 3  # a missing, partial or unreadable dataset
 EXIT_DIVERGED = 4  # the loss became NaN or infinite; the last good checkpoint is kept
 EXIT_PARITY_MISS = 5  # an export missed a parity target (files kept only on request)
+EXIT_IN_USE = 6  # another live process trains in the run folder (its PID is named)
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; every finished step is saved
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 2 bad flag, config value, run folder or checkpoint; 3 bad or "
-    "missing data; 4 training diverged (NaN); 5 export parity below target; 130 "
-    "interrupted (saved, resumable).")
+    "missing data; 4 training diverged (NaN); 5 export parity below target; 6 run "
+    "folder in use by another process; 130 interrupted (saved, resumable).")
 
 
 def _fail(message, code=EXIT_USER_ERROR):
@@ -47,7 +48,8 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from cmxl_keras.errors import CmxlError, DataError, ParityMiss, TrainingDiverged
+        from cmxl_keras.errors import (CmxlError, DataError, ParityMiss, RunInUse,
+                                       TrainingDiverged)
 
         try:
             return command(*args, **kwargs)
@@ -57,6 +59,8 @@ def user_errors(command):
             _fail(str(error), EXIT_PARITY_MISS)
         except TrainingDiverged as error:
             _fail(str(error), EXIT_DIVERGED)
+        except RunInUse as error:
+            _fail(str(error), EXIT_IN_USE)
         except CmxlError as error:
             _fail(str(error))
 

@@ -5,7 +5,9 @@ Keras' BackupAndRestore is not used because it writes its weights and its metada
 in place (a kill mid-write leaves a half-written file that it then loads), and it
 restarts an interrupted epoch from its first step. Here every write is atomic
 (``runs.atomic_path``), and the position of a checkpoint is the optimizer's own step
-count stored inside it, so weights and position can never disagree.
+count stored inside it, so weights and position can never disagree; each checkpoint is
+sealed with its state and a digest (``runs.seal_checkpoint``), so a resume can tell a
+damaged file from a whole one and fall back to the newest whole checkpoint.
 """
 
 import contextlib
@@ -116,15 +118,16 @@ class Checkpointer(keras.callbacks.Callback):
 
     def save_last(self):
         step = _step(self.model)
+        state = {"step": step, "epoch": step // self.state.steps_per_epoch,
+                 "step_in_epoch": step % self.state.steps_per_epoch,
+                 "steps_per_epoch": self.state.steps_per_epoch,
+                 "best_val_accuracy": self.state.best,
+                 "weights": os.path.basename(self.paths["last"])}
         with self._reported(self.paths["last"]), runs.atomic_path(self.paths["last"]) as tmp:
             self.model.save_weights(tmp)
+            runs.seal_checkpoint(tmp, state)  # the file says where it stands, and is checked
         with self._reported(self.paths["state"]):
-            runs.write_json(self.paths["state"], {
-                "step": step, "epoch": step // self.state.steps_per_epoch,
-                "step_in_epoch": step % self.state.steps_per_epoch,
-                "steps_per_epoch": self.state.steps_per_epoch,
-                "best_val_accuracy": self.state.best,
-                "weights": os.path.basename(self.paths["last"])})
+            runs.write_json(self.paths["state"], state)
 
     def _mark_good(self):
         if os.path.exists(self.paths["last"]) and os.path.exists(self.paths["state"]):

@@ -17,6 +17,14 @@ class RunError(CmxlError):
     """A run folder, checkpoint or exported model that cannot be used as asked."""
 
 
+class RunInUse(RunError):
+    """Another live process holds the run folder's lock."""
+
+
+class DamagedCheckpoint(RunError):
+    """A checkpoint file that is truncated, bit-flipped or not a checkpoint at all."""
+
+
 class ParityMiss(RunError):
     """An exported format disagrees with the Keras model beyond its target."""
 

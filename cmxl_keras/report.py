@@ -81,14 +81,23 @@ def ablation(overrides, out_dir="ablation", log=print):
 
     from cmxl_keras import architecture, config, evaluate, train
 
+    with runs.RunLock(out_dir):  # a second runner on this folder is refused, not interleaved
+        return _ablation(overrides, out_dir, log)
+
+
+def _ablation(overrides, out_dir, log):
+    import keras
+
+    from cmxl_keras import architecture, config, evaluate, train
+
     rows = []
     for variant in TABLE1:
         cfg = config.merge(config.load(variant), overrides, source="the ablation options")
         run_dir = os.path.join(out_dir, variant)
-        state = runs.checkpoint_paths(run_dir)["state"]
+        paths = runs.checkpoint_paths(run_dir)
         if os.path.isfile(os.path.join(run_dir, "results.json")):
             log(f"ablation: {variant} is finished; not redone")
-        elif os.path.isfile(state):
+        elif any(os.path.isfile(paths[k]) for k in ("last", "good", "state")):
             log(f"ablation: resuming {variant}")
             train.train(cfg, resume=run_dir, argv=["ablation"], log=log)
         else:

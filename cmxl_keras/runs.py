@@ -9,18 +9,26 @@
       results.json               final results
       checkpoints/last.weights.h5  model + optimizer state, for --resume
       checkpoints/good.weights.h5  the last finished epoch's copy (kept after a NaN)
-      checkpoints/state.json     where last.weights.h5 stands (epoch, step, best)
+      checkpoints/state.json     where last.weights.h5 stands (epoch, step, best); a
+                                 readable copy of what each checkpoint holds sealed inside
+      checkpoints/damaged/       files a resume found damaged, set aside (never deleted)
+      .lock                      the run-folder lock of the process training it
       checkpoints/best.keras     best validation accuracy so far
       model.keras                final model, uncompiled, built-in layers only
       augmentations.png          a grid of augmented training images
       tensorboard/               logs for `tensorboard --logdir runs`
 
 Every file is written to a temporary name in the same folder and renamed into place,
-so a crash leaves either the old file or the new one, never half a file.
+so a crash leaves either the old file or the new one, never half a file. A checkpoint
+also carries its own position (step, epoch, best accuracy) and a SHA-256 digest of its
+arrays inside the HDF5 file (``seal_checkpoint``), so a file truncated or bit-flipped
+later (a full disk at copy time, a bad sync) is recognized as damaged instead of being
+loaded, and each checkpoint says where it stands without trusting a second file.
 """
 
 import contextlib
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -29,11 +37,16 @@ import subprocess
 import sys
 import tempfile
 
-from cmxl_keras.errors import RunError
+import numpy as np
+
+from cmxl_keras.errors import DamagedCheckpoint, RunError, RunInUse
 
 PACKAGES = ("tensorflow", "keras", "keras-cv", "tensorflow-datasets", "tensorboard",
             "numpy", "jax", "jaxlib", "click")
 TMP_SUFFIX = ".partial"  # temporary files are hidden and marked: no loader picks them up
+LOCK_NAME = ".lock"
+SEAL_STATE = "cmxl_state"  # HDF5 root attributes of a sealed checkpoint
+SEAL_DIGEST = "cmxl_sha256"
 
 
 @contextlib.contextmanager
@@ -107,21 +120,82 @@ def _json_default(value):
     return str(value)
 
 
-def new_run_dir(runs_dir, name, run_dir=None, overwrite=False):
-    """Creates the folder of a new run; refuses to reuse a folder unless asked."""
+class RunLock:
+    """An exclusive lock on a run folder for as long as one process trains in it.
+
+    ``flock`` on ``<run>/.lock``: the kernel releases it when the process ends in any
+    way (a SIGKILL or a crash included), so a dead process never leaves a stale lock,
+    and a second process (a ``--resume`` started twice, a scheduler re-launching a job
+    that is still running) is refused instead of overwriting the first one's
+    checkpoints. The file holds the holder's PID and command for the refusal message.
+    """
+
+    def __init__(self, folder, argv=None):
+        self.folder = folder
+        self.argv = list(argv or sys.argv)
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunInUse(
+                f"run folder {self.folder!r} is in use by another process (PID "
+                f"{holder.get('pid', '?')} on {holder.get('host', '?')}, running: "
+                f"{holder.get('command', '?')}). Two processes training one folder "
+                f"overwrite each other's checkpoints. Wait for it to finish, stop it "
+                f"(kill {holder.get('pid', 'PID')}; it saves and can be resumed), or "
+                f"give this run another --run-dir.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
+                                 "command": " ".join(self.argv),
+                                 "since": datetime.datetime.now().isoformat()}).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+
+def _read_holder(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return json.loads(os.read(fd, 65536).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def new_run_dir(runs_dir, name, run_dir=None, overwrite=False, held=None, argv=None):
+    """Creates the folder of a new run; refuses to reuse a folder unless asked, and
+    refuses a folder another process trains in even then. With ``held`` (an
+    ``ExitStack``), the folder's ``RunLock`` is taken and stays held by it."""
     if run_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = os.path.join(runs_dir, f"{name}-{stamp}")
-    if os.path.exists(run_dir) and os.listdir(run_dir):
-        if not overwrite:
-            raise RunError(
-                f"run folder {run_dir!r} already exists and is not empty. Resume it with "
-                f"--resume {run_dir}, choose another --run-dir, or pass --overwrite to "
-                f"replace it.")
+    existing = ([n for n in os.listdir(run_dir) if n != LOCK_NAME]
+                if os.path.isdir(run_dir) else [])
+    if existing and not overwrite:
+        raise RunError(
+            f"run folder {run_dir!r} already exists and is not empty. Resume it with "
+            f"--resume {run_dir}, choose another --run-dir, or pass --overwrite to "
+            f"replace it.")
+    try:
+        if held is not None:
+            held.enter_context(RunLock(run_dir, argv))  # before anything is removed
         import shutil
 
-        shutil.rmtree(run_dir)
-    try:
+        for entry in existing:  # the lock file stays: removing it would split the lock
+            path = os.path.join(run_dir, entry)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
         probe = os.path.join(run_dir, ".write-test")
         with open(probe, "w") as f:
@@ -175,4 +249,59 @@ def checkpoint_paths(run_dir):
     return {"last": os.path.join(folder, "last.weights.h5"),
             "good": os.path.join(folder, "good.weights.h5"),
             "best": os.path.join(folder, "best.keras"),
-            "state": os.path.join(folder, "state.json")}
+            "state": os.path.join(folder, "state.json"),
+            "damaged": os.path.join(folder, "damaged")}
+
+
+def _arrays_digest(h5file):
+    """SHA-256 over every dataset's name, dtype, shape and bytes, in name order."""
+    import h5py
+
+    digest = hashlib.sha256()
+    names = []
+    h5file.visititems(lambda name, obj: names.append(name)
+                      if isinstance(obj, h5py.Dataset) else None)
+    for name in sorted(names):
+        array = np.asarray(h5file[name][()])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def seal_checkpoint(path, state):
+    """Writes ``state`` and the digest of the arrays into the HDF5 file at ``path``
+    (Keras' weights file; Keras ignores root attributes when it loads)."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f.attrs[SEAL_STATE] = json.dumps(state)
+        f.attrs[SEAL_DIGEST] = _arrays_digest(f)
+
+
+def checkpoint_state(path):
+    """The state sealed in the checkpoint at ``path``; None for a checkpoint written
+    before seals existed. Raises ``DamagedCheckpoint`` when the file does not read as
+    HDF5, its arrays do not match their digest, or its state does not parse."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if SEAL_DIGEST not in f.attrs:
+                return None
+            state = json.loads(f.attrs[SEAL_STATE])
+            if _arrays_digest(f) != f.attrs[SEAL_DIGEST]:
+                raise DamagedCheckpoint(f"{path}: its arrays do not match their digest")
+            return state
+    except DamagedCheckpoint:
+        raise
+    except Exception as error:  # h5py raises OSError, KeyError, RuntimeError, ValueError
+        raise DamagedCheckpoint(f"{path}: {type(error).__name__}: {error}") from None
+
+
+def set_aside(path, damaged_dir):
+    """Moves a damaged file into ``damaged_dir`` under a timestamped name; returns it."""
+    os.makedirs(damaged_dir, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = os.path.join(damaged_dir, f"{stamp}-{os.path.basename(path)}")
+    os.replace(path, target)
+    return target

@@ -7,6 +7,7 @@ is finished, stopped by a signal (after saving), or diverged (after keeping the 
 good checkpoint).
 """
 
+import contextlib
 import math
 import os
 import shutil
@@ -16,7 +17,7 @@ import time
 
 from cmxl_keras import augment, runs
 from cmxl_keras.errors import (  # noqa: F401  (re-exported for callers)
-    ConfigError, RunError, TrainingDiverged, TrainingInterrupted)
+    ConfigError, DamagedCheckpoint, RunError, RunInUse, TrainingDiverged, TrainingInterrupted)
 
 # A resumed run must rebuild exactly the model it saved.
 ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_period",
@@ -162,17 +163,16 @@ def check_resumable(run_dir, cfg, replan=False):
     precision, and (unless ``replan``) another schedule."""
     from cmxl_keras import config as config_lib
 
-    saved_path = os.path.join(run_dir, "config.json")
     if not os.path.isdir(run_dir):
         raise RunError(f"--resume {run_dir!r}: no such run folder. Give a folder made by "
                        f"'python cli.py train' (look under runs/).")
-    state_path = runs.checkpoint_paths(run_dir)["state"]
-    if not os.path.exists(saved_path) or not os.path.exists(state_path):
+    paths = runs.checkpoint_paths(run_dir)
+    if not any(os.path.exists(paths[k]) for k in ("last", "good", "state")):
         raise RunError(
-            f"--resume {run_dir!r}: the folder holds no saved training state "
-            f"(config.json and checkpoints/state.json); the run stopped before its first "
+            f"--resume {run_dir!r}: the folder holds no checkpoint (checkpoints/"
+            f"last.weights.h5 or good.weights.h5); the run stopped before its first "
             f"checkpoint. Start it again without --resume.")
-    saved = config_lib.from_dict(runs.read_json(saved_path), source=saved_path)
+    saved = _saved_config(run_dir, config_lib)
 
     def differences(keys):
         return [f"{k}: saved {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"
@@ -209,7 +209,27 @@ def check_resumable(run_dir, cfg, replan=False):
             f"rate was planned over the run's epochs and peak, and changing them bends the "
             f"curve in mid-run. Resume without them, or add --replan to follow the new "
             f"schedule from the current step on.")
-    return runs.read_json(state_path)
+    return saved
+
+
+def _saved_config(run_dir, config_lib):
+    """The run's config from config.json, or from config.toml when config.json is
+    damaged (both are written at every start and resume)."""
+    problems = []
+    json_path = os.path.join(run_dir, "config.json")
+    try:
+        return config_lib.from_dict(runs.read_json(json_path), source=json_path)
+    except (OSError, ValueError, TypeError, AttributeError) as error:  # ConfigError is a ValueError
+        problems.append(f"config.json: {type(error).__name__}: {error}")
+    toml_path = os.path.join(run_dir, "config.toml")
+    try:
+        return config_lib.load(toml_path, base=config_lib.Config())
+    except (OSError, ValueError) as error:
+        problems.append(f"config.toml: {error}")
+    raise RunError(
+        f"--resume {run_dir!r}: the run's saved config cannot be read ({'; '.join(problems)}). "
+        f"Without it the checkpoint's model and schedule are unknown. Restore config.json or "
+        f"config.toml from a copy of the run folder, or start a new run.")
 
 
 def augmentation_grid(dataset, rows=8, scale=2):
@@ -289,11 +309,23 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
 
 def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose, chief=True,
            replan=False):
+    """One training session; the run folder's lock is held until it returns or raises."""
+    argv = list(argv or sys.argv)
+    with contextlib.ExitStack() as held:
+        return _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, argv,
+                             log, verbose, chief, replan)
+
+
+def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log,
+                  verbose, chief, replan):
     import keras
 
     from cmxl_keras import callbacks, data, distribute, models
 
-    state_file = check_resumable(resume, cfg, replan) if resume else None
+    if resume and chief:
+        held.enter_context(runs.RunLock(resume, argv))  # before reading what it may write
+    if resume:
+        check_resumable(resume, cfg, replan)
     precision = cfg.precision
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(cfg.seed)
@@ -304,8 +336,8 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
 
     splits = data.load_splits(cfg, log=log)  # before the run folder: bad data leaves nothing
     if chief:
-        run_dir = resume or runs.new_run_dir(runs_dir, cfg.name, run_dir, overwrite)
-    argv = list(argv or sys.argv)
+        run_dir = resume or runs.new_run_dir(runs_dir, cfg.name, run_dir, overwrite,
+                                             held=held, argv=argv)
     if resume and chief:
         for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
             for name in runs.remove_partials(folder):
@@ -324,8 +356,7 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
 
     replicas = distribute.replicas(strategy)
     devices = max(replicas, distribute.data_parallel_devices())
-    metrics = runs.read_json(os.path.join(resume, "metrics.json"), []) if resume else []
-    state = callbacks.TrainState(steps, metrics, (state_file or {}).get("best_val_accuracy"))
+    state = callbacks.TrainState(steps)
     # With several replicas (BatchNorm synchronized) or augmentation layers in front, the
     # training model is not the one to save: checkpoints of the model come from a plain
     # copy with the same weights, which loads anywhere.
@@ -337,8 +368,10 @@ def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbo
                               cfg, steps, one_hot=one_hot)
         distribute.prepare_model(model, strategy)
         if resume:
-            start_step = _restore(model, runs.checkpoint_paths(resume)["last"], state_file,
-                                  steps)
+            restored = _restore(model, resume, steps, log, write=chief)
+            start_step = restored["step"]
+            state.best = restored["best_val_accuracy"]
+            state.metrics = _resumed_metrics(resume, restored["epoch"], log, write=chief)
     if resume:
         log(f"resuming {resume} at epoch {start_step // steps + 1}, step "
             f"{start_step % steps} of {steps} (optimizer step {start_step})")
@@ -429,21 +462,112 @@ def _has_tensorflow():
     return True
 
 
-def _restore(model, weights_path, state_file, steps):
-    if state_file.get("steps_per_epoch") != steps:
-        raise RunError(
-            f"the checkpoint counts {state_file.get('steps_per_epoch')} steps per epoch but "
-            f"this configuration gives {steps}; resume with the run's own batch size and data.")
-    model.optimizer.build(model.trainable_variables)
-    try:
-        model.load_weights(weights_path)
-    except Exception as error:  # h5py and Keras raise several types for a bad file
-        raise RunError(
-            f"cannot load the checkpoint {weights_path!r} ({type(error).__name__}: {error}). "
-            f"It was written by another model or is damaged; start a new run.") from None
+def _restore(model, run_dir, steps, log, write=True):
+    """Loads the newest checkpoint of ``run_dir`` that is whole; returns its state.
+
+    The candidates are ``last`` (every epoch end and every N steps) and ``good`` (the
+    last finished epoch's copy), each sealed with its own state. A damaged file
+    (truncated, bit-flipped, unreadable) is set aside under checkpoints/damaged/, never
+    deleted, and the next one is tried; a damaged or stale ``state.json`` is rewritten
+    from the checkpoint actually loaded. Only when no checkpoint loads is the resume
+    refused. Only the chief (``write``) changes files; other workers only read.
+    """
     import keras
 
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    paths = runs.checkpoint_paths(run_dir)
+    try:
+        recorded = runs.read_json(paths["state"])
+        recorded = recorded if isinstance(recorded, dict) else None
+    except (OSError, ValueError):
+        recorded = None
+    candidates, problems = [], []
+    for name in ("last", "good"):
+        path = paths[name]
+        if not os.path.exists(path):
+            continue
+        try:
+            sealed = runs.checkpoint_state(path)
+        except DamagedCheckpoint as error:
+            problems.append((name, path, str(error)))
+            continue
+        if sealed is None and name == "last":  # a checkpoint from before seals existed
+            sealed = recorded
+        candidates.append((name, path, sealed))
+    # Newest first; an unsealed copy of unknown step is tried after the sealed ones.
+    candidates.sort(key=lambda c: -(c[2] or {}).get("step", -1))
+    model.optimizer.build(model.trainable_variables)
+    chosen = None
+    for name, path, sealed in candidates:
+        if sealed is not None and sealed.get("steps_per_epoch") not in (None, steps):
+            raise RunError(
+                f"the checkpoint {path!r} counts {sealed.get('steps_per_epoch')} steps per "
+                f"epoch but this configuration gives {steps}; resume with the run's own "
+                f"batch size and data.")
+        try:
+            model.load_weights(path)
+        except Exception as error:  # h5py and Keras raise several types for a bad file
+            problems.append((name, path, f"{type(error).__name__}: {error}"))
+            continue
+        chosen = (name, path, sealed)
+        break
+    if chosen is None:
+        found = "; ".join(f"{os.path.basename(p)}: {why}" for _, p, why in problems)
+        raise RunError(
+            f"cannot resume {run_dir!r}: no checkpoint in it loads into this model "
+            f"({found or 'none found'}). They were written by another model or are damaged; "
+            f"the run's metrics and checkpoints/best.keras stay as they are. Start a new run "
+            f"(or restore the checkpoints folder from a copy).")
+    name, path, sealed = chosen
+    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    state = {"step": step, "epoch": step // steps, "step_in_epoch": step % steps,
+             "steps_per_epoch": steps,
+             "best_val_accuracy": (sealed or {}).get("best_val_accuracy"),
+             "weights": os.path.basename(paths["last"])}
+    if not write:
+        return state
+    for bad_name, bad_path, why in problems:
+        kept = runs.set_aside(bad_path, paths["damaged"])
+        log(f"checkpoint {os.path.basename(bad_path)} is damaged ({why}); set aside as "
+            f"{os.path.relpath(kept, run_dir)}")
+    newest = max([(recorded or {}).get("step", -1)] + [
+        (c[2] or {}).get("step", -1) for c in candidates])
+    if name != "last":
+        lost = (f"the {newest - step} steps after it (up to step {newest}) are trained again"
+                if newest > step else "no finished step is lost" if recorded is not None
+                else "the steps after it, if any, are trained again (state.json, which "
+                     "recorded the newest step, is damaged too)")
+        log(f"resuming from {os.path.basename(path)} (step {step}), the newest whole "
+            f"checkpoint; {lost}.")
+    if recorded is None or recorded.get("step") != step:
+        was = ("damaged or missing" if recorded is None
+               else f"at step {recorded.get('step')}")
+        log(f"checkpoints/state.json was {was}; rewritten from {os.path.basename(path)} "
+            f"(step {step}).")
+    for other in ("last", "good"):  # both whole again: the next resume has a fallback
+        if other != name and not os.path.exists(paths[other]):
+            runs.copy_atomic(path, paths[other])
+    runs.write_json(paths["state"], state)
+    return state
+
+
+def _resumed_metrics(run_dir, finished_epochs, log, write=True):
+    """metrics.json up to the checkpoint's epoch; a damaged file is set aside."""
+    path = os.path.join(run_dir, "metrics.json")
+    try:
+        metrics = runs.read_json(path, [])
+        if not isinstance(metrics, list) or not all(isinstance(m, dict) and "epoch" in m
+                                                     for m in metrics):
+            raise ValueError("not a list of epoch records")
+    except (OSError, ValueError) as error:
+        if not write:
+            return []
+        kept = runs.set_aside(path, os.path.join(run_dir, "checkpoints", "damaged"))
+        log(f"metrics.json is damaged ({error}); set aside as {os.path.relpath(kept, run_dir)}. "
+            f"The epochs before the resume keep their TensorBoard logs but have no "
+            f"metrics.json entries.")
+        runs.write_json(path, [])
+        return []
+    return [m for m in metrics if m["epoch"] <= finished_epochs]
 
 
 def _finish(model, cfg, run_dir, state, checkpointer, started, log):

@@ -1,0 +1,257 @@
+"""Resume from damaged run folders, and the run-folder lock.
+
+Every file a resume reads (the two checkpoints, state.json, config.json, metrics.json)
+is truncated or bit-flipped in turn; the resume must take the newest checkpoint that is
+whole, say what it took and what was lost, set the damaged file aside, and never lose a
+whole checkpoint. The lock is tested with two real processes.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from cmxl_keras import config, runs, train
+from cmxl_keras.errors import DamagedCheckpoint, RunError, RunInUse
+from conftest import ROOT, Child, run_cli
+
+
+def truncate(path):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+def flip_bit(path, offset, bit=0):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ (1 << bit)]))
+
+
+def largest_dataset_offset(path):
+    """The file offset of the middle of the largest array: a flip there leaves the file
+    a valid HDF5 file that loads, with one wrong weight."""
+    found = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.append((obj.nbytes, obj.id.get_offset()))
+                     if isinstance(obj, h5py.Dataset) and obj.id.get_offset() else None)
+    nbytes, offset = max(found)
+    return offset + nbytes // 2
+
+
+def tiny_model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_a_sealed_checkpoint_detects_truncation_and_bit_flips(tmp_path):
+    model = tiny_model()
+    path = str(tmp_path / "last.weights.h5")
+    model.save_weights(path)
+    assert runs.checkpoint_state(path) is None  # unsealed: no state, not an error
+    runs.seal_checkpoint(path, {"step": 5})
+    assert runs.checkpoint_state(path) == {"step": 5}
+    tiny_model().load_weights(path)  # Keras loads a sealed file like any other
+    original = open(path, "rb").read()
+
+    flip_bit(path, largest_dataset_offset(path))
+    tiny_model().load_weights(path)  # HDF5 itself does not notice a flipped weight ...
+    with pytest.raises(DamagedCheckpoint, match="do not match their digest"):
+        runs.checkpoint_state(path)  # ... the digest does
+    open(path, "wb").write(original)
+    truncate(path)
+    with pytest.raises(DamagedCheckpoint, match="last.weights.h5"):
+        runs.checkpoint_state(path)
+    open(path, "wb").write(b"not a checkpoint")
+    with pytest.raises(DamagedCheckpoint):
+        runs.checkpoint_state(path)
+
+
+def test_the_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    folder = str(tmp_path / "run")
+    with runs.RunLock(folder, ["python", "cli.py", "train", "--first"]):
+        with pytest.raises(RunInUse, match=rf"PID {os.getpid()} .*--first.*kill {os.getpid()}"):
+            with runs.RunLock(folder, ["second"]):
+                pass
+        # --overwrite of a folder in use is refused before anything is removed.
+        open(os.path.join(folder, "metrics.json"), "w").write("[]")
+        import contextlib
+
+        with contextlib.ExitStack() as held, pytest.raises(RunInUse):
+            runs.new_run_dir(None, "x", folder, overwrite=True, held=held)
+        assert os.path.exists(os.path.join(folder, "metrics.json"))
+    with runs.RunLock(folder, ["third"]):  # released on exit
+        pass
+
+
+# ---- damaged run folders ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_epoch_run(cifar_dir, tmp_path_factory):
+    """A finished 2-epoch smoke run (8 steps per epoch) whose ``last`` checkpoint is at
+    step 16 and whose ``good`` copy is the one of epoch 1 (step 8): the state a run is in
+    between two epoch ends. Made for real: the epoch-1 checkpoint is a 1-epoch run's,
+    which is then resumed for a second epoch (``--replan``)."""
+    base = tmp_path_factory.mktemp("resume")
+    run_dir = str(base / "run")
+    cfg = config.load("smoke").replace(data_dir=cifar_dir, epochs=1, aug="none")
+    quiet = dict(argv=["test"], log=lambda m: None, verbose=0)
+    train.train(cfg, run_dir=run_dir, **quiet)
+    epoch1 = str(base / "epoch1.weights.h5")
+    shutil.copyfile(runs.checkpoint_paths(run_dir)["last"], epoch1)
+    train.train(cfg.replace(epochs=2), resume=run_dir, replan=True, **quiet)
+    shutil.copyfile(epoch1, runs.checkpoint_paths(run_dir)["good"])
+    assert runs.checkpoint_state(runs.checkpoint_paths(run_dir)["last"])["step"] == 16
+    assert runs.checkpoint_state(runs.checkpoint_paths(run_dir)["good"])["step"] == 8
+    return cfg.replace(epochs=2), run_dir
+
+
+def _resume_copy(two_epoch_run, tmp_path, damage):
+    cfg, template = two_epoch_run
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(template, run_dir)
+    damage(run_dir)
+    logs = []
+    out = train.train(cfg, resume=run_dir, argv=["test"], log=logs.append, verbose=0)
+    return run_dir, "\n".join(logs), out
+
+
+def _path(run_dir, name):
+    return runs.checkpoint_paths(run_dir)[name]
+
+
+def _damaged(run_dir):
+    folder = _path(run_dir, "damaged")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def _flip_in_data(run_dir, name):
+    path = _path(run_dir, name)
+    flip_bit(path, largest_dataset_offset(path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+def test_a_damaged_last_checkpoint_falls_back_to_good(two_epoch_run, tmp_path, damage):
+    hurt = ((lambda d: truncate(_path(d, "last"))) if damage == "truncate"
+            else (lambda d: _flip_in_data(d, "last")))
+    run_dir, log, out = _resume_copy(two_epoch_run, tmp_path, hurt)
+    assert "last.weights.h5 is damaged" in log
+    assert "resuming from good.weights.h5 (step 8)" in log
+    assert "the 8 steps after it (up to step 16) are trained again" in log
+    assert "at epoch 2, step 0" in log
+    assert [name.endswith("-last.weights.h5") for name in _damaged(run_dir)] == [True]
+    # The lost epoch was trained again: the run is whole and finished.
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[-1]["step"] == 16
+    assert runs.checkpoint_state(_path(run_dir, "last"))["step"] == 16
+    assert json.load(open(_path(run_dir, "state")))["step"] == 16
+    assert out["results"]["epochs"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+def test_a_damaged_good_copy_is_set_aside_and_last_is_used(two_epoch_run, tmp_path, damage):
+    hurt = ((lambda d: truncate(_path(d, "good"))) if damage == "truncate"
+            else (lambda d: _flip_in_data(d, "good")))
+    run_dir, log, _ = _resume_copy(two_epoch_run, tmp_path, hurt)
+    assert "good.weights.h5 is damaged" in log and "at epoch 3, step 0" in log
+    assert "trained again" not in log
+    assert [name.endswith("-good.weights.h5") for name in _damaged(run_dir)] == [True]
+    assert runs.checkpoint_state(_path(run_dir, "good"))["step"] == 16  # made again, whole
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+def test_a_damaged_state_json_is_rebuilt_from_the_checkpoint(two_epoch_run, tmp_path, damage):
+    def hurt(run_dir):
+        path = _path(run_dir, "state")
+        if damage == "truncate":
+            truncate(path)
+        else:  # "step": 16 -> "step": 14: still valid JSON, with a wrong step
+            text = open(path, "rb").read()
+            flip_bit(path, text.index(b'"step": 16') + len(b'"step": 1'), bit=1)
+    run_dir, log, _ = _resume_copy(two_epoch_run, tmp_path, hurt)
+    was = "damaged or missing" if damage == "truncate" else "at step 14"
+    assert f"checkpoints/state.json was {was}; rewritten from last.weights.h5 (step 16)" in log
+    assert "at epoch 3, step 0" in log
+    assert json.load(open(_path(run_dir, "state")))["step"] == 16
+
+
+@pytest.mark.slow
+def test_both_checkpoints_damaged_is_refused_and_nothing_is_moved(two_epoch_run, tmp_path):
+    cfg, template = two_epoch_run
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(template, run_dir)
+    truncate(_path(run_dir, "last"))
+    _flip_in_data(run_dir, "good")
+    with pytest.raises(RunError, match=r"no checkpoint in it loads .*last.weights.h5: .*"
+                                       r"good.weights.h5: .*do not match"):
+        train.train(cfg, resume=run_dir, argv=["test"], log=lambda m: None, verbose=0)
+    assert os.path.exists(_path(run_dir, "last")) and os.path.exists(_path(run_dir, "good"))
+    assert _damaged(run_dir) == []
+
+
+@pytest.mark.slow
+def test_a_damaged_config_json_is_read_from_config_toml(two_epoch_run, tmp_path):
+    run_dir, log, _ = _resume_copy(two_epoch_run, tmp_path,
+                                   lambda d: truncate(os.path.join(d, "config.json")))
+    assert "at epoch 3, step 0" in log
+    saved = config.from_dict(json.load(open(os.path.join(run_dir, "config.json"))))
+    assert saved.depth == 4 and saved.epochs == 2  # rewritten whole
+
+
+@pytest.mark.slow
+def test_both_saved_configs_damaged_is_refused_with_the_fix(two_epoch_run, tmp_path):
+    cfg, template = two_epoch_run
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(template, run_dir)
+    truncate(os.path.join(run_dir, "config.json"))
+    with open(os.path.join(run_dir, "config.toml"), "a") as f:
+        f.write("depth = = 3\n")
+    with pytest.raises(RunError, match="saved config cannot be read .*config.json.*"
+                                       "config.toml.*Restore config.json or config.toml"):
+        train.train(cfg, resume=run_dir, argv=["test"], log=lambda m: None, verbose=0)
+
+
+@pytest.mark.slow
+def test_a_damaged_metrics_json_is_set_aside(two_epoch_run, tmp_path):
+    run_dir, log, out = _resume_copy(two_epoch_run, tmp_path,
+                                     lambda d: truncate(os.path.join(d, "metrics.json")))
+    assert "metrics.json is damaged" in log
+    assert [name.endswith("-metrics.json") for name in _damaged(run_dir)] == [True]
+    assert json.load(open(os.path.join(run_dir, "metrics.json"))) == []
+    assert out["results"]["epochs"] == 0
+
+
+# ---- two processes, one run folder ----------------------------------------------------
+
+@pytest.mark.slow
+def test_a_second_process_on_a_run_in_use_is_refused_until_the_first_dies(cifar_dir, tmp_path):
+    run_dir = str(tmp_path / "run")
+    first = Child([sys.executable, os.path.join(ROOT, "cli.py"), "train", "--config", "smoke",
+                   "--data-dir", cifar_dir, "--run-dir", run_dir, "--epochs", "40",
+                   "--set", "aug=none"])
+    first.wait_until(lambda: first.lines_starting("epoch 1/40") > 0, 300,
+                     "the first epoch of the first process")
+    for second in (["--resume", run_dir],
+                   ["--config", "smoke", "--data-dir", cifar_dir, "--run-dir", run_dir,
+                    "--overwrite"]):
+        result = run_cli("train", *second, timeout=300)
+        assert result.returncode == 6, result.stderr[-3000:]
+        assert f"in use by another process (PID {first.proc.pid} " in result.stderr
+        assert "--epochs 40" in result.stderr and "Traceback" not in result.stderr
+    assert os.path.exists(_path(run_dir, "last"))  # --overwrite removed nothing
+    first.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock
+    result = run_cli("train", "--resume", run_dir, "--epochs", "1", "--replan", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stdout

@@ -77,10 +77,6 @@ def ablation(overrides, out_dir="ablation", log=print):
     Resumable: a configuration with results is not redone, an interrupted one resumes
     from its checkpoint. Writes ``results.json``, ``results.md`` and the curves.
     """
-    import keras
-
-    from cmxl_keras import architecture, config, evaluate, train
-
     with runs.RunLock(out_dir):  # a second runner on this folder is refused, not interleaved
         return _ablation(overrides, out_dir, log)
 

@@ -13,7 +13,6 @@ import sys
 
 import h5py
 import keras
-import numpy as np
 import pytest
 
 from cmxl_keras import config, runs, train

@@ -327,7 +327,8 @@ def predict(images, model_dir, top_k, fmt, as_json):
     """Classify PNG/JPEG files (any size) with an exported model."""
     import json
 
-    _quiet_tensorflow()
+    if fmt == "saved_model":  # --format tflite runs on LiteRT alone: no TensorFlow import
+        _quiet_tensorflow()
     from cmxl_keras import export as export_lib, serving
 
     metadata = export_lib.read_metadata(model_dir)

@@ -34,6 +34,11 @@ def test_export_writes_the_serving_layout_and_metadata(exported):
     assert meta["config"]["name"] == "smoke" and meta["validation_accuracy"] > 0
     assert meta["file_sizes"]["model_fp32.tflite"] > meta["file_sizes"]["model_int8.tflite"]
     assert "parity on 128 images" in result.stdout  # the smoke run has 128 validation images
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=os.path.join(folder, "model_int8.tflite")).get_signature_runner()
+    (spec,) = runner.get_input_details().values()
+    assert spec["dtype"] == np.uint8 and spec["quantization"] == (1.0, 0)  # raw pixels
 
 
 def test_parity_meets_the_targets(exported):
@@ -83,10 +88,10 @@ def test_int8_ranges_are_the_activations_own(learned_export):
     by ``export.calibrated_int8``; the converter's own calibration stretches these
     ranges over the following op's output (tensors reused in place), measured
     down to -1.1 and several times too wide."""
-    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
 
     folder, _ = learned_export
-    interpreter = tf.lite.Interpreter(model_path=os.path.join(folder, "model_int8.tflite"))
+    interpreter = Interpreter(model_path=os.path.join(folder, "model_int8.tflite"))
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     gelus = [op for op in interpreter._get_ops_details() if op["op_name"] == "GELU"]
     assert len(gelus) == 1 + 2 * 5  # stem + depthwise and pointwise of 5 layers
@@ -141,6 +146,43 @@ def test_predict_any_size_png_and_jpeg_in_both_formats(exported, tmp_path):
             assert len(probs) == 3 and probs == sorted(probs, reverse=True)
     text = run_cli("predict", png, "--model", folder)
     assert text.returncode == 0 and str(png) in text.stdout
+
+
+NO_TENSORFLOW = """
+import runpy, sys
+
+
+class NoTensorFlow:
+    \"\"\"Any import of TensorFlow (or of Keras, which would load it) fails loudly.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+            raise RuntimeError(f"imported {name}: predict --format tflite must not")
+
+
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_predict_tflite_runs_with_no_tensorflow(exported, tmp_path):
+    from PIL import Image
+
+    from conftest import ROOT
+
+    folder, _ = exported
+    png = tmp_path / "a.png"
+    Image.fromarray(random_images(1, size=48)[0]).save(png)
+    command = [sys.executable, "-c", NO_TENSORFLOW, os.path.join(ROOT, "cli.py"), "predict",
+               str(png), "--model", folder, "--format", "tflite", "--json"]
+    result = run_process(command, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = run_cli("predict", png, "--model", folder, "--format", "tflite", "--json")
+    assert json.loads(result.stdout) == json.loads(expected.stdout)
+    # The guard is real: the SavedModel form needs TensorFlow and is stopped by it.
+    blocked = run_process(command[:-3] + ["--format", "saved_model"], timeout=300)
+    assert blocked.returncode != 0 and "must not" in blocked.stderr
 
 
 @pytest.mark.parametrize("case,quoted", [

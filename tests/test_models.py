@@ -224,3 +224,42 @@ def test_inference_graph_folds_affine_layers_and_computes_the_same(tiny_kwargs, 
     got = np.asarray(folded(images, training=False))
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
     assert not np.allclose(got, 0)
+
+
+def test_int8_input_takes_raw_pixels_whatever_the_calibration_range(tiny_kwargs, tmp_path):
+    """The int8 file's uint8 input has scale 1 and zero point 0 (raw pixels 0..255), also
+    when no calibration image reaches 0 or 255 (all clipped to 20..230), and it runs on
+    the LiteRT runtime."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from cmxl_keras import export
+
+    model = models.build_convmixer(**tiny_kwargs)
+    source = str(tmp_path / "source")
+    export.write_saved_model(export.inference_graph(model), source)
+    clipped = np.clip(random_images(16), 20, 230)
+    data = export.calibrated_int8(source, clipped)
+    runner = Interpreter(model_content=data).get_signature_runner()
+    (name, spec), = runner.get_input_details().items()
+    assert spec["dtype"] == np.uint8 and spec["quantization"] == (1.0, 0), spec
+    probabilities = runner(**{name: random_images(3)})["probabilities"]
+    assert probabilities.shape == (3, 10)
+    np.testing.assert_allclose(probabilities.sum(-1), 1, atol=0.02)
+
+
+def test_the_int8_export_runs_on_the_tensorflow_whose_internals_it_uses():
+    """calibrated_int8 uses TensorFlow internals (export.INT8_INTERNALS and the
+    converter's ``_experimental_calibrate_only``), verified with one TensorFlow version.
+    A TensorFlow upgrade fails here first: re-verify the int8 path (the int8 parity
+    tests), then move the pin."""
+    import tensorflow as tf
+
+    from cmxl_keras import export
+
+    assert tf.__version__ == export.PINNED_TENSORFLOW, (
+        f"TensorFlow {tf.__version__} is not {export.PINNED_TENSORFLOW}, the version "
+        f"whose TFLite internals the int8 export was verified with")
+    convert, flatbuffer_utils = export._int8_internals()
+    assert callable(convert.mlir_quantize)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([], None)
+    assert converter._experimental_calibrate_only is False

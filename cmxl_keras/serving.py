@@ -48,6 +48,34 @@ def predict(model_dir, images, fmt="saved_model"):
     return export.TFLiteRunner(path)(images)
 
 
+def rest_request(paths, signature="serving_bytes"):
+    """The JSON body of a TF-Serving REST ``:predict`` call for image files, sent as
+    they are (encoded bytes, base64): ``POST http://HOST:8501/v1/models/NAME:predict``."""
+    import base64
+
+    instances = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise DataError(f"image {path!r} does not exist. Check the path.")
+        with open(path, "rb") as f:
+            instances.append({"image_bytes": {"b64": base64.b64encode(f.read()).decode()}})
+    return {"signature_name": signature, "instances": instances}
+
+
+def results_from_rest(response, class_names, paths, k):
+    """``predict --json``'s results from a TF-Serving REST response (row format:
+    ``{"predictions": [{"probabilities": [...], "class_id": i}, ...]}``)."""
+    try:
+        rows = response["predictions"]
+        probabilities = np.array([row["probabilities"] for row in rows], np.float32)
+    except (KeyError, TypeError) as error:
+        got = sorted(response) if isinstance(response, dict) else type(response).__name__
+        raise DataError(f"not a TF-Serving predict response in row format "
+                        f"({type(error).__name__}: {error}; got {got}). Send the request "
+                        f"with \"instances\", as rest_request builds it.") from None
+    return top_k(probabilities, class_names, paths, k)
+
+
 def top_k(probabilities, class_names, paths, k):
     k = max(1, min(k, probabilities.shape[1]))
     results = []

@@ -12,7 +12,7 @@
       checkpoints/state.json     where last.weights.h5 stands (epoch, step, best); a
                                  readable copy of what each checkpoint holds sealed inside
       checkpoints/damaged/       files a resume found damaged, set aside (never deleted)
-      .lock                      the run-folder lock of the process training it
+      .lock                      the lock of the process training in it (while it runs)
       checkpoints/best.keras     best validation accuracy so far
       model.keras                final model, uncompiled, built-in layers only
       augmentations.png          a grid of augmented training images
@@ -139,20 +139,29 @@ class RunLock:
         import fcntl
 
         os.makedirs(self.folder, exist_ok=True)
-        path = os.path.join(self.folder, LOCK_NAME)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
+        self.path = os.path.join(self.folder, LOCK_NAME)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise RunInUse(
+                    f"run folder {self.folder!r} is in use by another process (PID "
+                    f"{holder.get('pid', '?')} on {holder.get('host', '?')}, running: "
+                    f"{holder.get('command', '?')}). Two processes training one folder "
+                    f"overwrite each other's checkpoints. Wait for it to finish, stop it "
+                    f"(kill {holder.get('pid', 'PID')}; it saves and can be resumed), or "
+                    f"give this run another --run-dir.") from None
+            # The holder before us removes the file as it lets go: a lock on a file that
+            # is no longer at the path locks nothing, so take the one now there.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise RunInUse(
-                f"run folder {self.folder!r} is in use by another process (PID "
-                f"{holder.get('pid', '?')} on {holder.get('host', '?')}, running: "
-                f"{holder.get('command', '?')}). Two processes training one folder "
-                f"overwrite each other's checkpoints. Wait for it to finish, stop it "
-                f"(kill {holder.get('pid', 'PID')}; it saves and can be resumed), or "
-                f"give this run another --run-dir.") from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
                                  "command": " ".join(self.argv),
@@ -162,6 +171,10 @@ class RunLock:
 
     def __exit__(self, *exc):
         if self.fd is not None:
+            # Removed while still held (a clean exit leaves the folder as it was; a
+            # killed process leaves the file, unlocked, for the next one to take).
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
             os.close(self.fd)  # closing the descriptor releases the lock
             self.fd = None
 

@@ -322,7 +322,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
 
     from cmxl_keras import callbacks, data, distribute, models
 
-    if resume and chief:
+    if resume and chief and os.path.isdir(resume):  # a missing folder: check_resumable says so
         held.enter_context(runs.RunLock(resume, argv))  # before reading what it may write
     if resume:
         check_resumable(resume, cfg, replan)
@@ -338,15 +338,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
     if chief:
         run_dir = resume or runs.new_run_dir(runs_dir, cfg.name, run_dir, overwrite,
                                              held=held, argv=argv)
-    if resume and chief:
-        for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
-            for name in runs.remove_partials(folder):
-                log(f"removed {name}, left by an interrupted write")
-        with open(os.path.join(run_dir, "command.txt"), "a") as f:
-            f.write(" ".join(argv) + "\n")
-        runs.write_text(os.path.join(run_dir, "config.toml"), cfg.to_toml())
-        runs.write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
-    elif chief:
+    if chief and not resume:
         runs.write_run_metadata(run_dir, cfg, argv, splits.info)
 
     spec = augment.AugmentSpec.from_config(cfg)
@@ -372,6 +364,14 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
             start_step = restored["step"]
             state.best = restored["best_val_accuracy"]
             state.metrics = _resumed_metrics(resume, restored["epoch"], log, write=chief)
+    if resume and chief:  # only once a checkpoint loaded: a refused resume changes nothing
+        for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
+            for name in runs.remove_partials(folder):
+                log(f"removed {name}, left by an interrupted write")
+        with open(os.path.join(run_dir, "command.txt"), "a") as f:
+            f.write(" ".join(argv) + "\n")
+        runs.write_text(os.path.join(run_dir, "config.toml"), cfg.to_toml())
+        runs.write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
     if resume:
         log(f"resuming {resume} at epoch {start_step // steps + 1}, step "
             f"{start_step % steps} of {steps} (optimizer step {start_step})")

@@ -158,3 +158,14 @@ def trained_run(cifar_dir, tmp_path_factory):
                      "--epochs", "6", "--set", "aug=none", "--lr", "0.01")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line on the bad-input table, when its rows ran (tests/test_bad_inputs.py)."""
+    table = sys.modules.get("test_bad_inputs")
+    results = getattr(table, "RESULTS", None)
+    if results:
+        clear = sum(1 for _, ok, _ in results if ok)
+        tracebacks = sum(1 for _, _, tb in results if tb)
+        terminalreporter.write_line(f"bad inputs: {len(results)} tried, {clear} clear errors, "
+                                    f"{tracebacks} tracebacks")

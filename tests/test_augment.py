@@ -296,3 +296,37 @@ def test_keras_layer_form_is_identity_at_inference_and_draws_per_image():
 def test_keras_layer_form_refuses_label_mixing():
     with pytest.raises(ValueError, match="CutMix/MixUp"):
         augment.keras_layers(AugmentSpec(cutmix_prob=0.5))
+
+
+# One stage on, every other off: a stage that drew once per batch would turn 64 copies
+# of one image into one output; the crop alone would hide that in the full pipeline.
+ALONE = {
+    "crop": dict(OFF, crop_scale=(0.75, 1.0)),
+    "flip": dict(OFF, flip=True),
+    "randaugment": dict(OFF, randaugment_ops=2),
+    "jitter": dict(OFF, jitter=(0.2, 0.2, 0.2)),
+    "erasing": dict(OFF, erase_prob=0.2),
+}
+
+
+@pytest.mark.parametrize("form", ["tf.data", "keras_layers"])
+@pytest.mark.parametrize("stage", list(ALONE))
+def test_every_stage_draws_per_image_on_its_own(stage, form):
+    spec = AugmentSpec(**ALONE[stage])
+    image = random_images(1, seed=7)
+    batch = np.repeat(image, 64, axis=0)
+    if form == "tf.data":
+        out, _ = _run(spec, batch)
+    else:
+        out = augment.apply_keras_layers(augment.keras_layers(spec, seed=3),
+                                         batch.astype(np.float32))
+    changed = int(sum(not np.allclose(o, image[0]) for o in out))
+    distinct = len({o.tobytes() for o in out})
+    if stage == "flip":  # p = 0.5 per image: both outcomes, about half each
+        assert distinct == 2 and 16 <= changed <= 48, (distinct, changed)
+    elif stage == "erasing":  # p = 0.2 per image, each box its own
+        assert 3 <= changed <= 30 and distinct == changed + 1, (distinct, changed)
+    elif stage == "randaugment":  # 2 of 14 ops per image (some pairs coincide)
+        assert distinct >= 32, distinct
+    else:  # continuous draws: every image its own
+        assert distinct >= 62, distinct

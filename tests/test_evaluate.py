@@ -40,6 +40,37 @@ def test_evaluate_agrees_across_the_three_model_forms(three_forms, cifar_dir, tm
         assert got["tta_flip"]["top1"] == ref["tta_flip"]["top1"]
 
 
+def test_evaluate_matches_an_independent_forward_pass(three_forms, cifar_dir, tmp_path):
+    """The figures evaluate reports, recomputed here from the run's validation images and
+    a plain Keras forward pass of model.keras (numpy softmax, no evaluate code)."""
+    import keras
+
+    from cmxl_keras import config, data
+
+    run = three_forms["run"]
+    cfg = config.from_dict(json.load(open(os.path.join(run, "config.json"))))
+    splits = data.load_splits(cfg.replace(data_dir=cifar_dir), log=lambda m: None)
+    images, labels = splits.val.images, splits.val.labels.astype(int)
+    model = keras.saving.load_model(three_forms["keras"])
+    logits = np.asarray(model.predict(images.astype(np.float32), verbose=0), np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    ranked = np.argsort(-probabilities, axis=1)
+    confusion = np.zeros((10, 10), int)
+    np.add.at(confusion, (labels, ranked[:, 0]), 1)
+
+    result = run_cli("evaluate", run, "--data-dir", cifar_dir, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.load(open(tmp_path / "eval_val.json"))
+    assert got["images"] == len(labels) == 128
+    assert got["top1"] == pytest.approx(np.mean(ranked[:, 0] == labels), abs=1e-9)
+    assert got["top5"] == pytest.approx(np.mean([y in r[:5] for y, r in zip(labels, ranked)]),
+                                        abs=1e-9)
+    expected_loss = -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
+    assert got["loss"] == pytest.approx(expected_loss, rel=1e-4)
+    assert np.array_equal(got["confusion_matrix"], confusion)
+
+
 def test_evaluate_writes_figures_that_are_real_images(three_forms, cifar_dir, tmp_path):
     from PIL import Image
 

@@ -31,8 +31,23 @@ def test_export_writes_the_serving_layout_and_metadata(exported):
     meta = json.load(open(os.path.join(folder, "metadata.json")))
     assert meta["class_names"][:2] == ["airplane", "automobile"]
     assert meta["input"]["shape"] == [None, 32, 32, 3] and meta["input"]["dtype"] == "uint8"
-    assert meta["config"]["name"] == "smoke" and meta["validation_accuracy"] > 0
-    assert meta["file_sizes"]["model_fp32.tflite"] > meta["file_sizes"]["model_int8.tflite"]
+    run_dir = os.path.dirname(meta["source_checkpoint"])
+    run_results = json.load(open(os.path.join(run_dir, "results.json")))
+    assert meta["config"]["name"] == "smoke"
+    assert meta["validation_accuracy"] == run_results["best_val_accuracy"]
+    sizes = meta["file_sizes"]
+    for name in ("model_fp32.tflite", "model_fp16.tflite", "model_int8.tflite"):
+        assert sizes[name] == os.path.getsize(os.path.join(folder, name)), name
+    # Each file holds every convolution/dense kernel at its precision: 4, 2 and 1 bytes.
+    import keras
+
+    model = keras.saving.load_model(meta["source_checkpoint"])
+    kernels = sum(int(np.prod(w.shape)) for w in model.weights if w.name == "kernel"
+                  or w.path.endswith("kernel"))
+    assert kernels > 5000  # the smoke model: ~10k parameters, nearly all in kernels
+    assert sizes["model_fp32.tflite"] >= 4 * kernels
+    assert 2 * kernels <= sizes["model_fp16.tflite"] < sizes["model_fp32.tflite"]
+    assert kernels <= sizes["model_int8.tflite"] < sizes["model_fp32.tflite"]
     assert "parity on 128 images" in result.stdout  # the smoke run has 128 validation images
     from ai_edge_litert.interpreter import Interpreter
 

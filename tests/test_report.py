@@ -51,9 +51,18 @@ def test_ablation_gives_seven_rows_and_resumes_without_redoing_finished_runs(cif
     rows = json.load(open(out / "results.json"))
     assert [r["name"] for r in rows] == ["cm_vanilla_noaug", "cm_vanilla", "cm_vanilla_relu",
                                          "cm_vanilla_silu", "cm_xl_noskip", "cm_xl_skip", "cm_xl"]
+    from cmxl_keras import architecture
+
     for row in rows:
-        assert 0 <= row["top1"] <= 100 and row["split"] == "val"
+        # Each row is its run's own evaluation of its 32 validation images, in percent.
+        own = json.load(open(out / row["name"] / "eval_val.json"))
+        assert row["split"] == "val" and own["images"] == 32
+        assert row["top1"] == round(100 * own["top1"], 2)
+        assert round(row["top1"] * 32 / 100, 6) == int(round(row["top1"] * 32 / 100))
+        assert row["paper_top1"] == architecture.VARIANTS[row["name"]]["paper_top1"]
         assert row["difference"] == pytest.approx(row["top1"] - row["paper_top1"], abs=0.011)
+        assert row["epochs"] == 1 and f"| {row['name']} | {row['params']:,} | 1 | " in (
+            out / "results.md").read_text()
     assert rows[-1]["paper_top1"] == 94.52
     table = (out / "results.md").read_text()
     assert table.count("\n| cm_") == 7

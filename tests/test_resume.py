@@ -88,6 +88,7 @@ def test_the_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
         with contextlib.ExitStack() as held, pytest.raises(RunInUse):
             runs.new_run_dir(None, "x", folder, overwrite=True, held=held)
         assert os.path.exists(os.path.join(folder, "metrics.json"))
+    assert not os.path.exists(os.path.join(folder, runs.LOCK_NAME))  # a clean exit: no trace
     with runs.RunLock(folder, ["third"]):  # released on exit
         pass
 

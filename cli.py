@@ -11,11 +11,13 @@ paragraph naming the value and the fix, with a non-zero exit and no traceback.
 """
 
 import functools
+import importlib
 import os
 import sys
 
 import click
 
+from cmxl_keras import __version__
 from cmxl_keras.config import CHOICES
 
 # Keep TensorFlow's C++ start-up chatter (including "failed call to cuInit" on
@@ -88,8 +90,26 @@ def _set_backend(ctx, param, value):
 @click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]),
               callback=_set_backend, expose_value=False, is_eager=True,
               help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
+@click.version_option(__version__, prog_name="cmxl-keras")
 def cli():
     """ConvMixer / ConvMixer-XL on CIFAR in Keras 3: train, evaluate, export, serve."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    # TensorFlow is a requirement; the other backends are optional installs. (Not checked
+    # for tensorflow: `predict --format tflite` runs where only LiteRT is installed.)
+    if backend in ("jax", "torch") and not _importable(backend):
+        pins = {"jax": "jax==0.10.2 jaxlib==0.10.2", "torch": "torch==2.14.1"}[backend]
+        _fail(f"the Keras backend {backend!r} (from --backend or KERAS_BACKEND) is not "
+              f"installed. Install it with 'pip install {pins}' (pinned in "
+              f"requirements-dev.txt; requirements-gpu.txt has the CUDA build of JAX), or "
+              f"run with --backend tensorflow.")
+
+
+def _importable(module):
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def model_options(command):

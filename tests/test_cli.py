@@ -1,10 +1,12 @@
 """The command line, run for real as a subprocess."""
 
+import os
+import sys
 import tomllib
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli, run_process
 
 
 def test_info_prints_cm_xl_parameter_count():
@@ -65,3 +67,17 @@ def test_exit_codes_tell_outcomes_apart(args, code):
     help_text = run_cli("--help").stdout
     assert "Exit codes: 0 done" in help_text and "4 training diverged" in " ".join(
         help_text.split())
+
+
+def test_version_and_a_backend_that_is_not_installed():
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.split()[-1] == __import__(
+        "cmxl_keras").__version__
+    # A Python where jax cannot be imported (as after 'pip install -r requirements.txt').
+    code = ("import runpy, sys; sys.modules['jax'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = run_process([sys.executable, "-c", code, os.path.join(ROOT, "cli.py"), "--backend",
+                          "jax", "info", "--variant", "cm_vanilla"], timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "the Keras backend 'jax'" in result.stderr and "pip install jax==" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -219,16 +219,15 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
     """Train a model with the paper's recipe (model.fit, one-cycle, AdamW)."""
     base = None
     if resume:
-        from cmxl_keras import config as config_lib, runs
+        from cmxl_keras import config as config_lib
 
-        saved = os.path.join(resume, "config.json")
-        if not os.path.isfile(saved):
+        if not os.path.isdir(resume):
             from cmxl_keras.errors import RunError
 
             raise RunError(
-                f"--resume {resume!r}: no run folder with a config.json there. Give a "
-                f"folder made by 'python cli.py train' (look under {runs_dir}/).")
-        base = config_lib.from_dict(runs.read_json(saved), source=saved)
+                f"--resume {resume!r}: no such run folder. Give a folder made by "
+                f"'python cli.py train' (look under {runs_dir}/).")
+        base = config_lib.load_saved(resume)  # config.json, or config.toml if it is damaged
     cfg = resolve_config(config_file, overrides, base=base, **flags)
     if dry_run:
         click.echo(cfg.to_toml(), nl=False)
@@ -282,14 +281,29 @@ def evaluate(source, data_dir, split, tta, out_dir):
               help="Validation images compared across formats.")
 @click.option("--allow-parity-miss", is_flag=True,
               help="Keep the export even if a format misses its parity target.")
+@click.option("--runs-dir", default="runs", show_default=True,
+              help="Without SOURCE: export the newest finished run in this folder.")
 @user_errors
 def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
-           allow_parity_miss):
-    """Export a run (or .keras file) to SavedModel and TFLite, with parity checks."""
-    _quiet_tensorflow()
-    from cmxl_keras import export as export_lib
+           allow_parity_miss, runs_dir):
+    """Export a run (or .keras file) to SavedModel and TFLite, with parity checks.
+
+    SOURCE defaults to the newest finished run in --runs-dir."""
+    from cmxl_keras import export as export_lib, runs
 
     formats = export_lib.check_formats(tuple(f.strip() for f in formats.split(",") if f.strip()))
+    if not source and not checkpoint:
+        source = runs.newest_finished_run(runs_dir)
+        if source is None:
+            from cmxl_keras.errors import RunError
+
+            raise RunError(
+                f"export needs a run: no finished run (model.keras and results.json) in "
+                f"{runs_dir}/. Train one first (python cli.py train ...), or name it: python "
+                f"cli.py export runs/<dir> (or --checkpoint FILE.keras, --runs-dir DIR).")
+        click.echo(f"export: no run given; taking the newest finished run in {runs_dir}/: "
+                   f"{source}", err=True)
+    _quiet_tensorflow()
     loaded = export_lib.load_source(source, checkpoint)
     model, cfg, _ = loaded
     calibration, images, class_names = _export_images(cfg, data_dir, parity_images,

@@ -280,6 +280,12 @@ def resolve_path(name_or_path):
 
 def load(name_or_path, base=None):
     """Reads a TOML config file (or a configs/ name) over ``base`` (default: the paper)."""
+    path, data = read_toml(name_or_path)
+    return merge(base or Config(), data, source=f"config file {path!r}")
+
+
+def read_toml(name_or_path):
+    """``(path, {key: value})`` of a config file, checked to be flat and non-empty."""
     path = resolve_path(name_or_path)
     try:
         with open(path, "rb") as f:
@@ -299,7 +305,7 @@ def load(name_or_path, base=None):
             raise ConfigError(
                 f"config file {path!r} has a [{key}] table; configs are flat "
                 f"key = value lines. Allowed keys: {', '.join(FIELDS)}.")
-    return merge(base or Config(), data, source=f"config file {path!r}")
+    return path, data
 
 
 def from_dict(data, source="a saved config"):
@@ -308,13 +314,64 @@ def from_dict(data, source="a saved config"):
 
 
 def resolve(config_file=None, overrides=(), base=None, **flags):
-    """The CLI's view: base (defaults) <- config file <- flags (not None) <- ``--set``."""
-    config = load(config_file, base) if config_file else (base or Config())
+    """The CLI's view: base (defaults) <- config file <- flags (not None) <- ``--set``.
+
+    A run that nothing names (no ``name`` in the config file, no ``--name``, not a
+    resumed run) is named after its architecture (``architecture_name``).
+    """
+    config, named = base or Config(), base is not None
+    if config_file:
+        path, data = read_toml(config_file)
+        config = merge(config, data, source=f"config file {path!r}")
+        named = named or "name" in data
     changes = {key: value for key, value in flags.items() if value is not None}
     for text in overrides:
         key, value = parse_override(text)
         changes[key] = value
-    return merge(config, changes, source="the command line")
+    config = merge(config, changes, source="the command line")
+    if not (named or "name" in changes):
+        config = config.replace(name=architecture_name(config))
+    return config
+
+
+def architecture_name(config):
+    """``convmixer-<width>-<depth>``, then what differs from the paper's ConvMixer-256/8:
+    ``-s<skip_period>`` (long skips), ``-p<patch>``, ``-k<kernel>``, and the activation,
+    e.g. ``convmixer-256-66-s3-swish``."""
+    parts = [f"convmixer-{config.width}-{config.depth}"]
+    if config.skip_period:
+        parts.append(f"s{config.skip_period}")
+    if config.patch_size != Config.patch_size:
+        parts.append(f"p{config.patch_size}")
+    if config.kernel_size != Config.kernel_size:
+        parts.append(f"k{config.kernel_size}")
+    parts.append(config.activation)
+    if config.num_classes != Config.num_classes:
+        parts.append(f"c{config.num_classes}")
+    return "-".join(parts)
+
+
+def load_saved(run_dir):
+    """A run folder's config: config.json, or config.toml when config.json is damaged
+    (both are written at every start and resume)."""
+    from cmxl_keras.errors import RunError
+
+    problems = []
+    json_path = os.path.join(run_dir, "config.json")
+    try:
+        with open(json_path) as f:
+            return from_dict(json.load(f), source=json_path)
+    except (OSError, ValueError, TypeError, AttributeError) as error:  # ConfigError: ValueError
+        problems.append(f"config.json: {type(error).__name__}: {error}")
+    toml_path = os.path.join(run_dir, "config.toml")
+    try:
+        return load(toml_path, base=Config())
+    except (OSError, ValueError) as error:
+        problems.append(f"config.toml: {error}")
+    raise RunError(
+        f"{run_dir!r}: the run's saved config cannot be read ({'; '.join(problems)}). Without "
+        f"it the checkpoint's model and schedule are unknown. Restore config.json or "
+        f"config.toml from a copy of the run folder, or start a new run.")
 
 
 def variant_config(variant):
@@ -328,5 +385,6 @@ def variant_config(variant):
     return merge(Config(), changes)
 
 
-__all__ = ["Config", "ConfigError", "load", "merge", "parse_override", "resolve",
-           "validate", "variant_config", "from_dict"]
+__all__ = ["Config", "ConfigError", "architecture_name", "load", "load_saved", "merge",
+           "parse_override", "read_toml", "resolve", "validate", "variant_config",
+           "from_dict"]

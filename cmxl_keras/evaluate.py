@@ -156,9 +156,15 @@ def figures_to_tensorboard(log_dir, figures):
     writer.flush()
 
 
+HALVES = {"val": "the validation half (what training watched; Table 1 reports the test "
+                 "half: --split test)",
+          "test": "the test half (the figure Table 1 reports)",
+          "all": "both halves (validation and test)"}
+
+
 def format_table(results):
-    lines = [f"{results['form']} {results['source']} on {results['split']} "
-             f"({results['images']:,} images)",
+    lines = [f"{results['form']} {results['source']} on {results['split']}, "
+             f"{HALVES[results['split']]} ({results['images']:,} images)",
              f"  top-1 {100 * results['top1']:.2f} %   top-5 {100 * results['top5']:.2f} %   "
              f"loss {results['loss']:.4f}"]
     if "tta_flip" in results:

@@ -221,6 +221,19 @@ def new_run_dir(runs_dir, name, run_dir=None, overwrite=False, held=None, argv=N
     return run_dir
 
 
+def newest_finished_run(runs_dir):
+    """The run folder under ``runs_dir`` that finished last (it has model.keras and
+    results.json), or None."""
+    finished = []
+    if os.path.isdir(runs_dir):
+        for name in os.listdir(runs_dir):
+            folder = os.path.join(runs_dir, name)
+            results = os.path.join(folder, "results.json")
+            if os.path.isfile(results) and os.path.isfile(os.path.join(folder, "model.keras")):
+                finished.append((os.path.getmtime(results), folder))
+    return max(finished)[1] if finished else None
+
+
 def git_commit():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:

@@ -172,7 +172,7 @@ def check_resumable(run_dir, cfg, replan=False):
             f"--resume {run_dir!r}: the folder holds no checkpoint (checkpoints/"
             f"last.weights.h5 or good.weights.h5); the run stopped before its first "
             f"checkpoint. Start it again without --resume.")
-    saved = _saved_config(run_dir, config_lib)
+    saved = config_lib.load_saved(run_dir)
 
     def differences(keys):
         return [f"{k}: saved {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"
@@ -210,26 +210,6 @@ def check_resumable(run_dir, cfg, replan=False):
             f"curve in mid-run. Resume without them, or add --replan to follow the new "
             f"schedule from the current step on.")
     return saved
-
-
-def _saved_config(run_dir, config_lib):
-    """The run's config from config.json, or from config.toml when config.json is
-    damaged (both are written at every start and resume)."""
-    problems = []
-    json_path = os.path.join(run_dir, "config.json")
-    try:
-        return config_lib.from_dict(runs.read_json(json_path), source=json_path)
-    except (OSError, ValueError, TypeError, AttributeError) as error:  # ConfigError is a ValueError
-        problems.append(f"config.json: {type(error).__name__}: {error}")
-    toml_path = os.path.join(run_dir, "config.toml")
-    try:
-        return config_lib.load(toml_path, base=config_lib.Config())
-    except (OSError, ValueError) as error:
-        problems.append(f"config.toml: {error}")
-    raise RunError(
-        f"--resume {run_dir!r}: the run's saved config cannot be read ({'; '.join(problems)}). "
-        f"Without it the checkpoint's model and schedule are unknown. Restore config.json or "
-        f"config.toml from a copy of the run folder, or start a new run.")
 
 
 def augmentation_grid(dataset, rows=8, scale=2):

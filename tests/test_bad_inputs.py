@@ -170,6 +170,8 @@ CASES = [
                                                "--skip-period", "0"],
      ["trained with another model", "depth: saved 4, now 6"]),
     ("export missing run", lambda r: ["export", r / "norun"], ["does not exist", "runs/"]),
+    ("export with no finished run", lambda r: ["export", "--runs-dir", r / "runs"],
+     ["no finished run", "runs/", "python cli.py train"]),
     ("export non-model file", lambda r: ["export", "--checkpoint",
                                          (r / "m.keras").write_text("no") and r / "m.keras"],
      ["cannot load", "m.keras"]),

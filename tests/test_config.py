@@ -126,3 +126,18 @@ def test_missing_file_lists_known_names():
         config.load("no_such_config")
     assert "'no_such_config' not found" in str(info.value)
     assert "cm_xl" in str(info.value) and "smoke" in str(info.value)
+
+
+def test_a_run_nothing_names_is_named_after_its_architecture():
+    user = config.resolve(None, (), depth=66, skip_period=3, activation="swish")
+    assert user.name == "convmixer-256-66-s3-swish"
+    assert config.resolve().name == "convmixer-256-8-gelu"  # the paper's ConvMixer-256/8
+    assert config.resolve(None, ("patch_size=4", "kernel_size=9", "num_classes=100"),
+                          width=128).name == "convmixer-128-8-p4-k9-gelu-c100"
+    # A name from a config file, --name or --set wins, and a resumed run keeps its own.
+    assert config.resolve("smoke", (), depth=8).name == "smoke"
+    assert config.resolve("cm_vanilla").name == "cm_vanilla"  # the default's name, named
+    assert config.resolve(None, (), name="mine", depth=66, skip_period=3).name == "mine"
+    assert config.resolve(None, ("name=mine",)).name == "mine"
+    saved = config.Config(name="old_run")
+    assert config.resolve(None, (), base=saved, epochs=3).name == "old_run"

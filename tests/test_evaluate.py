@@ -27,6 +27,7 @@ def test_evaluate_agrees_across_the_three_model_forms(three_forms, cifar_dir, tm
         result = run_cli("evaluate", source, "--data-dir", cifar_dir, "--out", out, "--tta")
         assert result.returncode == 0, result.stderr[-3000:]
         assert "top-1" in result.stdout and "with flip TTA" in result.stdout
+        assert "on val, the validation half" in result.stdout and "--split test" in result.stdout
         results[form] = json.load(open(out / "eval_val.json"))
     ref = results["run"]
     assert ref["images"] == 128 and 0 <= ref["top1"] <= ref["top5"] <= 1

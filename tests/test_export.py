@@ -303,6 +303,23 @@ def test_failed_export_leaves_nothing_half_written(trained_run, tmp_path, monkey
     assert os.listdir(tmp_path) == []
 
 
+def test_export_without_a_source_takes_the_newest_finished_run(trained_run, tmp_path):
+    import shutil
+
+    runs_dir = tmp_path / "runs"
+    older, newer, unfinished = runs_dir / "a-older", runs_dir / "b-newer", runs_dir / "c-running"
+    for folder in (older, newer, unfinished):
+        shutil.copytree(trained_run, folder)
+    os.remove(unfinished / "results.json")  # still training: not a candidate
+    os.utime(older / "results.json", (1, 1))
+    result = run_cli("export", "--runs-dir", runs_dir, "--out", tmp_path / "out", "--formats",
+                     "saved_model", cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"taking the newest finished run in {runs_dir}/: {newer}" in result.stderr
+    meta = json.load(open(tmp_path / "out" / "smoke" / "metadata.json"))
+    assert meta["source_checkpoint"] == str(newer / "model.keras")
+
+
 @pytest.mark.parametrize("args,quoted", [
     (["export", "/no/such/run"], "does not exist"),
     (["export", "--checkpoint", "README.md"], "is not a Keras model file"),

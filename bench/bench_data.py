@@ -81,7 +81,7 @@ def train_rate(cfg, batch, steps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True,
-                        help="CIFAR-10 on disk (python ../shared/data/prepare_cifar10.py DIR)")
+                        help="CIFAR-10 on disk: an official layout or its .tar.gz")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--pipeline-batches", type=int, default=60)
     parser.add_argument("--train-steps", type=int, default=10)

@@ -26,6 +26,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 RECORD_BYTES = 1 + 32 * 32 * 3  # official CIFAR-10 binary record: label byte + R, G, B planes
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"  # the official CIFAR archives
 
 # Layout folder names, in the order they are preferred when several are present.
 FORMATS = {
@@ -321,8 +322,7 @@ def read_data_dir(path, image_size=32, skip_corrupt=False):
         raise DataError(
             f"--data-dir {path!r} does not exist. Give the folder that holds "
             f"cifar-10-batches-bin, cifar-10-batches-py, cifar-100-python or train/<class>/ "
-            f"images (or the official .tar.gz). To make one from the shipped images: "
-            f"python ../shared/data/prepare_cifar10.py {path}")
+            f"images (or the official .tar.gz from {OFFICIAL_URL}, as downloaded).")
     files = _Files(path)
     found = _find_layout(files)
     if not found:
@@ -374,10 +374,10 @@ def read_tfds(name, tfds_dir=None):
     import tensorflow_datasets as tfds
 
     offline_advice = (
-        "Point --data-dir at the official files instead, e.g. "
-        "'python cli.py train --data-dir /path/to/cifar-10-batches-py', or make them from "
-        "the shipped images with 'python ../shared/data/prepare_cifar10.py data/cifar10' "
-        "and pass '--data-dir data/cifar10'.")
+        f"Point --data-dir at the official files instead: download the python version "
+        f"of the archive from {OFFICIAL_URL} where there is a network, then e.g. "
+        f"'python cli.py train --data-dir /path/to/{name.replace('cifar', 'cifar-')}-python.tar.gz' "
+        f"(the .tar.gz as it is, or the folder it unpacks to).")
     try:
         builder = tfds.builder(name, data_dir=tfds_dir)
     except Exception as error:

@@ -133,7 +133,7 @@ CASES = [
     ("value out of range", lambda r: ["train", "--set", "erase_prob=2"],
      ["'erase_prob' has value 2.0", "between 0.0 and 1.0"]),
     ("missing data dir", lambda r: ["train", "--config", "smoke", "--data-dir", r / "nodata"],
-     ["does not exist", "prepare_cifar10.py"]),
+     ["does not exist", "www.cs.toronto.edu/~kriz/cifar.html"]),
     ("empty data dir", lambda r: ["train", "--config", "smoke", "--data-dir", r],
      ["no known dataset layout", "cifar-10-batches-bin"]),
     ("unknown data format", lambda r: ["train", "--config", "smoke", "--data-dir",

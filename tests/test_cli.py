@@ -81,3 +81,19 @@ def test_version_and_a_backend_that_is_not_installed():
     assert result.returncode == 2, result.stderr[-2000:]
     assert "the Keras backend 'jax'" in result.stderr and "pip install jax==" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_no_user_facing_text_points_outside_the_repository():
+    """The data folder beside this repository exists for its tests and CI only; a user's
+    clone has none, so the README, messages, configs and benchmarks never send a user
+    there."""
+    found = []
+    for folder, _, files in os.walk(ROOT):
+        if any(part in folder for part in (".git", "venv", "tests", "__pycache__")):
+            continue
+        for name in files:
+            if name.endswith((".py", ".md", ".toml", ".txt")):
+                path = os.path.join(folder, name)
+                if "../shared" in open(path, encoding="utf-8", errors="replace").read():
+                    found.append(os.path.relpath(path, ROOT))
+    assert not found, found

@@ -202,3 +202,6 @@ def test_tfds_without_network_fails_fast_with_data_dir_advice(tmp_path, monkeypa
         data.read_tfds("cifar10", tfds_dir=str(tmp_path))
     assert time.time() - start < 30
     assert "no network" in str(info.value) and "--data-dir" in str(info.value)
+    assert "cifar-10-python.tar.gz" in str(info.value) and "../" not in str(info.value)
+    with pytest.raises(DataError, match="cifar-100-python.tar.gz"):
+        data.read_tfds("cifar100", tfds_dir=str(tmp_path))

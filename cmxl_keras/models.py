@@ -108,20 +108,25 @@ def skip_group(x, group, first_index, num_layers, width, kernel_size, activation
     return layers.Add(name=f"group_{group}_skip")([x, y])
 
 
-def head(x, num_classes, init="torch"):
-    """Global average pool and a linear classifier returning logits.
+def head(x, num_classes, init="torch", classifier_activation=None):
+    """Global average pool and a linear classifier returning logits (or, with
+    ``classifier_activation``, its activation of them, e.g. ``"softmax"``).
 
     The logits are float32 even under a mixed-precision policy, so the softmax
     and loss stay numerically stable.
     """
     x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    return layers.Dense(num_classes, dtype="float32", name="head_logits",
-                        **_torch_init(init, x.shape[-1]))(x)
+    return layers.Dense(num_classes, activation=classifier_activation, dtype="float32",
+                        name="head_logits", **_torch_init(init, x.shape[-1]))(x)
+
+
+POOLINGS = (None, "avg", "max")
 
 
 def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes=10,
                     activation="gelu", skip_period=0, input_shape=(32, 32, 3), name=None,
-                    sync_bn=False, init="torch"):
+                    sync_bn=False, init="torch", include_top=True, pooling=None,
+                    classifier_activation=None):
     """Builds a ConvMixer (``skip_period=0``) or ConvMixer-XL graph.
 
     Args:
@@ -141,9 +146,17 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
         init: ``"torch"`` for PyTorch's default initialization of every convolution and
             the classifier (what the reference trains from), ``"keras"`` for Keras'
             (glorot-uniform kernels, zero biases).
+        include_top: the classifier head (as in ``keras.applications``). ``False``
+            returns the last layer's feature map ``[batch, size/p, size/p, width]``, a
+            backbone for another head.
+        pooling: with ``include_top=False``: ``None`` (the feature map), ``"avg"`` or
+            ``"max"`` (global pooling to ``[batch, width]``).
+        classifier_activation: with ``include_top``: ``None`` for logits (what
+            training uses), or an activation such as ``"softmax"``.
 
     Returns:
-        A ``keras.Model`` mapping raw images (uint8 or float in [0, 255]) to logits.
+        A ``keras.Model`` mapping raw images (uint8 or float in [0, 255]) to logits
+        (or what ``include_top``, ``pooling`` and ``classifier_activation`` ask for).
         Pixel normalization with the paper's mean/std happens inside the model.
 
     Raises:
@@ -152,6 +165,8 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
     input_shape = tuple(input_shape)
     check_architecture(width, depth, patch_size, kernel_size, activation, skip_period,
                        input_shape, num_classes)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r} is not one of None, 'avg', 'max'.")
     inputs = keras.Input(shape=input_shape, name="image")
     # Normalize raw [0, 255] pixels inside the model (the reference's ToTensor +
     # Normalize), so exported models take raw images. No trainable weights.
@@ -168,7 +183,14 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
     else:
         for index in range(1, depth + 1):
             x = mixer_layer(x, index, width, kernel_size, activation, sync_bn, init)
-    outputs = head(x, num_classes, init)
+    if include_top:
+        outputs = head(x, num_classes, init, classifier_activation)
+    elif pooling == "avg":
+        outputs = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    elif pooling == "max":
+        outputs = layers.GlobalMaxPooling2D(name="head_pool")(x)
+    else:
+        outputs = x
     return keras.Model(inputs, outputs, name=name or f"convmixer_{width}_{depth}")
 
 

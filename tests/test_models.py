@@ -263,3 +263,52 @@ def test_the_int8_export_runs_on_the_tensorflow_whose_internals_it_uses():
     assert callable(convert.mlir_quantize)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([], None)
     assert converter._experimental_calibrate_only is False
+
+
+BACKBONE_CHECK = """
+import numpy as np, keras
+from cmxl_keras import models
+
+kwargs = dict(width=16, depth=4, patch_size=4, kernel_size=3, skip_period=2)
+full = models.build_convmixer(**kwargs)
+x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("float32")
+logits = np.asarray(full(x, training=False))
+features = models.build_convmixer(include_top=False, **kwargs)
+avg = models.build_convmixer(include_top=False, pooling="avg", **kwargs)
+peak = models.build_convmixer(include_top=False, pooling="max", **kwargs)
+probs = models.build_convmixer(classifier_activation="softmax", **kwargs)
+for model in (features, avg, peak, probs):  # the backbone's weights are the full model's
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(full.get_layer(layer.name).get_weights())
+fmap = np.asarray(features(x, training=False))
+assert fmap.shape == (3, 8, 8, 16), fmap.shape
+assert "head_logits" not in [layer.name for layer in features.layers]
+np.testing.assert_allclose(np.asarray(avg(x, training=False)), fmap.mean(axis=(1, 2)),
+                           rtol=1e-5, atol=1e-5)
+np.testing.assert_allclose(np.asarray(peak(x, training=False)), fmap.max(axis=(1, 2)),
+                           rtol=1e-5, atol=1e-5)
+# The pooled features through the full model's classifier give its logits.
+dense = full.get_layer("head_logits")
+np.testing.assert_allclose(np.asarray(dense(avg(x, training=False))), logits, rtol=1e-4,
+                           atol=1e-4)
+p = np.asarray(probs(x, training=False))
+e = np.exp(logits - logits.max(axis=1, keepdims=True))
+np.testing.assert_allclose(p, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+try:
+    models.build_convmixer(include_top=False, pooling="mean", **kwargs)
+    raise SystemExit("pooling='mean' was accepted")
+except ValueError as error:
+    assert "pooling 'mean'" in str(error)
+print("backbone ok on", keras.backend.backend())
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_the_builder_gives_a_backbone_like_keras_applications(backend):
+    """include_top=False (feature map, or pooled with pooling='avg'|'max') and
+    classifier_activation, checked against the full model's own computation."""
+    result = run_process([sys.executable, "-c", BACKBONE_CHECK], timeout=300,
+                         env={"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f"backbone ok on {backend}"

@@ -104,6 +104,15 @@ def cli():
               f"run with --backend tensorflow.")
 
 
+def _echo_json(data):
+    """One JSON object on stdout (numpy scalars and arrays as plain numbers and lists)."""
+    import json
+
+    from cmxl_keras.runs import _json_default
+
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
 def _importable(module):
     try:
         importlib.import_module(module)
@@ -144,8 +153,9 @@ def resolve_config(config_file, overrides, base=None, **flags):
 @model_options
 @click.option("--variant", help="A Table-1 model: cm_vanilla, cm_xl, ... (see README).")
 @click.option("--summary/--no-summary", default=False, help="Print the layer-by-layer summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @user_errors
-def info(config_file, overrides, variant, summary, **flags):
+def info(config_file, overrides, variant, summary, as_json, **flags):
     """Model summary, parameter counts and FLOPs of a config or Table-1 variant."""
     from cmxl_keras import architecture, config
 
@@ -178,6 +188,11 @@ def info(config_file, overrides, variant, summary, **flags):
                              cfg.num_classes, cfg.image_size)
     skips = (f"{cfg.skip_period} long skips of {cfg.depth // cfg.skip_period} layers"
              if cfg.skip_period else "no long skips")
+    if as_json:
+        _echo_json({"config": cfg.to_dict(), "trainable_params": trainable,
+                    "non_trainable_params": total - trainable, "macs_per_image": macs,
+                    "flops_per_image": 2 * macs, "layers": len(model.layers)})
+        return
     click.echo(f"model: {cfg.name}  (ConvMixer-{cfg.width}/{cfg.depth}, "
                f"patch {cfg.patch_size}, kernel {cfg.kernel_size}, {cfg.activation}, {skips})")
     click.echo(f"input: {cfg.image_size}x{cfg.image_size}x3 raw pixels, "
@@ -253,14 +268,18 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
 @click.option("--tta", is_flag=True, help="Also report horizontal-flip test-time augmentation.")
 @click.option("--out", "out_dir", type=str,
               help="Where JSON and figures go (default: the run folder, else evaluations/).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @user_errors
-def evaluate(source, data_dir, split, tta, out_dir):
+def evaluate(source, data_dir, split, tta, out_dir, as_json):
     """Evaluate a run folder, .keras file or exported SavedModel."""
     _quiet_tensorflow()
     from cmxl_keras import evaluate as evaluate_lib
 
     results = evaluate_lib.evaluate(source, data_dir, split, tta, out_dir,
                                     log=lambda m: click.echo(m, err=True))
+    if as_json:
+        _echo_json(results)
+        return
     click.echo(evaluate_lib.format_table(results))
     for path in results["figures"].values():
         click.echo(f"  figure: {path}")
@@ -283,9 +302,11 @@ def evaluate(source, data_dir, split, tta, out_dir):
               help="Keep the export even if a format misses its parity target.")
 @click.option("--runs-dir", default="runs", show_default=True,
               help="Without SOURCE: export the newest finished run in this folder.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (folder and metadata) on stdout; logs go to stderr.")
 @user_errors
 def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
-           allow_parity_miss, runs_dir):
+           allow_parity_miss, runs_dir, as_json):
     """Export a run (or .keras file) to SavedModel and TFLite, with parity checks.
 
     SOURCE defaults to the newest finished run in --runs-dir."""
@@ -310,7 +331,14 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
                                                       model.input_shape[1])
     folder, metadata = export_lib.export(
         loaded, source, formats, out_dir, name, calibration, images, class_names,
-        allow_parity_miss=allow_parity_miss)
+        allow_parity_miss=allow_parity_miss,
+        log=(lambda m: click.echo(m, err=True)) if as_json else click.echo)
+    failures = export_lib.parity_failures(metadata["parity"])
+    if as_json:
+        _echo_json(dict(folder=folder, parity_failures=failures, **metadata))
+        if failures:
+            click.echo("parity below target: " + "; ".join(failures), err=True)
+        return
     report = metadata["parity"]
     click.echo(f"exported to {folder}")
     for fname, size in metadata["file_sizes"].items():
@@ -319,7 +347,6 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
     for key, value in report.items():
         if key != "images":
             click.echo(f"  {key} = {value:.6g}")
-    failures = export_lib.parity_failures(report)
     if failures:
         click.echo("parity below target: " + "; ".join(failures), err=True)
 

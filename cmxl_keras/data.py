@@ -20,6 +20,7 @@ import tarfile
 
 import numpy as np
 
+from cmxl_keras import progress
 from cmxl_keras.errors import DataError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -288,7 +289,7 @@ def _read_image_split(files, folder, image_size, skip_corrupt, class_names=None)
             raise DataError(
                 f"class folder {files.describe(class_dir)!r} holds no images (.png, .jpg, "
                 f".jpeg, .bmp). Remove the empty class folder or add its images.")
-        for fname in names:
+        for fname in progress.bar(names, desc=f"decode {name}", unit="image"):
             rel = os.path.join(class_dir, fname)
             try:
                 images.append(_decode_image(files.read(rel), files.describe(rel), image_size))

@@ -58,10 +58,11 @@ class Predictor:
         if self.kind == "saved_model":
             from cmxl_keras.export import saved_model_predict
 
-            return saved_model_predict(self._saved_model_dir(self.source), images, batch)
+            return saved_model_predict(self._saved_model_dir(self.source), images, batch,
+                                       desc="evaluate")
         from cmxl_keras.export import keras_predict
 
-        return keras_predict(self.model, images, batch)
+        return keras_predict(self.model, images, batch, desc="evaluate")
 
 
 def metrics(probabilities, labels, num_classes):

@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from cmxl_keras import runs
+from cmxl_keras import progress, runs
 from cmxl_keras.errors import ParityMiss, RunError
 
 PINNED_TENSORFLOW = "2.20.0"  # the version the int8 path's internals were verified with
@@ -335,7 +335,7 @@ def calibrated_int8(saved_model_dir, calibration, batch=8):
                                    experimental_preserve_all_tensors=True)
     index = interpreter.get_input_details()[0]["index"]
     low, high = {}, {}
-    for start in range(0, len(images), batch):
+    for start in progress.batches(len(images), batch, "int8 calibration"):
         chunk = images[start:start + batch]
         interpreter.resize_tensor_input(index, chunk.shape)
         interpreter.allocate_tensors()
@@ -422,39 +422,46 @@ class TFLiteRunner:
         self.input_dtype = runner.get_input_details()[self.input_name]["dtype"]
         self.runner = runner
 
-    def __call__(self, images):
+    def __call__(self, images, desc=None):
         images = np.asarray(images).astype(self.input_dtype)
-        out = self.runner(**{self.input_name: images})
-        return np.asarray(out["probabilities"], np.float32)
+        if desc is None:
+            out = self.runner(**{self.input_name: images})
+            return np.asarray(out["probabilities"], np.float32)
+        return np.concatenate([
+            np.asarray(self.runner(**{self.input_name: images[i:i + 256]})["probabilities"],
+                       np.float32) for i in progress.batches(len(images), 256, desc)])
 
 
-def saved_model_predict(path, images, batch=256):
+def saved_model_predict(path, images, batch=256, desc="SavedModel"):
     import tensorflow as tf
 
     serve = tf.saved_model.load(path).signatures["serving_default"]
     return np.concatenate([serve(images=tf.constant(images[i:i + batch], tf.uint8))
-                           ["probabilities"].numpy() for i in range(0, len(images), batch)])
+                           ["probabilities"].numpy()
+                           for i in progress.batches(len(images), batch, desc)])
 
 
-def keras_predict(model, images, batch=256):
+def keras_predict(model, images, batch=256, desc="Keras model"):
     import keras
 
-    logits = model.predict(images.astype(np.float32), batch_size=batch, verbose=0)
-    return np.asarray(keras.ops.softmax(logits, axis=-1))
+    logits = [model.predict_on_batch(images[i:i + batch].astype(np.float32))
+              for i in progress.batches(len(images), batch, desc)]
+    return np.asarray(keras.ops.softmax(np.concatenate(logits), axis=-1))
 
 
 def parity(model, folder, images, formats):
     """Agreement of every exported format with the Keras model on ``images``."""
-    reference = keras_predict(model, images)
+    reference = keras_predict(model, images, desc="parity: Keras model")
     top1 = reference.argmax(-1)
     report = {"images": int(len(images))}
     if "saved_model" in formats:
-        got = saved_model_predict(os.path.join(folder, "saved_model", "1"), images)
+        got = saved_model_predict(os.path.join(folder, "saved_model", "1"), images,
+                                  desc="parity: SavedModel")
         report["saved_model_max_abs_diff"] = float(np.abs(got - reference).max())
         report["saved_model_top1_agreement"] = float((got.argmax(-1) == top1).mean())
     for kind, name in TFLITE_FILES.items():
         if kind in formats:
-            got = TFLiteRunner(os.path.join(folder, name))(images)
+            got = TFLiteRunner(os.path.join(folder, name))(images, desc=f"parity: {kind}")
             report[f"{kind}_max_abs_diff"] = float(np.abs(got - reference).max())
             report[f"{kind}_top1_agreement"] = float((got.argmax(-1) == top1).mean())
     return report

@@ -86,8 +86,10 @@ def _ablation(overrides, out_dir, log):
 
     from cmxl_keras import architecture, config, evaluate, train
 
+    from cmxl_keras import progress
+
     rows = []
-    for variant in TABLE1:
+    for variant in progress.bar(TABLE1, desc="ablation", unit="run", leave=True):
         cfg = config.merge(config.load(variant), overrides, source="the ablation options")
         run_dir = os.path.join(out_dir, variant)
         paths = runs.checkpoint_paths(run_dir)

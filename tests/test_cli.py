@@ -97,3 +97,18 @@ def test_no_user_facing_text_points_outside_the_repository():
                 if "../shared" in open(path, encoding="utf-8", errors="replace").read():
                     found.append(os.path.relpath(path, ROOT))
     assert not found, found
+
+
+def test_info_json_is_one_object_with_the_counts():
+    from cmxl_keras import architecture
+
+    result = run_cli("info", "--variant", "cm_xl", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = __import__("json").loads(result.stdout)
+    cfg = info["config"]
+    assert cfg["name"] == "cm_xl" and cfg["depth"] == 66 and cfg["skip_period"] == 3
+    assert info["trainable_params"] == architecture.count_params(
+        cfg["width"], cfg["depth"], cfg["patch_size"], cfg["kernel_size"], cfg["num_classes"])
+    assert info["non_trainable_params"] == 2 * cfg["width"] * (1 + 2 * cfg["depth"])  # BN stats
+    assert info["trainable_params"] < 5_000_000 and info["flops_per_image"] == 2 * info[
+        "macs_per_image"]

@@ -60,9 +60,10 @@ def test_evaluate_matches_an_independent_forward_pass(three_forms, cifar_dir, tm
     confusion = np.zeros((10, 10), int)
     np.add.at(confusion, (labels, ranked[:, 0]), 1)
 
-    result = run_cli("evaluate", run, "--data-dir", cifar_dir, "--out", tmp_path)
+    result = run_cli("evaluate", run, "--data-dir", cifar_dir, "--out", tmp_path, "--json")
     assert result.returncode == 0, result.stderr[-3000:]
-    got = json.load(open(tmp_path / "eval_val.json"))
+    got = json.loads(result.stdout)  # --json: one JSON object on stdout, nothing else
+    assert got == json.load(open(tmp_path / "eval_val.json")) | {"figures": got["figures"]}
     assert got["images"] == len(labels) == 128
     assert got["top1"] == pytest.approx(np.mean(ranked[:, 0] == labels), abs=1e-9)
     assert got["top5"] == pytest.approx(np.mean([y in r[:5] for y, r in zip(labels, ranked)]),
@@ -97,3 +98,54 @@ def test_test_split_without_test_data_is_a_clear_error(three_forms, cifar_dir, t
                      "--out", tmp_path)
     assert result.returncode == 3 and "has no test split" in result.stderr  # a data error
     assert "--split val" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_progress_bars_show_on_a_terminal_only(three_forms, cifar_dir, tmp_path):
+    """On a terminal, evaluate shows a progress bar on stderr; with stderr in a pipe (logs,
+    CI) it shows none; stdout holds the JSON either way."""
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    from conftest import ROOT
+
+    args = [sys.executable, os.path.join(ROOT, "cli.py"), "evaluate", three_forms["keras"],
+            "--data-dir", cifar_dir, "--out", str(tmp_path), "--json"]
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))  # 100 columns
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, cwd=ROOT)
+    os.close(slave)
+    terminal = []
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child closed its end
+                return
+            if not chunk:
+                return
+            terminal.append(chunk.decode(errors="replace"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        stdout, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("evaluate on a terminal did not end within 300 s; its terminal output:\n"
+                    + "".join(terminal)[-3000:])
+    reader.join(timeout=30)
+    os.close(master)
+    assert proc.returncode == 0, "".join(terminal)[-3000:]
+    assert json.loads(stdout)["images"] == 128
+    shown = "".join(terminal)
+    assert "evaluate:" in shown and "batch" in shown, shown[-2000:]
+    piped = run_cli(*args[2:])
+    assert piped.returncode == 0 and "evaluate:" not in piped.stderr
+    assert json.loads(piped.stdout)["images"] == 128

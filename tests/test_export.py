@@ -313,11 +313,14 @@ def test_export_without_a_source_takes_the_newest_finished_run(trained_run, tmp_
     os.remove(unfinished / "results.json")  # still training: not a candidate
     os.utime(older / "results.json", (1, 1))
     result = run_cli("export", "--runs-dir", runs_dir, "--out", tmp_path / "out", "--formats",
-                     "saved_model", cwd=str(tmp_path))
+                     "saved_model", "--json", cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"taking the newest finished run in {runs_dir}/: {newer}" in result.stderr
     meta = json.load(open(tmp_path / "out" / "smoke" / "metadata.json"))
     assert meta["source_checkpoint"] == str(newer / "model.keras")
+    printed = json.loads(result.stdout)  # --json: the folder and its metadata, nothing else
+    assert printed.pop("folder") == str(tmp_path / "out" / "smoke")
+    assert printed.pop("parity_failures") == [] and printed == meta
 
 
 @pytest.mark.parametrize("args,quoted", [

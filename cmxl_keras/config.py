@@ -146,7 +146,19 @@ BOUNDS = {
     "checkpoint_every_steps": (0, None),
 }
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# The shipped configs: configs/ of a clone, or cmxl_keras/configs/ where ``pip install .``
+# put them (pyproject.toml maps the one onto the other).
+CONFIG_DIR = next((folder for folder in (os.path.join(os.path.dirname(_PACKAGE), "configs"),
+                                         os.path.join(_PACKAGE, "configs"))
+                   if os.path.isdir(folder)), os.path.join(_PACKAGE, "configs"))
+
+
+def config_dirs():
+    """Where a config name is looked up, first match wins: ``configs/`` of the working
+    directory (the folder users edit), then the shipped configs."""
+    here = os.path.abspath("configs")
+    return [here] + [CONFIG_DIR] if os.path.isdir(here) and here != CONFIG_DIR else [CONFIG_DIR]
 
 
 def _toml_value(value):
@@ -266,16 +278,20 @@ def merge(base, changes, source="the overrides"):
 
 
 def resolve_path(name_or_path):
-    """A config file path from a path or a name in configs/ (``smoke`` -> configs/smoke.toml)."""
+    """A config file path from a path or a name (``smoke`` -> configs/smoke.toml, looked
+    up in ``config_dirs()``)."""
     if os.path.isfile(name_or_path):
         return name_or_path
-    candidate = os.path.join(CONFIG_DIR, f"{name_or_path}.toml")
-    if os.path.isfile(candidate):
-        return candidate
-    names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".toml"))
+    folders = config_dirs()
+    for folder in folders:
+        candidate = os.path.join(folder, f"{name_or_path}.toml")
+        if os.path.isfile(candidate):
+            return candidate
+    names = sorted({f[:-5] for folder in folders for f in os.listdir(folder)
+                    if f.endswith(".toml")})
     raise ConfigError(
         f"config file {name_or_path!r} not found. Give a path to a .toml file or one "
-        f"of the names in configs/: {', '.join(names)}.")
+        f"of the names in {' or '.join(folders)}: {', '.join(names)}.")
 
 
 def load(name_or_path, base=None):

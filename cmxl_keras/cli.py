@@ -1,0 +1,460 @@
+"""cmxl-keras command line: a thin front end over the cmxl_keras library.
+
+Run as ``python cli.py ...`` from a clone, or as ``cmxl ...`` after ``pip install .``:
+
+    python cli.py info --variant cm_xl
+    python cli.py train --depth 66 --skip-period 3 --act swish
+    python cli.py train --config smoke --data-dir data/cifar10
+
+Every command parses its flags, resolves the config and calls the library.
+Errors caused by input (a flag, a config value, a file) are printed as one
+paragraph naming the value and the fix, with a non-zero exit and no traceback.
+"""
+
+import functools
+import importlib
+import os
+import sys
+
+import click
+
+from cmxl_keras import __version__
+from cmxl_keras.config import CHOICES
+
+# Keep TensorFlow's C++ start-up chatter (including "failed call to cuInit" on
+# machines without a GPU) out of the user's terminal; set it to 0 to debug.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Exit codes, so that scripts and schedulers can tell outcomes apart (README, "When
+# things go wrong"). 2 is also what click uses for a usage error.
+EXIT_OK = 0
+EXIT_USER_ERROR = 2  # a bad flag, config value, run folder or checkpoint
+EXIT_DATA_ERROR = 3  # a missing, partial or unreadable dataset
+EXIT_DIVERGED = 4  # the loss became NaN or infinite; the last good checkpoint is kept
+EXIT_PARITY_MISS = 5  # an export missed a parity target (files kept only on request)
+EXIT_IN_USE = 6  # another live process trains in the run folder (its PID is named)
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; every finished step is saved
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 2 bad flag, config value, run folder or checkpoint; 3 bad or "
+    "missing data; 4 training diverged (NaN); 5 export parity below target; 6 run "
+    "folder in use by another process; 130 interrupted (saved, resumable).")
+
+
+def _fail(message, code=EXIT_USER_ERROR):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def user_errors(command):
+    """Turns the library's user-facing errors into a clean message and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from cmxl_keras.errors import (CmxlError, DataError, ParityMiss, RunInUse,
+                                       TrainingDiverged)
+
+        try:
+            return command(*args, **kwargs)
+        except DataError as error:
+            _fail(str(error), EXIT_DATA_ERROR)
+        except ParityMiss as error:
+            _fail(str(error), EXIT_PARITY_MISS)
+        except TrainingDiverged as error:
+            _fail(str(error), EXIT_DIVERGED)
+        except RunInUse as error:
+            _fail(str(error), EXIT_IN_USE)
+        except CmxlError as error:
+            _fail(str(error))
+
+    return wrapper
+
+
+def _quiet_tensorflow():
+    """keras-cv's vectorized augmentations log a warning per op they cannot vectorize."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    tf.get_logger().setLevel("ERROR")
+
+
+def _set_backend(ctx, param, value):
+    # The backend must be chosen before Keras is imported; commands import the
+    # library lazily for that reason.
+    if value:
+        os.environ["KERAS_BACKEND"] = value
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+@click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]),
+              callback=_set_backend, expose_value=False, is_eager=True,
+              help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
+@click.version_option(__version__, prog_name="cmxl-keras")
+def cli():
+    """ConvMixer / ConvMixer-XL on CIFAR in Keras 3: train, evaluate, export, serve."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    # TensorFlow is a requirement; the other backends are optional installs. (Not checked
+    # for tensorflow: `predict --format tflite` runs where only LiteRT is installed.)
+    if backend in ("jax", "torch") and not _importable(backend):
+        pins = {"jax": "jax==0.10.2 jaxlib==0.10.2", "torch": "torch==2.14.1"}[backend]
+        _fail(f"the Keras backend {backend!r} (from --backend or KERAS_BACKEND) is not "
+              f"installed. Install it with 'pip install {pins}' (pinned in "
+              f"requirements-dev.txt; requirements-gpu.txt has the CUDA build of JAX), or "
+              f"run with --backend tensorflow.")
+
+
+def _echo_json(data):
+    """One JSON object on stdout (numpy scalars and arrays as plain numbers and lists)."""
+    import json
+
+    from cmxl_keras.runs import _json_default
+
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _importable(module):
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def model_options(command):
+    """Architecture flags shared by train and info; None means 'not given'."""
+    options = [
+        click.option("--config", "config_file", metavar="FILE|NAME",
+                     help="TOML config file, or a name in configs/ (e.g. smoke, cm_xl)."),
+        click.option("--width", type=int, help="Channels h of every layer (paper: 256)."),
+        click.option("--depth", type=int, help="Number of ConvMixer layers (8, or 66 for XL)."),
+        click.option("--patch-size", type=int, help="Stem patch size p (paper: 2)."),
+        click.option("--kernel-size", type=int, help="Depthwise kernel size k (paper: 5)."),
+        click.option("--act", "--activation", "activation",
+                     help="gelu, relu, silu (= swish) or leaky_relu."),
+        click.option("--skip-period", type=int,
+                     help="Long-skip groups; depth must divide by it; 0 = none."),
+        click.option("--num-classes", type=int, help="10 for CIFAR-10, 100 for CIFAR-100."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override any config key; repeatable."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def resolve_config(config_file, overrides, base=None, **flags):
+    from cmxl_keras import config
+
+    return config.resolve(config_file, overrides, base=base, **flags)
+
+
+@cli.command()
+@model_options
+@click.option("--variant", help="A Table-1 model: cm_vanilla, cm_xl, ... (see README).")
+@click.option("--summary/--no-summary", default=False, help="Print the layer-by-layer summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@user_errors
+def info(config_file, overrides, variant, summary, as_json, **flags):
+    """Model summary, parameter counts and FLOPs of a config or Table-1 variant."""
+    from cmxl_keras import architecture, config
+
+    if variant:
+        if variant not in architecture.VARIANTS:
+            raise config.ConfigError(
+                f"unknown variant {variant!r}; choose one of "
+                f"{', '.join(architecture.VARIANTS)}.")
+        base = config.variant_config(variant)
+        changes = {k: v for k, v in flags.items() if v is not None}
+        for text in overrides:
+            key, value = config.parse_override(text)
+            changes[key] = value
+        cfg = config.merge(base, changes, source="the command line")
+    else:
+        cfg = resolve_config(config_file, overrides, **flags)
+
+    from cmxl_keras import models
+
+    model = models.build_convmixer(
+        width=cfg.width, depth=cfg.depth, patch_size=cfg.patch_size,
+        kernel_size=cfg.kernel_size, num_classes=cfg.num_classes, activation=cfg.activation,
+        skip_period=cfg.skip_period, input_shape=(cfg.image_size, cfg.image_size, 3),
+        name=cfg.name)
+    if summary:
+        model.summary(line_length=110)
+    trainable = models.trainable_param_count(model)
+    total = model.count_params()
+    macs = models.count_macs(cfg.width, cfg.depth, cfg.patch_size, cfg.kernel_size,
+                             cfg.num_classes, cfg.image_size)
+    skips = (f"{cfg.skip_period} long skips of {cfg.depth // cfg.skip_period} layers"
+             if cfg.skip_period else "no long skips")
+    if as_json:
+        _echo_json({"config": cfg.to_dict(), "trainable_params": trainable,
+                    "non_trainable_params": total - trainable, "macs_per_image": macs,
+                    "flops_per_image": 2 * macs, "layers": len(model.layers)})
+        return
+    click.echo(f"model: {cfg.name}  (ConvMixer-{cfg.width}/{cfg.depth}, "
+               f"patch {cfg.patch_size}, kernel {cfg.kernel_size}, {cfg.activation}, {skips})")
+    click.echo(f"input: {cfg.image_size}x{cfg.image_size}x3 raw pixels, "
+               f"{cfg.num_classes} classes")
+    click.echo(f"trainable parameters: {trainable:,}")
+    click.echo(f"non-trainable parameters: {total - trainable:,}  (BatchNorm moving statistics)")
+    click.echo(f"MACs per image: {macs:,}  (FLOPs ~ {2 * macs / 1e9:.3f} G)")
+
+
+@cli.command()
+@model_options
+@click.option("--epochs", type=int, help="Training epochs (paper: 100).")
+@click.option("--batch-size", type=int, help="Global batch size (paper: 128).")
+@click.option("--lr", "lr_max", type=float, help="Peak learning rate of the one-cycle (0.005).")
+@click.option("--data-dir", type=str, help="Official CIFAR files, their .tar.gz, or images.")
+@click.option("--val-from-train", type=int, help="Carve N validation images from train.")
+@click.option("--limit-train", type=int, help="Train on the first N images only.")
+@click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch.")
+@click.option("--seed", type=int, help="Random seed (paper: 1024).")
+@click.option("--name", type=str, help="Run name (the run folder is runs/<name>-<time>).")
+@click.option("--precision", type=click.Choice(CHOICES["precision"]),
+              help="auto = mixed_float16 on a GPU, float32 on a CPU.")
+@click.option("--strategy", type=click.Choice(CHOICES["strategy"]),
+              help="tf.distribute: auto, one_device, mirrored, multi_worker (TF_CONFIG).")
+@click.option("--runs-dir", default="runs", show_default=True,
+              help="Parent folder of new run folders.")
+@click.option("--run-dir", type=str, help="Exact folder of this run (default runs/<name>-<time>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --run-dir.")
+@click.option("--resume", type=str, metavar="RUN_DIR",
+              help="Continue a run from its last checkpoint (its config, plus any overrides).")
+@click.option("--replan", is_flag=True,
+              help="With --resume: accept new epochs / lr_max and follow the re-planned "
+                   "one-cycle from the current step.")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve and check the config, print it as TOML, and exit.")
+@user_errors
+def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume, replan,
+          **flags):
+    """Train a model with the paper's recipe (model.fit, one-cycle, AdamW)."""
+    base = None
+    if resume:
+        from cmxl_keras import config as config_lib
+
+        if not os.path.isdir(resume):
+            from cmxl_keras.errors import RunError
+
+            raise RunError(
+                f"--resume {resume!r}: no such run folder. Give a folder made by "
+                f"'python cli.py train' (look under {runs_dir}/).")
+        base = config_lib.load_saved(resume)  # config.json, or config.toml if it is damaged
+    cfg = resolve_config(config_file, overrides, base=base, **flags)
+    if dry_run:
+        click.echo(cfg.to_toml(), nl=False)
+        return
+    from cmxl_keras import train as train_lib
+
+    _quiet_tensorflow()
+    try:
+        train_lib.train(cfg, runs_dir=runs_dir, run_dir=run_dir, resume=resume,
+                        overwrite=overwrite, argv=["python"] + sys.argv, replan=replan)
+    except train_lib.TrainingInterrupted as error:
+        click.echo(str(error), err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        _fail("interrupted before training started; nothing was trained.")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--data-dir", type=str, help="Data to evaluate on (default: the run's own).")
+@click.option("--split", type=click.Choice(["val", "test", "all"]), default="val",
+              show_default=True, help="Which half of the split protocol to evaluate.")
+@click.option("--tta", is_flag=True, help="Also report horizontal-flip test-time augmentation.")
+@click.option("--out", "out_dir", type=str,
+              help="Where JSON and figures go (default: the run folder, else evaluations/).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@user_errors
+def evaluate(source, data_dir, split, tta, out_dir, as_json):
+    """Evaluate a run folder, .keras file or exported SavedModel."""
+    _quiet_tensorflow()
+    from cmxl_keras import evaluate as evaluate_lib
+
+    results = evaluate_lib.evaluate(source, data_dir, split, tta, out_dir,
+                                    log=lambda m: click.echo(m, err=True))
+    if as_json:
+        _echo_json(results)
+        return
+    click.echo(evaluate_lib.format_table(results))
+    for path in results["figures"].values():
+        click.echo(f"  figure: {path}")
+
+
+@cli.command()
+@click.argument("source", required=False)
+@click.option("--checkpoint", type=str, help="A .keras file instead of a run folder.")
+@click.option("--formats", default=",".join(["saved_model", "tflite", "tflite_fp16",
+                                              "tflite_int8"]), show_default=True,
+              help="Comma-separated: saved_model, tflite, tflite_fp16, tflite_int8.")
+@click.option("--out", "out_dir", default="exported", show_default=True,
+              help="Parent folder; the export goes to OUT/<name>/.")
+@click.option("--name", type=str, help="Export name (default: the run's config name).")
+@click.option("--data-dir", type=str,
+              help="Images for int8 calibration and parity checks (default: the run's data).")
+@click.option("--parity-images", type=int, default=512, show_default=True,
+              help="Validation images compared across formats.")
+@click.option("--allow-parity-miss", is_flag=True,
+              help="Keep the export even if a format misses its parity target.")
+@click.option("--runs-dir", default="runs", show_default=True,
+              help="Without SOURCE: export the newest finished run in this folder.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (folder and metadata) on stdout; logs go to stderr.")
+@user_errors
+def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
+           allow_parity_miss, runs_dir, as_json):
+    """Export a run (or .keras file) to SavedModel and TFLite, with parity checks.
+
+    SOURCE defaults to the newest finished run in --runs-dir."""
+    from cmxl_keras import export as export_lib, runs
+
+    formats = export_lib.check_formats(tuple(f.strip() for f in formats.split(",") if f.strip()))
+    if not source and not checkpoint:
+        source = runs.newest_finished_run(runs_dir)
+        if source is None:
+            from cmxl_keras.errors import RunError
+
+            raise RunError(
+                f"export needs a run: no finished run (model.keras and results.json) in "
+                f"{runs_dir}/. Train one first (python cli.py train ...), or name it: python "
+                f"cli.py export runs/<dir> (or --checkpoint FILE.keras, --runs-dir DIR).")
+        click.echo(f"export: no run given; taking the newest finished run in {runs_dir}/: "
+                   f"{source}", err=True)
+    _quiet_tensorflow()
+    loaded = export_lib.load_source(source, checkpoint)
+    model, cfg, _ = loaded
+    calibration, images, class_names = _export_images(cfg, data_dir, parity_images,
+                                                      model.input_shape[1])
+    folder, metadata = export_lib.export(
+        loaded, source, formats, out_dir, name, calibration, images, class_names,
+        allow_parity_miss=allow_parity_miss,
+        log=(lambda m: click.echo(m, err=True)) if as_json else click.echo)
+    failures = export_lib.parity_failures(metadata["parity"])
+    if as_json:
+        _echo_json(dict(folder=folder, parity_failures=failures, **metadata))
+        if failures:
+            click.echo("parity below target: " + "; ".join(failures), err=True)
+        return
+    report = metadata["parity"]
+    click.echo(f"exported to {folder}")
+    for fname, size in metadata["file_sizes"].items():
+        click.echo(f"  {fname}: {size / 1e6:.2f} MB")
+    click.echo(f"parity on {report.get('images', 0)} images:")
+    for key, value in report.items():
+        if key != "images":
+            click.echo(f"  {key} = {value:.6g}")
+    if failures:
+        click.echo("parity below target: " + "; ".join(failures), err=True)
+
+
+def _export_images(cfg, data_dir, count, size):
+    """(calibration, parity images, class names) from the run's data or --data-dir."""
+    import numpy as np
+
+    from cmxl_keras import config as config_lib, data
+    from cmxl_keras.errors import DataError
+
+    cfg = cfg or config_lib.Config(image_size=size)
+    if data_dir:
+        cfg = cfg.replace(data_dir=data_dir)
+    try:
+        splits = data.load_splits(cfg, log=lambda message: None)
+    except DataError as error:
+        if data_dir:
+            raise
+        click.echo(f"export: no data for calibration and parity ({error}); pass --data-dir.",
+                   err=True)
+        return None, None, None
+    rng = np.random.default_rng(0)
+    calibration = splits.train.images[rng.choice(len(splits.train),
+                                                 min(200, len(splits.train)), replace=False)]
+    images = splits.val.images[:count]
+    return calibration, images, splits.class_names
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model_dir", required=True, help="An exported folder (exported/<name>).")
+@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite"]),
+              default="saved_model", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@user_errors
+def predict(images, model_dir, top_k, fmt, as_json):
+    """Classify PNG/JPEG files (any size) with an exported model."""
+    import json
+
+    if fmt == "saved_model":  # --format tflite runs on LiteRT alone: no TensorFlow import
+        _quiet_tensorflow()
+    from cmxl_keras import export as export_lib, serving
+
+    metadata = export_lib.read_metadata(model_dir)
+    size = metadata["input"]["shape"][1]
+    batch = serving.load_images(images, size)
+    probabilities = serving.predict(model_dir, batch, fmt)
+    results = serving.top_k(probabilities, metadata["class_names"], images, top_k)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for item in results:
+        click.echo(item["image"])
+        for guess in item["top_k"]:
+            click.echo(f"  {guess['class']:<12} {guess['probability']:.4f}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", "out_dir", default="report", show_default=True)
+@user_errors
+def report(run_dirs, out_dir):
+    """Validation-accuracy curves of runs (the paper's Figures 3 and 4)."""
+    from cmxl_keras import report as report_lib
+
+    for path in report_lib.report(run_dirs, out_dir):
+        click.echo(f"figure: {path}")
+
+
+@cli.command()
+@click.option("--epochs", type=int, help="Epochs of every run (paper: 100).")
+@click.option("--limit-train", type=int, help="Train on the first N images only.")
+@click.option("--data-dir", type=str, help="Official CIFAR files, their .tar.gz, or images.")
+@click.option("--val-from-train", type=int, help="Carve N validation images from train.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key in all seven configs; repeatable.")
+@click.option("--out", "out_dir", default="ablation", show_default=True)
+@user_errors
+def ablation(epochs, limit_train, data_dir, val_from_train, overrides, out_dir):
+    """Train the seven Table-1 configurations; resumable; writes results.md/json."""
+    from cmxl_keras import config, report as report_lib
+
+    changes = {k: v for k, v in dict(epochs=epochs, limit_train=limit_train, data_dir=data_dir,
+                                     val_from_train=val_from_train).items() if v is not None}
+    for text in overrides:
+        key, value = config.parse_override(text)
+        changes[key] = value
+    config.merge(config.Config(), changes, source="the ablation options")  # fail fast
+    _quiet_tensorflow()
+    from cmxl_keras import train as train_lib
+
+    try:
+        rows, figures = report_lib.ablation(changes, out_dir)
+    except train_lib.TrainingInterrupted as error:
+        click.echo(f"{error} Then run the same ablation command again.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(open(os.path.join(out_dir, "results.md")).read())
+    for path in figures:
+        click.echo(f"figure: {path}")
+
+
+def main():
+    """The ``cmxl`` console command and ``python cli.py``."""
+    cli(prog_name=os.path.basename(sys.argv[0]) if sys.argv[0].endswith("cli.py") else "cmxl")
+
+
+if __name__ == "__main__":
+    main()

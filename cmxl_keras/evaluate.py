@@ -184,6 +184,52 @@ def _figure_to_png(fig, path):
         fig.savefig(tmp, format="png", dpi=100)
 
 
+def pick_examples(probabilities, labels, correct=True, count=16):
+    """Indices of the most confident correct (or wrong) predictions, spread across
+    classes: the most confident of each predicted class first (classes in order of that
+    confidence), then each class's second, and so on."""
+    predicted = probabilities.argmax(-1)
+    confidence = probabilities.max(-1)
+    pool = np.flatnonzero((predicted == labels) if correct else (predicted != labels))
+    per_class = {}
+    for index in pool[np.argsort(-confidence[pool], kind="stable")]:
+        per_class.setdefault(int(predicted[index]), []).append(int(index))
+    queues = sorted(per_class.values(), key=lambda q: -confidence[q[0]])
+    chosen = []
+    for rank in range(max(map(len, queues), default=0)):
+        for queue in queues:
+            if rank < len(queue) and len(chosen) < count:
+                chosen.append(queue[rank])
+    return chosen
+
+
+def confusion_figure(confusion, class_names, subtitle):
+    """The confusion matrix with each cell's count and row percentage (up to 20 classes;
+    beyond that the cells are too small to read and only the colours are drawn)."""
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    rows = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(8, 7) if n <= 20 else (12, 11))
+    im = ax.imshow(confusion, cmap="Blues")
+    ticks = dict(fontsize=7 if n <= 20 else 4)
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right", **ticks)
+    ax.set_yticks(range(n), class_names, **ticks)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (row % of the true class)")
+    ax.set_title(f"confusion matrix ({subtitle})")
+    if n <= 20:
+        dark = confusion.max() / 2
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{confusion[i, j]}\n{100 * confusion[i, j] / rows[i, 0]:.0f}%",
+                        ha="center", va="center", fontsize=6,
+                        color="white" if confusion[i, j] > dark else "black")
+    fig.colorbar(im)
+    fig.tight_layout()
+    return fig
+
+
 def write_figures(out_dir, split, images_split, probabilities, class_names):
     """Confusion matrix, 4x4 correct (paper Figure 5) and wrong (Figure 6) grids, as PNG."""
     import matplotlib
@@ -193,29 +239,22 @@ def write_figures(out_dir, split, images_split, probabilities, class_names):
 
     labels = images_split.labels
     predicted = probabilities.argmax(-1)
+    confidence = probabilities.max(-1)
     confusion = np.asarray(metrics(probabilities, labels, len(class_names))["confusion_matrix"])
     paths = {}
-    fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix ({split}, {len(labels):,} images)")
-    fig.colorbar(im)
-    fig.tight_layout()
+    fig = confusion_figure(confusion, class_names, f"{split}, {len(labels):,} images")
     paths["confusion_matrix"] = os.path.join(out_dir, f"confusion_matrix_{split}.png")
     _figure_to_png(fig, paths["confusion_matrix"])
     plt.close(fig)
-    for kind, chosen in (("correct", np.flatnonzero(predicted == labels)[:16]),
-                         ("wrong", np.flatnonzero(predicted != labels)[:16])):
+    for kind in ("correct", "wrong"):
+        chosen = pick_examples(probabilities, labels, correct=kind == "correct")
         fig, axes = plt.subplots(4, 4, figsize=(6, 6.6))
         for ax, index in zip(axes.flat, list(chosen) + [None] * 16):
             ax.axis("off")
             if index is None:
                 continue
             ax.imshow(images_split.images[index], interpolation="nearest")
-            title = f"pred: {class_names[predicted[index]]}"
+            title = f"pred: {class_names[predicted[index]]} ({confidence[index]:.2f})"
             if kind == "wrong":
                 title += f"\ntrue: {class_names[labels[index]]}"
             ax.set_title(title, fontsize=7)

@@ -149,3 +149,4 @@ def test_progress_bars_show_on_a_terminal_only(three_forms, cifar_dir, tmp_path)
     piped = run_cli(*args[2:])
     assert piped.returncode == 0 and "evaluate:" not in piped.stderr
     assert json.loads(piped.stdout)["images"] == 128
+

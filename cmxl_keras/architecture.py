@@ -4,9 +4,20 @@ Kept free of Keras imports so the CLI and the config can validate a model (and
 pick the Keras backend) before Keras is imported.
 """
 
-# CIFAR-10 channel statistics used by the reference code's Normalize, in [0, 1].
+# CIFAR-10 channel statistics used by the reference code's Normalize, in [0, 1]: the mean
+# and standard deviation of every pixel of the 50,000 training images
+# (``data.channel_stats``; tests/test_data.py recomputes them on the shipped images).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
+# CIFAR-100's, by the same definition over its 50,000 training images: mean (0.5071,
+# 0.4865, 0.4409), std (0.2673, 0.2564, 0.2762), the figures CIFAR-100 recipes normalize
+# with. (There is no copy of CIFAR-100 here to recompute them; ``data.channel_stats`` on
+# its training split gives them, as it gives CIFAR-10's above.)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# Per dataset (the config's ``dataset``): classes and the normalization inside the model.
+DATASETS = {"cifar10": dict(num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD),
+            "cifar100": dict(num_classes=100, mean=CIFAR100_MEAN, std=CIFAR100_STD)}
 
 # Activation names accepted by the builder. "swish" and "silu" are one function
 # (x * sigmoid(x)); the paper calls it SiLU.

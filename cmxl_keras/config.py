@@ -39,7 +39,9 @@ class Config:
     image_size: int = 32
 
     # -- data
-    dataset: str = "cifar10"  # tfds name when no data_dir is given
+    # cifar10 or cifar100: the classes, the normalization inside the model, and the tfds
+    # name when no data_dir is given (--data-dir files must hold the same dataset)
+    dataset: str = "cifar10"
     data_dir: str = ""  # official CIFAR files, their .tar.gz, or an image-folder tree
     val_size: int = 5000  # paper: the 10k test set split 5,000 val / 5,000 test
     val_from_train: int = 0  # > 0: carve this many validation images from train
@@ -115,6 +117,7 @@ CHOICES = {
     "randaugment": ("torchvision", "keras_cv"),
     "init": ("torch", "keras"),
     "jit_compile": ("auto", "true", "false"),
+    "dataset": tuple(architecture.DATASETS),
 }
 
 # Numeric bounds: (minimum, maximum, inclusive-minimum).
@@ -272,8 +275,11 @@ def validate(config):
 
 
 def merge(base, changes, source="the overrides"):
-    """A validated copy of ``base`` with ``changes`` (a mapping) applied."""
+    """A validated copy of ``base`` with ``changes`` (a mapping) applied. Changing the
+    ``dataset`` sets its number of classes unless ``num_classes`` is changed too."""
     typed = {key: coerce(key, value, source) for key, value in changes.items()}
+    if typed.get("dataset") in architecture.DATASETS and "num_classes" not in typed:
+        typed["num_classes"] = architecture.DATASETS[typed["dataset"]]["num_classes"]
     return validate(dataclasses.replace(base, **typed))
 
 

@@ -34,6 +34,7 @@ FORMATS = {
     "cifar-10-batches-bin": "CIFAR-10 binary (cifar-10-batches-bin)",
     "cifar-10-batches-py": "CIFAR-10 python (cifar-10-batches-py)",
     "cifar-100-python": "CIFAR-100 python (cifar-100-python)",
+    "cifar-100-binary": "CIFAR-100 binary (cifar-100-binary)",
     "images": "image folder (train/<class>/*.png|jpg)",
 }
 
@@ -56,6 +57,7 @@ class RawData:
     class_names: tuple
     description: str  # which source and format was found, for the user
     skipped: int = 0  # corrupt images dropped with skip_corrupt
+    dataset: str | None = None  # "cifar10" / "cifar100" when the layout says; None: images
 
 
 @dataclasses.dataclass
@@ -84,8 +86,9 @@ class _Files:
                 raise DataError(
                     f"--data-dir {root!r} is a file but not a readable .tar.gz archive "
                     f"({error}). Point --data-dir at the official CIFAR archive "
-                    f"(cifar-10-python.tar.gz, cifar-10-binary.tar.gz, cifar-100-python.tar.gz) "
-                    f"or at the folder it extracts to.") from None
+                    f"(cifar-10-python.tar.gz, cifar-10-binary.tar.gz, "
+                    f"cifar-100-python.tar.gz, cifar-100-binary.tar.gz) or at the folder it "
+                    f"extracts to.") from None
             self.members = {m.name.lstrip("./"): m for m in self.archive.getmembers()
                             if m.isfile()}
             self.dirs = {os.path.dirname(n) for n in self.members}
@@ -146,6 +149,8 @@ def _find_layout(files):
             found.append(("cifar-10-batches-py", ""))
         elif files.exists("train") and files.exists("meta"):
             found.append(("cifar-100-python", ""))
+        elif files.exists("train.bin") and files.exists("fine_label_names.txt"):
+            found.append(("cifar-100-binary", ""))
     return found
 
 
@@ -252,6 +257,49 @@ def _read_cifar100_py(files, prefix):
     return split("train"), test, class_names
 
 
+CIFAR100_RECORD_BYTES = 2 + 32 * 32 * 3  # coarse label byte, fine label byte, R, G, B planes
+
+
+def _read_cifar100_bin(files, prefix):
+    names_rel = os.path.join(prefix, "fine_label_names.txt")
+    _require_batches(files, prefix, ["train.bin", "fine_label_names.txt"], "cifar-100-binary",
+                     "cifar-100-binary.tar.gz")
+    class_names = tuple(n.strip() for n in files.read(names_rel).decode().splitlines()
+                        if n.strip())
+
+    def read(name):
+        rel = os.path.join(prefix, name)
+        data = np.frombuffer(files.read(rel), dtype=np.uint8)
+        if data.size == 0 or data.size % CIFAR100_RECORD_BYTES:
+            raise DataError(
+                f"batch file {files.describe(rel)!r} has {data.size} bytes, not a whole "
+                f"number of {CIFAR100_RECORD_BYTES}-byte CIFAR-100 records (coarse label, fine "
+                f"label, 3072 pixels): it is truncated. Extract the dataset again.")
+        records = data.reshape(-1, CIFAR100_RECORD_BYTES)
+        labels = records[:, 1].astype(np.int32)  # the fine label: the 100 classes
+        _check_labels(labels, len(class_names), f"batch file {files.describe(rel)!r}")
+        return Split(_planes_to_images(records[:, 2:]), labels)
+
+    test = read("test.bin") if files.exists(os.path.join(prefix, "test.bin")) else None
+    return read("train.bin"), test, class_names
+
+
+def channel_stats(images):
+    """Per-channel mean and standard deviation, in [0, 1], over every pixel of ``images``
+    (uint8 ``[N, H, W, 3]``): the normalization statistics, as the reference's
+    ``Normalize`` constants are defined. Accumulated in float64, one chunk at a time."""
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    for start in range(0, len(images), 4096):
+        chunk = images[start:start + 4096].reshape(-1, 3).astype(np.float64) / 255.0
+        total += chunk.sum(0)
+        squares += (chunk ** 2).sum(0)
+        count += len(chunk)
+    mean = total / count
+    return mean, np.sqrt(squares / count - mean ** 2)
+
+
 def _decode_image(data, where, size):
     from PIL import Image, UnidentifiedImageError
 
@@ -322,7 +370,7 @@ def read_data_dir(path, image_size=32, skip_corrupt=False):
     if not os.path.exists(path):
         raise DataError(
             f"--data-dir {path!r} does not exist. Give the folder that holds "
-            f"cifar-10-batches-bin, cifar-10-batches-py, cifar-100-python or train/<class>/ "
+            f"cifar-10-batches-bin, cifar-10-batches-py, cifar-100-python, cifar-100-binary or train/<class>/ "
             f"images (or the official .tar.gz from {OFFICIAL_URL}, as downloaded).")
     files = _Files(path)
     found = _find_layout(files)
@@ -331,7 +379,7 @@ def read_data_dir(path, image_size=32, skip_corrupt=False):
         raise DataError(
             f"no known dataset layout in --data-dir {path!r} (it holds: "
             f"{', '.join(listing) if listing else 'nothing'}). Expected one of: "
-            f"cifar-10-batches-bin/, cifar-10-batches-py/, cifar-100-python/, or an image "
+            f"cifar-10-batches-bin/, cifar-10-batches-py/, cifar-100-python/, cifar-100-binary/, or an image "
             f"folder train/<class>/*.png|jpg (optional test/), or the official .tar.gz.")
     key, prefix = found[0]
     skipped = 0
@@ -341,13 +389,17 @@ def read_data_dir(path, image_size=32, skip_corrupt=False):
         train, test, classes = _read_cifar10_py(files, prefix)
     elif key == "cifar-100-python":
         train, test, classes = _read_cifar100_py(files, prefix)
+    elif key == "cifar-100-binary":
+        train, test, classes = _read_cifar100_bin(files, prefix)
     else:
         train, test, classes, skipped = _read_image_folder(files, prefix, image_size,
                                                            skip_corrupt)
     also = [FORMATS[k] for k, _ in found[1:]]
     description = f"{FORMATS[key]} in {path}" + (f" (also present: {'; '.join(also)})"
                                                  if also else "")
-    return RawData(train, test, tuple(classes), description, skipped)
+    dataset = "cifar100" if key.startswith("cifar-100") else (
+        "cifar10" if key.startswith("cifar-10") else None)
+    return RawData(train, test, tuple(classes), description, skipped, dataset)
 
 
 # ----------------------------------------------------------------------------- tfds
@@ -401,7 +453,7 @@ def read_tfds(name, tfds_dir=None):
     classes = tuple(builder.info.features["label"].names)
     return RawData(Split(train_x.astype(np.uint8), train_y.astype(np.int32)),
                    Split(test_x.astype(np.uint8), test_y.astype(np.int32)), classes,
-                   f"tensorflow-datasets {name!r} ({builder.data_dir})")
+                   f"tensorflow-datasets {name!r} ({builder.data_dir})", dataset=name)
 
 
 # ----------------------------------------------------------------------------- splits
@@ -464,6 +516,12 @@ def load_splits(cfg, log=print):
     log(f"data: {raw.description}")
     if raw.skipped:
         log(f"data: skipped {raw.skipped} corrupt image(s) (skip_corrupt is on)")
+    if raw.dataset is not None and raw.dataset != cfg.dataset:
+        raise DataError(
+            f"--data-dir {cfg.data_dir!r} holds {raw.dataset.upper().replace('CIFAR', 'CIFAR-')} "
+            f"but the config says dataset={cfg.dataset!r}. Pass --set dataset={raw.dataset} "
+            f"(it sets the number of classes and the dataset's normalization), or point "
+            f"--data-dir at {cfg.dataset.upper().replace('CIFAR', 'CIFAR-')}'s files.")
     if len(raw.class_names) != cfg.num_classes:
         raise DataError(
             f"the dataset has {len(raw.class_names)} classes but the config says num_classes "

@@ -126,7 +126,7 @@ POOLINGS = (None, "avg", "max")
 def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes=10,
                     activation="gelu", skip_period=0, input_shape=(32, 32, 3), name=None,
                     sync_bn=False, init="torch", include_top=True, pooling=None,
-                    classifier_activation=None):
+                    classifier_activation=None, mean=CIFAR_MEAN, std=CIFAR_STD):
     """Builds a ConvMixer (``skip_period=0``) or ConvMixer-XL graph.
 
     Args:
@@ -153,6 +153,8 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
             ``"max"`` (global pooling to ``[batch, width]``).
         classifier_activation: with ``include_top``: ``None`` for logits (what
             training uses), or an activation such as ``"softmax"``.
+        mean, std: per-channel statistics (in [0, 1]) of the normalization inside the
+            model; CIFAR-10's by default, ``DATASETS["cifar100"]``'s for CIFAR-100.
 
     Returns:
         A ``keras.Model`` mapping raw images (uint8 or float in [0, 255]) to logits
@@ -171,8 +173,8 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
     # Normalize raw [0, 255] pixels inside the model (the reference's ToTensor +
     # Normalize), so exported models take raw images. No trainable weights.
     x = layers.Normalization(
-        mean=[255.0 * m for m in CIFAR_MEAN],
-        variance=[(255.0 * s) ** 2 for s in CIFAR_STD],
+        mean=[255.0 * m for m in mean],
+        variance=[(255.0 * s) ** 2 for s in std],
         name="normalize")(inputs)
     x = stem(x, width, patch_size, activation, sync_bn, init)
     if skip_period:

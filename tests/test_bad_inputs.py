@@ -60,6 +60,12 @@ def _run_folder(root, depth=4):
     return run
 
 
+def _cifar100_dir(root):
+    from test_data import write_cifar100
+
+    return write_cifar100(str(root / "c100"), layouts=("binary",), n_train=20, n_test=10)
+
+
 def _damaged_run(root):
     """A run folder (with its data) whose only checkpoint is cut short (a full disk at
     copy time)."""
@@ -200,6 +206,11 @@ CASES = [
     ("bad CMXL_CPU_DEVICES", lambda r: (["train", "--config", "smoke", "--strategy", "mirrored"],
                                         {"CMXL_CPU_DEVICES": "two"}),
      ["CMXL_CPU_DEVICES='two' is not a positive integer", "unset it"]),
+    ("unknown dataset", lambda r: ["train", "--set", "dataset=imagenet"],
+     ["'imagenet'", "cifar100"]),
+    ("CIFAR-100 files for a CIFAR-10 run", lambda r: [
+        "train", "--config", "smoke", "--data-dir", _cifar100_dir(r)],
+     ["holds CIFAR-100", "--set dataset=cifar100"]),
     ("unknown pipeline", lambda r: ["train", "--config", "smoke", "--set", "pipeline=gpu"],
      ["'gpu'", "tf.data"]),
     ("CutMix on the device pipeline", lambda r: ["train", "--config", "smoke", "--set",

@@ -141,3 +141,16 @@ def test_a_run_nothing_names_is_named_after_its_architecture():
     assert config.resolve(None, ("name=mine",)).name == "mine"
     saved = config.Config(name="old_run")
     assert config.resolve(None, (), base=saved, epochs=3).name == "old_run"
+
+
+def test_the_dataset_sets_its_classes_unless_given():
+    assert config.resolve(None, ("dataset=cifar100",)).num_classes == 100
+    assert config.resolve("cm_xl_cifar100").num_classes == 100
+    assert config.resolve("cm_vanilla_cifar100").dataset == "cifar100"
+    # An explicit num_classes wins (the data check then names any mismatch).
+    assert config.resolve(None, ("dataset=cifar100", "num_classes=20")).num_classes == 20
+    back = config.resolve(None, ("dataset=cifar10",), base=Config(dataset="cifar100",
+                                                                 num_classes=100))
+    assert back.num_classes == 10
+    with pytest.raises(ConfigError, match="'imagenet'; allowed values: cifar10, cifar100"):
+        config.resolve(None, ("dataset=imagenet",))

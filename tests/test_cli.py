@@ -112,3 +112,28 @@ def test_info_json_is_one_object_with_the_counts():
     assert info["non_trainable_params"] == 2 * cfg["width"] * (1 + 2 * cfg["depth"])  # BN stats
     assert info["trainable_params"] < 5_000_000 and info["flops_per_image"] == 2 * info[
         "macs_per_image"]
+
+
+EXAMPLES = ["airplane", "cat", "horse", "ship"]  # docs/examples/<class>.png, validation images
+
+
+def test_the_shipped_model_classifies_the_shipped_examples():
+    """exported/cpu_quick (configs/cpu_quick.toml, trained on the shipped training images)
+    works from a clone, as the README's command runs it, in both formats."""
+    import json
+
+    plain = run_cli("predict", "docs/examples/cat.png", "--model", "exported/cpu_quick",
+                    cwd=ROOT)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert plain.stdout.splitlines()[1].split()[0] == "cat"
+    paths = [f"docs/examples/{name}.png" for name in EXAMPLES]
+    for fmt in ("saved_model", "tflite"):
+        result = run_cli("predict", *paths, "--model", "exported/cpu_quick", "--format", fmt,
+                         "--json", cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert [item["top_k"][0]["class"] for item in json.loads(result.stdout)] == EXAMPLES
+    meta = json.load(open(os.path.join(ROOT, "exported", "cpu_quick", "metadata.json")))
+    assert meta["config"]["name"] == "cpu_quick" and meta["validation_accuracy"] > 0.75
+    from cmxl_keras import export
+
+    assert meta["parity"]["images"] == 5000 and export.parity_failures(meta["parity"]) == []

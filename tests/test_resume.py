@@ -201,10 +201,21 @@ def test_both_checkpoints_damaged_is_refused_and_nothing_is_moved(two_epoch_run,
     assert _damaged(run_dir) == []
 
 
+def _hurt_json(path, damage):
+    """Truncated, or one bit flipped in its first byte ('{' -> 'z', '[' -> 'Z'). (A flip
+    inside a number can leave valid JSON with another value, which no parser can tell;
+    the checkpoints, which carry digests, are where that matters.)"""
+    if damage == "truncate":
+        truncate(path)
+    else:
+        flip_bit(path, 0)
+
+
 @pytest.mark.slow
-def test_a_damaged_config_json_is_read_from_config_toml(two_epoch_run, tmp_path):
+@pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+def test_a_damaged_config_json_is_read_from_config_toml(two_epoch_run, tmp_path, damage):
     run_dir, log, _ = _resume_copy(two_epoch_run, tmp_path,
-                                   lambda d: truncate(os.path.join(d, "config.json")))
+                                   lambda d: _hurt_json(os.path.join(d, "config.json"), damage))
     assert "at epoch 3, step 0" in log
     saved = config.from_dict(json.load(open(os.path.join(run_dir, "config.json"))))
     assert saved.depth == 4 and saved.epochs == 2  # rewritten whole
@@ -224,9 +235,10 @@ def test_both_saved_configs_damaged_is_refused_with_the_fix(two_epoch_run, tmp_p
 
 
 @pytest.mark.slow
-def test_a_damaged_metrics_json_is_set_aside(two_epoch_run, tmp_path):
+@pytest.mark.parametrize("damage", ["truncate", "bitflip"])
+def test_a_damaged_metrics_json_is_set_aside(two_epoch_run, tmp_path, damage):
     run_dir, log, out = _resume_copy(two_epoch_run, tmp_path,
-                                     lambda d: truncate(os.path.join(d, "metrics.json")))
+                                     lambda d: _hurt_json(os.path.join(d, "metrics.json"), damage))
     assert "metrics.json is damaged" in log
     assert [name.endswith("-metrics.json") for name in _damaged(run_dir)] == [True]
     assert json.load(open(os.path.join(run_dir, "metrics.json"))) == []

@@ -71,15 +71,21 @@ def test_parity_meets_the_targets(exported):
 @pytest.fixture(scope="module")
 def learned_export(tmp_path_factory):
     """The export of a model trained long enough for int8 agreement to mean something:
-    configs/cpu_quick for 4 epochs on 11,500 of the shipped images (about 60 %
-    validation top-1, 2-4 minutes here), exported with parity on 512 validation images."""
+    configs/cpu_quick for 4 epochs on 10,000 of the shipped images (57 % validation
+    top-1, 2-4 minutes here), exported with parity on 2,000 validation images.
+
+    Deterministic training: the same model in every CI run (two runs here gave the same
+    weights and figures). Its int8 agreement was measured 97.7 % on these 2,000 images
+    (97.0 % with min/max ranges, exactly the target: with a model that changed from run
+    to run and 512 images, a fresh-clone CI run measured 96.9 % and failed)."""
     data_dir = shipped_cifar(tmp_path_factory, 12000, suffix="-12k")
     run_dir = str(tmp_path_factory.mktemp("learned") / "run")
     result = run_cli("train", "--config", "cpu_quick", "--epochs", "4", "--data-dir", data_dir,
-                     "--val-from-train", "512", "--run-dir", run_dir, timeout=1200)
+                     "--val-from-train", "2000", "--run-dir", run_dir, "--set",
+                     "deterministic=true", timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     out = str(tmp_path_factory.mktemp("exported"))
-    result = run_cli("export", run_dir, "--out", out, "--parity-images", "512")
+    result = run_cli("export", run_dir, "--out", out, "--parity-images", "2000")
     assert result.returncode == 0, result.stderr[-3000:]
     return os.path.join(out, "cpu_quick"), result
 
@@ -90,7 +96,7 @@ def test_parity_targets_on_a_model_that_learned(learned_export):
     parity = meta["parity"]
     print(f"validation top-1 {meta['validation_accuracy']:.4f}; parity {parity}")
     assert meta["validation_accuracy"] > 0.45  # it learned: chance is 0.10
-    assert parity["images"] == 512 and "parity on 512 images" in result.stdout
+    assert parity["images"] == 2000 and "parity on 2000 images" in result.stdout
     assert parity["saved_model_max_abs_diff"] < 1e-5
     assert parity["tflite_max_abs_diff"] < 1e-4 and parity["tflite_top1_agreement"] == 1.0
     assert parity["tflite_fp16_top1_agreement"] >= 0.99

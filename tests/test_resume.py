@@ -139,12 +139,18 @@ def _flip_in_data(run_dir, name):
     flip_bit(path, largest_dataset_offset(path))
 
 
+def _hurt_checkpoint(name, damage):
+    """A function that truncates the run's ``name`` checkpoint, or flips a bit inside
+    its largest array."""
+    if damage == "truncate":
+        return lambda run_dir: truncate(_path(run_dir, name))
+    return lambda run_dir: _flip_in_data(run_dir, name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
 def test_a_damaged_last_checkpoint_falls_back_to_good(two_epoch_run, tmp_path, damage):
-    hurt = ((lambda d: truncate(_path(d, "last"))) if damage == "truncate"
-            else (lambda d: _flip_in_data(d, "last")))
-    run_dir, log, out = _resume_copy(two_epoch_run, tmp_path, hurt)
+    run_dir, log, out = _resume_copy(two_epoch_run, tmp_path, _hurt_checkpoint("last", damage))
     assert "last.weights.h5 is damaged" in log
     assert "resuming from good.weights.h5 (step 8)" in log
     assert "the 8 steps after it (up to step 16) are trained again" in log
@@ -161,9 +167,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_good(two_epoch_run, tmp_path, d
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
 def test_a_damaged_good_copy_is_set_aside_and_last_is_used(two_epoch_run, tmp_path, damage):
-    hurt = ((lambda d: truncate(_path(d, "good"))) if damage == "truncate"
-            else (lambda d: _flip_in_data(d, "good")))
-    run_dir, log, _ = _resume_copy(two_epoch_run, tmp_path, hurt)
+    run_dir, log, _ = _resume_copy(two_epoch_run, tmp_path, _hurt_checkpoint("good", damage))
     assert "good.weights.h5 is damaged" in log and "at epoch 3, step 0" in log
     assert "trained again" not in log
     assert [name.endswith("-good.weights.h5") for name in _damaged(run_dir)] == [True]

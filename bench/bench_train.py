@@ -10,7 +10,7 @@ the paper script's step (AdamW, cross-entropy, ``loss.backward()``) and an
 both frameworks back to back, each in a fresh process; the medians and their ratios (ours / theirs, higher is
 better for us) are printed last, machine-readable:
 
-    pip install -r bench/requirements.txt     # torch==2.13.0, CPU build
+    pip install -r bench/requirements.txt     # the torch of requirements-dev.txt
     python bench/bench_train.py [--models vanilla,xl] [--repeats 3] [--steps 3]
                                 [--frameworks keras,keras-jax,torch]
 

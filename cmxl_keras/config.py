@@ -358,8 +358,8 @@ def resolve(config_file=None, overrides=(), base=None, **flags):
 
 def architecture_name(config):
     """``convmixer-<width>-<depth>``, then what differs from the paper's ConvMixer-256/8:
-    ``-s<skip_period>`` (long skips), ``-p<patch>``, ``-k<kernel>``, and the activation,
-    e.g. ``convmixer-256-66-s3-swish``."""
+    ``-s<skip_period>`` (long skips), ``-p<patch>``, ``-k<kernel>``, the activation and
+    ``-c<classes>``, e.g. ``convmixer-256-66-s3-swish``."""
     parts = [f"convmixer-{config.width}-{config.depth}"]
     if config.skip_period:
         parts.append(f"s{config.skip_period}")

@@ -420,6 +420,13 @@ def report(run_dirs, out_dir):
 
 
 @cli.command()
+@click.option("--scale", type=click.Choice(["paper", "cpu"]), default="paper", show_default=True,
+              help="paper: the paper's seven models (configs/cm_*.toml); cpu: the same seven "
+                   "contrasts scaled down to about an hour on a laptop CPU "
+                   "(configs/cpu_table1/).")
+@click.option("--seeds", type=str, metavar="S1,S2,...",
+              help="Train every config once per seed and report mean and std (the data "
+                   "split stays split_seed's).")
 @click.option("--epochs", type=int, help="Epochs of every run (paper: 100).")
 @click.option("--limit-train", type=int, help="Train on the first N images only.")
 @click.option("--data-dir", type=str, help="Official CIFAR files, their .tar.gz, or images.")
@@ -428,9 +435,9 @@ def report(run_dirs, out_dir):
               help="Override a key in all seven configs; repeatable.")
 @click.option("--out", "out_dir", default="ablation", show_default=True)
 @user_errors
-def ablation(epochs, limit_train, data_dir, val_from_train, overrides, out_dir):
+def ablation(scale, seeds, epochs, limit_train, data_dir, val_from_train, overrides, out_dir):
     """Train the seven Table-1 configurations; resumable; writes results.md/json."""
-    from cmxl_keras import config, report as report_lib
+    from cmxl_keras import ablation as ablation_lib, config
 
     changes = {k: v for k, v in dict(epochs=epochs, limit_train=limit_train, data_dir=data_dir,
                                      val_from_train=val_from_train).items() if v is not None}
@@ -438,11 +445,17 @@ def ablation(epochs, limit_train, data_dir, val_from_train, overrides, out_dir):
         key, value = config.parse_override(text)
         changes[key] = value
     config.merge(config.Config(), changes, source="the ablation options")  # fail fast
+    seed_list = ablation_lib.parse_seeds(seeds) if seeds is not None else None
+    if seed_list and "seed" in changes:
+        raise config.ConfigError(
+            f"--seeds {seeds} and --set seed={changes['seed']} both set the training seed. "
+            f"Give one: --seeds S for a single seed, or several to average.")
     _quiet_tensorflow()
     from cmxl_keras import train as train_lib
 
     try:
-        rows, figures = report_lib.ablation(changes, out_dir)
+        rows, figures = ablation_lib.run(changes, out_dir, scale=scale, seeds=seed_list,
+                                         argv=["ablation", *sys.argv[2:]])
     except train_lib.TrainingInterrupted as error:
         click.echo(f"{error} Then run the same ablation command again.", err=True)
         sys.exit(EXIT_INTERRUPTED)

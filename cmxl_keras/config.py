@@ -80,7 +80,10 @@ class Config:
     # a compiled training step: auto = on JAX (without it JAX runs every op eagerly), off
     # on TensorFlow (graph mode measured faster than XLA for this model on the CPU)
     jit_compile: str = "auto"
-    seed: int = 1024
+    seed: int = 1024  # initial weights, shuffling and augmentation draws
+    # the validation/test split (and the carve from train): separate from ``seed`` so that
+    # runs with other training seeds are scored on the same images
+    split_seed: int = 1024
     deterministic: bool = False
     steps_per_epoch: int = 0  # > 0: cap the steps of each epoch (quick runs)
     checkpoint_every_steps: int = 0  # > 0: also back up mid-epoch every N steps
@@ -145,6 +148,7 @@ BOUNDS = {
     "loss_scale_growth_steps": (1, None),
     "label_smoothing": (0.0, 1.0),
     "seed": (0, None),
+    "split_seed": (0, None),
     "steps_per_epoch": (0, None),
     "checkpoint_every_steps": (0, None),
 }
@@ -331,7 +335,12 @@ def read_toml(name_or_path):
 
 
 def from_dict(data, source="a saved config"):
-    """Rebuilds a Config from ``to_dict()`` output (e.g. a run folder's config.json)."""
+    """Rebuilds a Config from ``to_dict()`` output (e.g. a run folder's config.json).
+
+    A config saved before ``split_seed`` existed split its data with ``seed``: it keeps
+    that split (resuming it must see the same validation images)."""
+    if isinstance(data, dict) and "seed" in data and "split_seed" not in data:
+        data = dict(data, split_seed=data["seed"])
     return merge(Config(), data, source=source)
 
 

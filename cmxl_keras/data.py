@@ -472,9 +472,10 @@ def _carve(rng, total, count):
 
 
 def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, log=print):
-    """Applies the paper's split protocol to ``raw`` (deterministic for ``seed``)."""
+    """Applies the paper's split protocol to ``raw`` (deterministic for ``seed``, the
+    config's ``split_seed``)."""
     rng = np.random.default_rng(seed)
-    info = {"source": raw.description, "seed": seed, "skipped_corrupt": raw.skipped}
+    info = {"source": raw.description, "split_seed": seed, "skipped_corrupt": raw.skipped}
     train, test = raw.train, raw.test
     if test is not None and not val_from_train:
         if val_size >= len(test):
@@ -531,4 +532,5 @@ def load_splits(cfg, log=print):
         raise DataError(
             f"the dataset's images are {size[0]}x{size[1]} but the config says image_size "
             f"{cfg.image_size}. Pass --set image_size={size[0]}.")
-    return make_splits(raw, cfg.val_size, cfg.val_from_train, cfg.limit_train, cfg.seed, log)
+    return make_splits(raw, cfg.val_size, cfg.val_from_train, cfg.limit_train, cfg.split_seed,
+                       log)

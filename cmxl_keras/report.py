@@ -1,16 +1,12 @@
-"""Validation-accuracy curves of one or many runs (the paper's Figures 3 and 4), and the
-Table-1 ablation runner that trains the seven configurations and tabulates them.
+"""Validation-accuracy curves of one or many runs (the paper's Figures 3 and 4).
+
+This module only draws; the Table-1 runner that trains the runs is ``ablation``.
 """
 
 import os
 
 from cmxl_keras import runs
 from cmxl_keras.errors import RunError
-
-# Table 1's order and the paper's top-1 (%).
-TABLE1 = ("cm_vanilla_noaug", "cm_vanilla", "cm_vanilla_relu", "cm_vanilla_silu",
-          "cm_xl_noskip", "cm_xl_skip", "cm_xl")
-
 
 def load_curves(run_dirs):
     """``{label: (epochs, val_accuracy)}`` from each run folder's metrics.json."""
@@ -60,7 +56,11 @@ def report(run_dirs, out_dir):
     """Figures 3 and 4 for ``run_dirs``; returns the PNG paths."""
     if not run_dirs:
         raise RunError("report needs at least one run folder: python cli.py report runs/*")
-    curves = load_curves(run_dirs)
+    return draw(load_curves(run_dirs), out_dir)
+
+
+def draw(curves, out_dir):
+    """Both figures of ``{label: (epochs, accuracy)}`` in ``out_dir``; returns the paths."""
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as error:
@@ -69,55 +69,3 @@ def report(run_dirs, out_dir):
                         "validation accuracy per epoch"),
             plot_curves(curves, os.path.join(out_dir, "val_accuracy_zoom.png"),
                         "validation accuracy per epoch (best runs)", zoom=True)]
-
-
-def ablation(overrides, out_dir="ablation", log=print):
-    """Trains the seven Table-1 configurations in sequence with the same seed and data.
-
-    Resumable: a configuration with results is not redone, an interrupted one resumes
-    from its checkpoint. Writes ``results.json``, ``results.md`` and the curves.
-    """
-    with runs.RunLock(out_dir):  # a second runner on this folder is refused, not interleaved
-        return _ablation(overrides, out_dir, log)
-
-
-def _ablation(overrides, out_dir, log):
-    import keras
-
-    from cmxl_keras import architecture, config, evaluate, train
-
-    from cmxl_keras import progress
-
-    rows = []
-    for variant in progress.bar(TABLE1, desc="ablation", unit="run", leave=True):
-        cfg = config.merge(config.load(variant), overrides, source="the ablation options")
-        run_dir = os.path.join(out_dir, variant)
-        paths = runs.checkpoint_paths(run_dir)
-        if os.path.isfile(os.path.join(run_dir, "results.json")):
-            log(f"ablation: {variant} is finished; not redone")
-        elif any(os.path.isfile(paths[k]) for k in ("last", "good", "state")):
-            log(f"ablation: resuming {variant}")
-            train.train(cfg, resume=run_dir, argv=["ablation"], log=log)
-        else:
-            log(f"ablation: training {variant}")
-            train.train(cfg, run_dir=run_dir, overwrite=True, argv=["ablation"], log=log)
-        keras.backend.clear_session()
-        has_test = runs.read_json(os.path.join(run_dir, "split.json"), {}).get("test", 0) > 0
-        split = "test" if has_test else "val"
-        result = runs.read_json(os.path.join(run_dir, f"eval_{split}.json"))
-        if result is None:
-            result = evaluate.evaluate(run_dir, split=split, log=lambda m: None)
-        paper = architecture.VARIANTS[variant]["paper_top1"]
-        top1 = 100 * result["top1"]
-        rows.append({"name": variant, "params": architecture.count_params(
-            cfg.width, cfg.depth, cfg.patch_size, cfg.kernel_size, cfg.num_classes),
-            "epochs": cfg.epochs, "split": split, "top1": round(top1, 2), "paper_top1": paper,
-            "difference": round(top1 - paper, 2)})
-    runs.write_json(os.path.join(out_dir, "results.json"), rows)
-    lines = ["| name | params | epochs | our top-1 % (split) | paper top-1 % | difference |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['params']:,} | {r['epochs']} | {r['top1']:.2f} "
-              f"({r['split']}) | {r['paper_top1']:.2f} | {r['difference']:+.2f} |" for r in rows]
-    runs.write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
-    figures = report([os.path.join(out_dir, v) for v in TABLE1], out_dir)
-    return rows, figures

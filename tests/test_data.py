@@ -175,6 +175,27 @@ def test_val_from_train_is_carved_and_disjoint(cifar_dir):
     assert len(splits.val) == 200 and "carving 200 validation images" in logged[-1]
 
 
+def test_the_split_follows_split_seed_not_the_training_seed(cifar_dir):
+    """Runs with other training seeds are scored on the same images; split_seed moves them."""
+    from cmxl_keras import config
+
+    def val_indices(**changes):
+        cfg = Config(data_dir=cifar_dir, val_from_train=100, **changes)
+        splits = data.load_splits(cfg, log=lambda m: None)
+        assert splits.info["split_seed"] == cfg.split_seed
+        return splits.info["val_indices"], splits.info["train_indices_sha256"]
+
+    paper = val_indices()
+    assert val_indices(seed=1025) == val_indices(seed=7) == paper
+    assert val_indices(split_seed=1025)[0] != paper[0]
+    assert val_indices(seed=1025, split_seed=1025) == val_indices(split_seed=1025)
+    # A config saved before split_seed existed split with its seed, and keeps that split.
+    saved = Config(seed=7).to_dict()
+    del saved["split_seed"]
+    assert config.from_dict(saved).split_seed == 7
+    assert config.from_dict(Config(seed=7).to_dict()).split_seed == 1024
+
+
 def test_load_splits_checks_class_count_and_size(cifar_dir):
     cfg = Config(data_dir=cifar_dir, val_from_train=100, num_classes=100)
     with pytest.raises(DataError, match="has 10 classes but the config says num_classes 100"):

@@ -60,7 +60,7 @@ def test_smoke_fit_lowers_the_loss_and_fills_the_run_folder(smoke_run):
     saved = config.from_dict(json.load(open(os.path.join(run_dir, "config.json"))))
     assert saved == cfg.replace(pipeline="tf.data", precision="float32")
     split = json.load(open(os.path.join(run_dir, "split.json")))
-    assert split["train"] == 256 and split["val"] == 128 and split["seed"] == cfg.seed
+    assert split["train"] == 256 and split["val"] == 128 and split["split_seed"] == cfg.split_seed
     assert len([line for line in logs if line.startswith("epoch ")]) == 4
     # The final model is uncompiled, built-in layers only, and gives the best/last outputs.
     model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))

@@ -6,15 +6,24 @@ Ours is the real training step: ``train.build_model`` + ``train.compile_model`` 
 ``model.fit`` (train_step, AdamW on the one-cycle schedule, loss, top-1/top-5 metrics,
 the project's thread settings), fed the batch as arrays; inference is ``model.predict``. Theirs is
 the paper script's step (AdamW, cross-entropy, ``loss.backward()``) and an
-``inference_mode`` forward pass. Both see the same random batch. Each repetition times
-both frameworks back to back, each in a fresh process; the medians and their ratios (ours / theirs, higher is
-better for us) are printed last, machine-readable:
+``inference_mode`` forward pass. Both see the same random batch.
+
+The reference is measured in every form a PyTorch user would try on a CPU: as the paper's
+script runs it (``torch``), with tcmalloc or jemalloc preloaded (``torch+tcmalloc``,
+``torch+jemalloc``: the standard advice for PyTorch on CPUs, since glibc maps and unmaps
+every large buffer at every step), and ``torch.compile`` (``torch-compile``, also with an
+allocator). Ours can take an allocator the same way (``keras+tcmalloc``). Each repetition
+times every form back to back, each in a fresh process; the medians are printed last,
+machine-readable, with ours / the **fastest** reference (``train_ratio_vanilla=...``) and
+ours / each reference (``train_ratio_vanilla_vs_torch_tcmalloc=...``); higher is better
+for us:
 
     pip install -r bench/requirements.txt     # the torch of requirements-dev.txt
+    apt-get install libtcmalloc-minimal4 libjemalloc2   # the allocators (Debian/Ubuntu)
     python bench/bench_train.py [--models vanilla,xl] [--repeats 3] [--steps 3]
-                                [--frameworks keras,keras-jax,torch]
+                                [--frameworks keras,torch,torch+tcmalloc,...]
 
-Final lines: ``train_ratio_vanilla=...``, ``infer_ratio_vanilla=...``, and the same for xl.
+A form whose allocator is not installed is reported as missing and left out.
 """
 
 import argparse
@@ -91,17 +100,24 @@ class Keras:
 
 
 class Torch:
+    compiled = False
+
     def __init__(self, arch, batch, x, y):
         import torch
 
         import ref_torch
 
         torch.manual_seed(0)
-        self.model = ref_torch.build(**arch)
-        self.step = ref_torch.make_train_step(self.model)
-        self.predict = ref_torch.make_predict(self.model)
-        self.x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())  # NCHW, as the paper's code
-        self.y = torch.from_numpy(y.astype("int64"))
+        # On a GPU host the reference runs on the GPU, as the paper's script does.
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = ref_torch.build(**arch).to(device)
+        # torch.compile (inductor, C++ on the CPU) compiles the model the step and the
+        # prediction call; the optimizer step stays as the paper runs it.
+        model = torch.compile(self.model) if self.compiled else self.model
+        self.step = ref_torch.make_train_step(model, parameters=self.model.parameters())
+        self.predict = ref_torch.make_predict(model)
+        self.x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)  # NCHW, as theirs
+        self.y = torch.from_numpy(y.astype("int64")).to(device)
         self.batch = batch
 
     def train(self, steps):
@@ -117,6 +133,34 @@ class Torch:
         return batches * self.batch / (time.perf_counter() - start)
 
 
+class TorchCompiled(Torch):
+    compiled = True
+
+
+# A framework form is ``name`` or ``name+allocator``.
+RUNNERS = {"keras": Keras, "keras-jax": Keras, "torch": Torch, "torch-compile": TorchCompiled}
+ALLOCATORS = {"tcmalloc": "tcmalloc_minimal", "jemalloc": "jemalloc"}
+REFERENCE = ("torch", "torch-compile")
+DEFAULT_FRAMEWORKS = ("keras,keras+tcmalloc,torch,torch+tcmalloc,torch+jemalloc,torch-compile,"
+                      "torch-compile+tcmalloc")
+
+
+def allocator_library(name):
+    """The shared library to preload for ``name``, or None where it is not installed."""
+    import ctypes.util
+
+    return ctypes.util.find_library(ALLOCATORS[name])
+
+
+def worker_env(form):
+    """The environment of one form's worker: its Keras backend and preloaded allocator."""
+    runner, _, allocator = form.partition("+")
+    env = dict(os.environ, KERAS_BACKEND="jax" if runner == "keras-jax" else "tensorflow")
+    if allocator:
+        env["LD_PRELOAD"] = allocator_library(allocator)
+    return env
+
+
 def measure(framework, name, batch, steps, infer_batches):
     """One framework on one model in this process: warm up, then time training steps and
     inference batches. Returns (train images/s, inference images/s)."""
@@ -125,8 +169,7 @@ def measure(framework, name, batch, steps, infer_batches):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, batch).astype("int32")
-    fw = {"keras": Keras, "keras-jax": Keras, "torch": Torch}[framework](
-        MODELS[name], batch, x, y)
+    fw = RUNNERS[framework.partition("+")[0]](MODELS[name], batch, x, y)
     fw.train(1)  # trace, allocate, warm up
     fw.infer(1)
     return fw.train(steps), fw.infer(infer_batches)
@@ -152,9 +195,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="training steps per repetition")
     parser.add_argument("--infer-batches", type=int, default=3)
-    parser.add_argument("--frameworks", default="keras,torch",
+    parser.add_argument("--frameworks", default=DEFAULT_FRAMEWORKS,
                         help="any of keras (on TensorFlow), keras-jax (on JAX, compiled), "
-                             "torch (the paper's PyTorch model)")
+                             "torch (the paper's PyTorch model as its script runs it), "
+                             "torch-compile (torch.compile), each optionally +tcmalloc or "
+                             "+jemalloc (LD_PRELOAD)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:model, one measurement
     args = parser.parse_args()
     if args.worker:
@@ -170,19 +215,28 @@ def main():
     import subprocess
 
     print(f"{versions()}; batch {args.batch}", flush=True)
-    frameworks = args.frameworks.split(",")
+    frameworks = []
+    for form in args.frameworks.split(","):
+        runner, _, allocator = form.partition("+")
+        if runner not in RUNNERS or (allocator and allocator not in ALLOCATORS):
+            sys.exit(f"unknown framework form {form!r}: use {', '.join(RUNNERS)}, each "
+                     f"optionally +{' or +'.join(ALLOCATORS)}")
+        if allocator and not allocator_library(allocator):
+            print(f"missing: {form} ({allocator} is not installed: apt-get install "
+                  f"{'libtcmalloc-minimal4' if allocator == 'tcmalloc' else 'libjemalloc2'})",
+                  flush=True)
+            continue
+        frameworks.append(form)
     lines = []
     for name in args.models.split(","):
         rates = {(fw, kind): [] for fw in frameworks for kind in ("train", "infer")}
         for r in range(args.repeats):
             for fw in frameworks:
-                backend = "jax" if fw == "keras-jax" else "tensorflow"
                 out = subprocess.run(
                     [sys.executable, os.path.abspath(__file__), "--worker", f"{fw}:{name}",
                      "--batch", str(args.batch), "--steps", str(args.steps),
                      "--infer-batches", str(args.infer_batches)],
-                    capture_output=True, text=True,
-                    env=dict(os.environ, KERAS_BACKEND=backend))
+                    capture_output=True, text=True, env=worker_env(fw))
                 result = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
                 if out.returncode != 0 or not result:
                     sys.exit(f"{fw} {name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
@@ -193,16 +247,27 @@ def main():
                 f"{fw} {kind} {values[-1]:.1f} img/s" for (fw, kind), values in rates.items()),
                 flush=True)
         med = {key: statistics.median(values) for key, values in rates.items()}
+        ours = [fw for fw in frameworks if fw.partition("+")[0] not in REFERENCE]
+        references = [fw for fw in frameworks if fw.partition("+")[0] in REFERENCE]
         for kind in ("train", "infer"):
             for fw in frameworks:
-                lines.append(f"{kind}_images_per_second_{name}_{fw.replace('-', '_')}="
-                             f"{med[fw, kind]:.1f}")
-            if "torch" in frameworks:
-                for fw, suffix in (("keras", ""), ("keras-jax", "_jax")):
-                    if fw in frameworks:
-                        lines.append(f"{kind}_ratio_{name}{suffix}="
-                                     f"{med[fw, kind] / med['torch', kind]:.2f}")
+                lines.append(f"{kind}_images_per_second_{name}_{_key(fw)}={med[fw, kind]:.1f}")
+            if not references:
+                continue
+            fastest = max(references, key=lambda fw: med[fw, kind])
+            lines.append(f"{kind}_fastest_reference_{name}={fastest}")
+            for fw in ours:
+                suffix = "" if fw == "keras" else f"_{_key(fw)}"
+                lines.append(f"{kind}_ratio_{name}{suffix}="
+                             f"{med[fw, kind] / med[fastest, kind]:.2f}")
+                for ref in references:
+                    lines.append(f"{kind}_ratio_{name}{suffix}_vs_{_key(ref)}="
+                                 f"{med[fw, kind] / med[ref, kind]:.2f}")
     print("\n".join(lines))
+
+
+def _key(form):
+    return form.replace("-", "_").replace("+", "_")
 
 
 if __name__ == "__main__":

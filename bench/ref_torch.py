@@ -71,18 +71,25 @@ def build(width, depth, patch_size=2, kernel_size=5, num_classes=10, activation=
     return model
 
 
-def make_train_step(model, lr=0.005, weight_decay=0.01):
-    """One optimizer step as the paper's script takes it: AdamW, cross-entropy."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+def make_train_step(model, lr=0.005, weight_decay=0.01, parameters=None):
+    """One optimizer step as the paper's script takes it: AdamW, cross-entropy, and on a
+    GPU its fp16 autocast with loss scaling. ``parameters``: the module's own, where
+    ``model`` is its ``torch.compile`` wrapper."""
+    optimizer = torch.optim.AdamW(model.parameters() if parameters is None else parameters,
+                                  lr=lr, weight_decay=weight_decay)
     criterion = nn.CrossEntropyLoss()
+    cuda = next(iter(optimizer.param_groups[0]["params"])).is_cuda
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
 
     def step(x, y):
         model.train()
         optimizer.zero_grad()
-        loss = criterion(model(x), y)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            loss = criterion(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.item()  # waits for the step, on a GPU too
 
     return step
 
@@ -90,8 +97,9 @@ def make_train_step(model, lr=0.005, weight_decay=0.01):
 def make_predict(model):
     def predict(x):
         model.eval()
-        with torch.inference_mode():
-            return model(x).argmax(1)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16,
+                                                     enabled=x.is_cuda):
+            return model(x).argmax(1).cpu()  # .cpu() waits for the GPU
 
     return predict
 

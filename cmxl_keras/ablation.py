@@ -87,8 +87,7 @@ def run(overrides, out_dir="ablation", scale="paper", seeds=None, argv=(), log=p
     Returns ``(rows, figure paths)``. Each run is ``<out>/<variant>`` (the config's own
     seed) or ``<out>/<variant>-seed<seed>``; ``<out>/log.txt`` keeps every invocation's log.
     """
-    if scale not in SCALES:
-        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
+    plan = planned_runs(overrides, out_dir, scale, seeds)  # refusals come before any write
     os.makedirs(out_dir, exist_ok=True)
     with runs.RunLock(out_dir):  # a second runner on this folder is refused, not interleaved
         log_path = os.path.join(out_dir, "log.txt")
@@ -100,29 +99,44 @@ def run(overrides, out_dir="ablation", scale="paper", seeds=None, argv=(), log=p
 
             tee(f"# {datetime.datetime.now().isoformat(timespec='seconds')}: "
                 f"{' '.join(argv) or 'ablation'}")
-            return _run(overrides, out_dir, scale, seeds, list(argv), tee)
+            return _run(plan, overrides, out_dir, scale, seeds, list(argv), tee)
 
 
-def _run(overrides, out_dir, scale, seeds, argv, log):
+def planned_runs(overrides, out_dir, scale, seeds):
+    """``{variant: [(seed or None, config, run folder), ...]}`` in Table 1's order. Every
+    config file is read, and every finished run checked, before the first run starts."""
+    from cmxl_keras import config
+
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
+    plan = {}
+    for variant in TABLE1:
+        base = config.merge(config.load(SCALES[scale].format(variant=variant)), overrides,
+                            source="the ablation options")
+        plan[variant] = []
+        for seed in seeds or (None,):
+            cfg = base if seed is None else base.replace(seed=seed)
+            run_dir = run_folder(out_dir, variant, seed)
+            if os.path.isfile(os.path.join(run_dir, "results.json")):
+                check_finished(run_dir, cfg)
+            plan[variant].append((seed, cfg, run_dir))
+    return plan
+
+
+def _run(plan, overrides, out_dir, scale, seeds, argv, log):
     import keras
 
-    from cmxl_keras import architecture, config, evaluate, progress, train
+    from cmxl_keras import architecture, evaluate, progress, train
 
     started = time.time()
-    configs = {variant: config.merge(config.load(SCALES[scale].format(variant=variant)),
-                                     overrides, source="the ablation options")
-               for variant in TABLE1}  # every file is read before the first run starts
     seed_list = tuple(seeds) if seeds else None
     trained, rows = 0, []
     for variant in progress.bar(TABLE1, desc="ablation", unit="config", leave=True):
         per_seed, train_seconds, folders = [], 0.0, []
-        for seed in seed_list or (None,):
-            cfg = configs[variant] if seed is None else configs[variant].replace(seed=seed)
-            run_dir = run_folder(out_dir, variant, seed)
+        for seed, cfg, run_dir in plan[variant]:
             label = variant if seed is None else f"{variant} seed {seed}"
             paths = runs.checkpoint_paths(run_dir)
             if os.path.isfile(os.path.join(run_dir, "results.json")):
-                check_finished(run_dir, cfg)
                 log(f"ablation: {label} is finished; not redone")
             elif any(os.path.isfile(paths[k]) for k in ("last", "good", "state")):
                 log(f"ablation: resuming {label}")
@@ -142,7 +156,7 @@ def _run(overrides, out_dir, scale, seeds, argv, log):
             train_seconds += runs.read_json(os.path.join(run_dir, "results.json"), {}).get(
                 "train_seconds_total", 0.0)
             folders.append(run_dir)
-        cfg = configs[variant]
+        cfg = plan[variant][0][1]
         top1, std = mean_std(per_seed)
         paper = architecture.VARIANTS[variant]["paper_top1"]
         rows.append({

@@ -60,6 +60,18 @@ def _run_folder(root, depth=4):
     return run
 
 
+def _finished_ablation(root):
+    """An ablation folder whose first run finished with other epochs than the CPU scale's."""
+    from cmxl_keras import config
+
+    run = root / "ablation" / "cm_vanilla_noaug"
+    run.mkdir(parents=True)
+    cfg = config.load("cpu_table1/cm_vanilla_noaug").replace(epochs=1)
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (run / "results.json").write_text("{}")
+    return root / "ablation"
+
+
 def _cifar100_dir(root):
     from test_data import write_cifar100
 
@@ -170,6 +182,16 @@ CASES = [
     ("report of a non-run", lambda r: ["report", r / "norun", "--out", r / "rep"],
      ["norun' has no metrics.json", "cli.py train"]),
     ("ablation bad override", lambda r: ["ablation", "--set", "depth=0"], ["depth", "got 0"]),
+    ("ablation bad seeds", lambda r: ["ablation", "--seeds", "1024,x"],
+     ["--seeds '1024,x'", "--seeds 1024,1025,1026"]),
+    ("ablation seeds twice", lambda r: ["ablation", "--seeds", "1,2", "--set", "seed=3"],
+     ["--seeds 1,2 and --set seed=3", "Give one"]),
+    ("ablation unknown scale", lambda r: ["ablation", "--scale", "gpu"],
+     ["'gpu' is not one of 'paper', 'cpu'"]),
+    ("ablation over other finished runs", lambda r: ["ablation", "--scale", "cpu",
+                                                     "--out", _finished_ablation(r)],
+     ["holds a finished run made with other settings", "epochs 1 (asked: 20)",
+      "give another --out"]),
     ("resume missing dir", lambda r: ["train", "--resume", r / "gone"],
      ["gone'", "runs/"]),
     ("resume another architecture", lambda r: ["train", "--resume", _run_folder(r), "--depth", "6",

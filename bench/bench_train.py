@@ -111,8 +111,8 @@ class Torch:
         # On a GPU host the reference runs on the GPU, as the paper's script does.
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = ref_torch.build(**arch).to(device)
-        # torch.compile (inductor, C++ on the CPU) compiles the model the step and the
-        # prediction call; the optimizer step stays as the paper runs it.
+        # torch.compile (inductor, C++ on the CPU) compiles the model that the step and the
+        # prediction call run; the optimizer step stays as the paper runs it.
         model = torch.compile(self.model) if self.compiled else self.model
         self.step = ref_torch.make_train_step(model, parameters=self.model.parameters())
         self.predict = ref_torch.make_predict(model)

@@ -197,15 +197,15 @@ def mean_curve(curves):
 
 def findings(rows):
     """Each of the paper's three findings: the gap between its two rows, here and in the
-    paper, and whether the sign agrees."""
+    paper, the gap's standard error over the seeds, and how it reads (``reading``)."""
     by_name = {row["name"]: row for row in rows}
     out = []
     for what, better, worse in FINDINGS:
         ours = by_name[better]["top1"] - by_name[worse]["top1"]
         paper = by_name[better]["paper_top1"] - by_name[worse]["paper_top1"]
         spreads = [by_name[name]["std"] for name in (better, worse)]
-        # Two seeds' standard deviations combined: the spread of a difference of two means
-        # is sqrt(s1^2/n1 + s2^2/n2).
+        # The two rows' standard deviations combined: the standard error of a difference of
+        # two means is sqrt(s1^2/n1 + s2^2/n2).
         noise = (None if None in spreads else float(np.sqrt(
             sum(s * s / len(by_name[name]["seeds"]) for s, name in zip(spreads, (better, worse))))))
         out.append({"finding": what, "better": better, "worse": worse,

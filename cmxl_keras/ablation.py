@@ -64,8 +64,8 @@ def check_finished(run_dir, cfg):
     from cmxl_keras import config
 
     saved = config.load_saved(run_dir)
-    diffs = [f"{key} {getattr(saved, key)!r} (asked: {getattr(cfg, key)!r})"
-             for key in RUN_KEYS if getattr(saved, key) != getattr(cfg, key)]
+    diffs = [f"{key} {was!r} (asked: {now!r})"
+             for key, was, now in config.differing(saved, cfg, RUN_KEYS)]
     if diffs:
         raise RunError(
             f"{run_dir!r} holds a finished run made with other settings: {', '.join(diffs)}. "

@@ -334,6 +334,13 @@ def read_toml(name_or_path):
     return path, data
 
 
+def differing(saved, config, keys):
+    """``[(key, saved value, value)]`` for the ``keys`` where two Configs differ (a run's
+    saved config against the one asked for: resume and the ablation runner refuse them)."""
+    return [(key, getattr(saved, key), getattr(config, key)) for key in keys
+            if getattr(saved, key) != getattr(config, key)]
+
+
 def from_dict(data, source="a saved config"):
     """Rebuilds a Config from ``to_dict()`` output (e.g. a run folder's config.json).
 

@@ -176,8 +176,8 @@ def check_resumable(run_dir, cfg, replan=False):
     saved = config_lib.load_saved(run_dir)
 
     def differences(keys):
-        return [f"{k}: saved {getattr(saved, k)!r}, now {getattr(cfg, k)!r}"
-                for k in keys if getattr(saved, k) != getattr(cfg, k)]
+        return [f"{k}: saved {was!r}, now {now!r}"
+                for k, was, now in config_lib.differing(saved, cfg, keys)]
 
     diffs = differences(ARCH_KEYS)
     if diffs:

@@ -12,7 +12,11 @@ The reference is measured in every form a PyTorch user would try on a CPU: as th
 script runs it (``torch``), with tcmalloc or jemalloc preloaded (``torch+tcmalloc``,
 ``torch+jemalloc``: the standard advice for PyTorch on CPUs, since glibc maps and unmaps
 every large buffer at every step), and ``torch.compile`` (``torch-compile``, also with an
-allocator). Ours can take an allocator the same way (``keras+tcmalloc``). Each repetition
+allocator). Ours can take an allocator the same way (``keras+tcmalloc``), and is also measured in the form a user deploys
+for inference (``keras-tflite``: the exported fp32 TFLite file, from the folded graph
+``cli.py export`` writes, run by LiteRT with XNNPACK; inference only). Inference is
+timed at batch 128 and at batch 1 (``--infer-batch-sizes``), one call per batch in
+every framework, float32 everywhere. Each repetition
 times every form back to back, each in a fresh process; the medians are printed last,
 machine-readable, with ours / the **fastest** reference (``train_ratio_vanilla=...``) and
 ours / each reference (``train_ratio_vanilla_vs_torch_tcmalloc=...``); higher is better
@@ -22,6 +26,9 @@ for us:
     apt-get install libtcmalloc-minimal4 libjemalloc2   # the allocators (Debian/Ubuntu)
     python bench/bench_train.py [--models vanilla,xl] [--repeats 3] [--steps 3]
                                 [--frameworks keras,torch,torch+tcmalloc,...]
+                                [--infer-batch-sizes 128,1]
+
+``--steps 0`` measures inference only.
 
 A form whose allocator is not installed is reported as missing and left out.
 """
@@ -90,13 +97,47 @@ class Keras:
                        shuffle=False, epochs=1, verbose=0, callbacks=[clock])
         return steps * self.batch / clock.seconds()
 
-    def infer(self, batches):
-        import numpy as np
+    def infer(self, batches, size):
+        # Keras' own one-batch call (its compiled predict function), as torch's forward
+        # is called: a server calls the model per request, without predict()'s loop.
+        images = self.x[:size]
+        start = time.perf_counter()
+        for _ in range(batches):
+            self.model.predict_on_batch(images)
+        return batches * size / (time.perf_counter() - start)
 
-        clock = step_clock("predict")
-        images = np.concatenate([self.x] * (batches + 1))
-        self.model.predict(images, batch_size=self.batch, verbose=0, callbacks=[clock])
-        return batches * self.batch / clock.seconds()
+
+class KerasTFLite:
+    """Our model as deployed for inference: ``export.inference_graph`` (BatchNorm and
+    the input normalization folded), written as the SavedModel ``cli.py export`` writes
+    and converted to the fp32 TFLite file, run by LiteRT (XNNPACK, one thread per core)
+    on uint8 images. Inference only; the weights are the freshly built model's."""
+
+    def __init__(self, arch, batch, x, y):
+        import tempfile
+
+        from cmxl_keras import config, export, train
+
+        cfg = config.Config(**arch, batch_size=batch, aug="none")
+        folded = export.inference_graph(train.build_model(cfg))
+        self.folder = tempfile.TemporaryDirectory(prefix="bench-tflite-")
+        saved = os.path.join(self.folder.name, "saved_model")
+        export.write_saved_model(folded, saved, serving=False)
+        path = os.path.join(self.folder.name, export.TFLITE_FILES["tflite"])
+        with open(path, "wb") as f:
+            f.write(export.convert_tflite(saved, "tflite"))
+        self.run = export.TFLiteRunner(path)
+        self.x = x.astype("uint8")
+
+    def train(self, steps):
+        return None
+
+    def infer(self, batches, size):
+        images = self.x[:size]
+        start = time.perf_counter()
+        for _ in range(batches):
+            self.run(images)
+        return batches * size / (time.perf_counter() - start)
 
 
 class Torch:
@@ -113,7 +154,9 @@ class Torch:
         self.model = ref_torch.build(**arch).to(device)
         # torch.compile (inductor, C++ on the CPU) compiles the model that the step and the
         # prediction call run; the optimizer step stays as the paper runs it.
-        model = torch.compile(self.model) if self.compiled else self.model
+        # dynamic=False: each batch size gets its own static graph (compiled in the
+        # warm-up), as fast as a model compiled for that size alone.
+        model = torch.compile(self.model, dynamic=False) if self.compiled else self.model
         self.step = ref_torch.make_train_step(model, parameters=self.model.parameters())
         self.predict = ref_torch.make_predict(model)
         self.x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)  # NCHW, as theirs
@@ -126,11 +169,12 @@ class Torch:
             self.step(self.x, self.y)
         return steps * self.batch / (time.perf_counter() - start)
 
-    def infer(self, batches):
+    def infer(self, batches, size):
+        images = self.x[:size]
         start = time.perf_counter()
         for _ in range(batches):
-            self.predict(self.x)
-        return batches * self.batch / (time.perf_counter() - start)
+            self.predict(images)
+        return batches * size / (time.perf_counter() - start)
 
 
 class TorchCompiled(Torch):
@@ -138,11 +182,12 @@ class TorchCompiled(Torch):
 
 
 # A framework form is ``name`` or ``name+allocator``.
-RUNNERS = {"keras": Keras, "keras-jax": Keras, "torch": Torch, "torch-compile": TorchCompiled}
+RUNNERS = {"keras": Keras, "keras-jax": Keras, "keras-tflite": KerasTFLite, "torch": Torch,
+           "torch-compile": TorchCompiled}
 ALLOCATORS = {"tcmalloc": "tcmalloc_minimal", "jemalloc": "jemalloc"}
 REFERENCE = ("torch", "torch-compile")
-DEFAULT_FRAMEWORKS = ("keras,keras+tcmalloc,torch,torch+tcmalloc,torch+jemalloc,torch-compile,"
-                      "torch-compile+tcmalloc")
+DEFAULT_FRAMEWORKS = ("keras,keras-tflite,keras+tcmalloc,torch,torch+tcmalloc,torch+jemalloc,"
+                      "torch-compile,torch-compile+tcmalloc")
 
 
 def allocator_library(name):
@@ -161,18 +206,30 @@ def worker_env(form):
     return env
 
 
-def measure(framework, name, batch, steps, infer_batches):
+def measure(framework, name, batch, steps, infer_batches, infer_sizes):
     """One framework on one model in this process: warm up, then time training steps and
-    inference batches. Returns (train images/s, inference images/s)."""
+    inference calls. Returns {kind: images/s}: ``train`` (absent for an inference-only
+    form or ``steps`` 0), ``infer`` (batch ``batch``) and ``infer_b<size>`` for the
+    other sizes."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, batch).astype("int32")
     fw = RUNNERS[framework.partition("+")[0]](MODELS[name], batch, x, y)
-    fw.train(1)  # trace, allocate, warm up
-    fw.infer(1)
-    return fw.train(steps), fw.infer(infer_batches)
+    rates = {}
+    if steps and fw.train(1) is not None:  # trace, allocate, warm up
+        rates["train"] = fw.train(steps)
+    for size in infer_sizes:
+        fw.infer(2, size)  # trace or compile for this size, warm up
+        # Batch 1 is timed over as many calls as images in the batch-128 timing.
+        calls = infer_batches if size == batch else max(infer_batches, infer_batches * batch // size)
+        rates[infer_kind(size, batch)] = fw.infer(calls, size)
+    return rates
+
+
+def infer_kind(size, batch):
+    return "infer" if size == batch else f"infer_b{size}"
 
 
 def versions():
@@ -193,27 +250,35 @@ def main():
     parser.add_argument("--models", default="vanilla,xl")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3, help="training steps per repetition")
-    parser.add_argument("--infer-batches", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3,
+                        help="training steps per repetition (0: inference only)")
+    parser.add_argument("--infer-batches", type=int, default=3,
+                        help="timed calls at batch --batch; a smaller batch size gets as "
+                             "many calls as images in those")
+    parser.add_argument("--infer-batch-sizes", default=None,
+                        help="inference batch sizes (default: --batch and 1)")
+    parser.add_argument("--timeout", type=float, default=3600,
+                        help="seconds one measurement may take before the bench stops "
+                             "with its last output")
     parser.add_argument("--frameworks", default=DEFAULT_FRAMEWORKS,
                         help="any of keras (on TensorFlow), keras-jax (on JAX, compiled), "
                              "torch (the paper's PyTorch model as its script runs it), "
                              "torch-compile (torch.compile), each optionally +tcmalloc or "
-                             "+jemalloc (LD_PRELOAD)")
+                             "+jemalloc (LD_PRELOAD); keras-tflite (ours exported to fp32 "
+                             "TFLite, LiteRT with XNNPACK; inference only)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:model, one measurement
     args = parser.parse_args()
+    sizes = [int(v) for v in (args.infer_batch_sizes or f"{args.batch},1").split(",")]
     if args.worker:
         framework, name = args.worker.split(":")
-        train, infer = measure(framework, name, args.batch, args.steps, args.infer_batches)
-        print(f"RESULT {train} {infer}")
+        rates = measure(framework, name, args.batch, args.steps, args.infer_batches, sizes)
+        print("RESULT " + " ".join(f"{kind}={rate}" for kind, rate in rates.items()))
         return
 
     # Each measurement runs in its own process: a batch-128 CM-XL needs most of this
     # machine's memory for its activations in either framework, and TensorFlow keeps its
     # memory pool for the life of a process. The frameworks alternate within each
     # repetition, so both see the same machine conditions.
-    import subprocess
-
     print(f"{versions()}; batch {args.batch}", flush=True)
     frameworks = []
     for form in args.frameworks.split(","):
@@ -227,30 +292,23 @@ def main():
                   flush=True)
             continue
         frameworks.append(form)
+    kinds = (["train"] if args.steps else []) + [infer_kind(size, args.batch) for size in sizes]
     lines = []
     for name in args.models.split(","):
-        rates = {(fw, kind): [] for fw in frameworks for kind in ("train", "infer")}
+        rates = {}
         for r in range(args.repeats):
             for fw in frameworks:
-                out = subprocess.run(
-                    [sys.executable, os.path.abspath(__file__), "--worker", f"{fw}:{name}",
-                     "--batch", str(args.batch), "--steps", str(args.steps),
-                     "--infer-batches", str(args.infer_batches)],
-                    capture_output=True, text=True, env=worker_env(fw))
-                result = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-                if out.returncode != 0 or not result:
-                    sys.exit(f"{fw} {name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-                train, infer = map(float, result[-1].split()[1:])
-                rates[fw, "train"].append(train)
-                rates[fw, "infer"].append(infer)
+                for kind, rate in run_worker(fw, name, sizes, args).items():
+                    rates.setdefault((fw, kind), []).append(rate)
             print(f"{name} repeat {r + 1}: " + ", ".join(
                 f"{fw} {kind} {values[-1]:.1f} img/s" for (fw, kind), values in rates.items()),
                 flush=True)
         med = {key: statistics.median(values) for key, values in rates.items()}
-        ours = [fw for fw in frameworks if fw.partition("+")[0] not in REFERENCE]
-        references = [fw for fw in frameworks if fw.partition("+")[0] in REFERENCE]
-        for kind in ("train", "infer"):
-            for fw in frameworks:
+        for kind in kinds:
+            measured = [fw for fw in frameworks if (fw, kind) in med]
+            ours = [fw for fw in measured if fw.partition("+")[0] not in REFERENCE]
+            references = [fw for fw in measured if fw.partition("+")[0] in REFERENCE]
+            for fw in measured:
                 lines.append(f"{kind}_images_per_second_{name}_{_key(fw)}={med[fw, kind]:.1f}")
             if not references:
                 continue
@@ -264,6 +322,29 @@ def main():
                     lines.append(f"{kind}_ratio_{name}{suffix}_vs_{_key(ref)}="
                                  f"{med[fw, kind] / med[ref, kind]:.2f}")
     print("\n".join(lines))
+
+
+def run_worker(fw, name, sizes, args):
+    """One measurement in a fresh process; exits with its last output if it fails or
+    runs past ``--timeout``."""
+    import subprocess
+
+    command = [sys.executable, os.path.abspath(__file__), "--worker", f"{fw}:{name}",
+               "--batch", str(args.batch), "--steps", str(args.steps),
+               "--infer-batches", str(args.infer_batches),
+               "--infer-batch-sizes", ",".join(map(str, sizes))]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, env=worker_env(fw),
+                             timeout=args.timeout)
+    except subprocess.TimeoutExpired as error:
+        tail = (error.stderr or b"")[-3000:]
+        sys.exit(f"{fw} {name} ran past --timeout {args.timeout:g} s; its last output:\n"
+                 f"{tail.decode(errors='replace') if isinstance(tail, bytes) else tail}")
+    result = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if out.returncode != 0 or not result:
+        sys.exit(f"{fw} {name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    return {kind: float(rate) for kind, rate in
+            (item.split("=") for item in result[-1].split()[1:])}
 
 
 def _key(form):

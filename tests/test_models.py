@@ -95,6 +95,46 @@ def test_gelu_is_exact_erf_form_and_swish_is_silu():
     np.testing.assert_allclose(leaky, np.where(x > 0, x, 0.01 * x), atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_gelu_gradient_is_the_exact_derivative_and_saves_as_keras_gelu(dtype, tmp_path):
+    # Our GELU writes its gradient out on TensorFlow (for speed): it must be the
+    # derivative of the exact erf form, Phi(x) + x * phi(x), the gradient autodiff takes
+    # through Keras' own gelu, in float32 and in float16 (mixed precision).
+    x = np.linspace(-6, 6, 241)
+    phi = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    xt = tf.constant(x, dtype)
+    grads = {}
+    for name, fn in (("ours", models.gelu),
+                     ("keras", lambda v: keras.activations.gelu(v, approximate=False))):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = fn(xt)
+            upstream = tf.cast(tf.linspace(0.5, 1.5, 241), dtype)
+            loss = tf.reduce_sum(y * upstream)
+        grads[name] = np.asarray(tape.gradient(loss, xt), np.float64)
+        assert y.dtype == dtype
+        tol = 1e-6 if dtype == "float32" else 5e-3
+        np.testing.assert_allclose(np.asarray(y, np.float64), x * cdf, atol=tol, rtol=tol)
+    upstream = np.linspace(0.5, 1.5, 241)
+    tol = 2e-6 if dtype == "float32" else 8e-3
+    np.testing.assert_allclose(grads["ours"], upstream * (cdf + x * phi), atol=tol, rtol=tol)
+    np.testing.assert_allclose(grads["ours"], grads["keras"], atol=tol, rtol=tol)
+    # Saved as Keras' "gelu": the .keras file needs nothing of ours to load.
+    layer = models._activation("gelu", "g")
+    assert layer.get_config()["activation"] == "gelu"
+    model = keras.Sequential([keras.Input((241,)), layer])
+    model.save(tmp_path / "gelu.keras")
+    code = ("import keras, numpy as np, sys; m = keras.saving.load_model(sys.argv[1]); "
+            "f = m.layers[-1].activation; print(f.__module__, "
+            "float(np.abs(np.asarray(m(np.linspace(-6, 6, 241)[None])) - "
+            "np.asarray(keras.activations.gelu(np.linspace(-6, 6, 241)[None]))).max()))")
+    out = run_process([sys.executable, "-c", code, str(tmp_path / "gelu.keras")], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    module, diff = out.stdout.split()[-2:]
+    assert module.startswith("keras.") and float(diff) < 1e-6, out.stdout
+
+
 def test_normalizes_raw_pixels_inside_and_accepts_uint8(tiny_kwargs):
     model = models.build_convmixer(**tiny_kwargs)
     images = random_images(3)

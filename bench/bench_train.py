@@ -72,6 +72,14 @@ def step_clock(kind):
     return StepClock()
 
 
+def images_per_second(predict, images, calls):
+    """Times ``calls`` calls of ``predict`` on one batch of ``images``."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        predict(images)
+    return calls * len(images) / (time.perf_counter() - start)
+
+
 class Keras:
     """Our path on the Keras backend of the process (``--frameworks keras`` runs it on
     TensorFlow, ``keras-jax`` on JAX with the compiled step training uses there). The
@@ -100,11 +108,7 @@ class Keras:
     def infer(self, batches, size):
         # Keras' own one-batch call (its compiled predict function), as torch's forward
         # is called: a server calls the model per request, without predict()'s loop.
-        images = self.x[:size]
-        start = time.perf_counter()
-        for _ in range(batches):
-            self.model.predict_on_batch(images)
-        return batches * size / (time.perf_counter() - start)
+        return images_per_second(self.model.predict_on_batch, self.x[:size], batches)
 
 
 class KerasTFLite:
@@ -133,11 +137,7 @@ class KerasTFLite:
         return None
 
     def infer(self, batches, size):
-        images = self.x[:size]
-        start = time.perf_counter()
-        for _ in range(batches):
-            self.run(images)
-        return batches * size / (time.perf_counter() - start)
+        return images_per_second(self.run, self.x[:size], batches)
 
 
 class Torch:
@@ -170,11 +170,7 @@ class Torch:
         return steps * self.batch / (time.perf_counter() - start)
 
     def infer(self, batches, size):
-        images = self.x[:size]
-        start = time.perf_counter()
-        for _ in range(batches):
-            self.predict(images)
-        return batches * size / (time.perf_counter() - start)
+        return images_per_second(self.predict, self.x[:size], batches)
 
 
 class TorchCompiled(Torch):

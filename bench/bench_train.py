@@ -12,12 +12,12 @@ The reference is measured in every form a PyTorch user would try on a CPU: as th
 script runs it (``torch``), with tcmalloc or jemalloc preloaded (``torch+tcmalloc``,
 ``torch+jemalloc``: the standard advice for PyTorch on CPUs, since glibc maps and unmaps
 every large buffer at every step), and ``torch.compile`` (``torch-compile``, also with an
-allocator). Ours can take an allocator the same way (``keras+tcmalloc``), and is also measured in the form a user deploys
-for inference (``keras-tflite``: the exported fp32 TFLite file, from the folded graph
-``cli.py export`` writes, run by LiteRT with XNNPACK; inference only). Inference is
-timed at batch 128 and at batch 1 (``--infer-batch-sizes``), one call per batch in
-every framework, float32 everywhere. Each repetition
-times every form back to back, each in a fresh process; the medians are printed last,
+allocator). Ours can take an allocator the same way (``keras+tcmalloc``), and is also
+measured in the form a user deploys for inference (``keras-tflite``: the exported fp32
+TFLite file, from the folded graph ``cli.py export`` writes, run by LiteRT with XNNPACK;
+inference only). Inference is timed at batch 128 and at batch 1
+(``--infer-batch-sizes``), one call per batch in every framework, float32 everywhere.
+Each repetition times every form back to back, each in a fresh process; the medians are printed last,
 machine-readable, with ours / the **fastest** reference (``train_ratio_vanilla=...``) and
 ours / each reference (``train_ratio_vanilla_vs_torch_tcmalloc=...``); higher is better
 for us:

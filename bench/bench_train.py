@@ -17,10 +17,10 @@ measured in the form a user deploys for inference (``keras-tflite``: the exporte
 TFLite file, from the folded graph ``cli.py export`` writes, run by LiteRT with XNNPACK;
 inference only). Inference is timed at batch 128 and at batch 1
 (``--infer-batch-sizes``), one call per batch in every framework, float32 everywhere.
-Each repetition times every form back to back, each in a fresh process; the medians are printed last,
-machine-readable, with ours / the **fastest** reference (``train_ratio_vanilla=...``) and
-ours / each reference (``train_ratio_vanilla_vs_torch_tcmalloc=...``); higher is better
-for us:
+Each repetition times every form back to back, each in a fresh process; the medians are
+printed last, machine-readable, with ours / the **fastest** reference
+(``train_ratio_vanilla=...``) and ours / each reference
+(``train_ratio_vanilla_vs_torch_tcmalloc=...``); higher is better for us:
 
     pip install -r bench/requirements.txt     # the torch of requirements-dev.txt
     apt-get install libtcmalloc-minimal4 libjemalloc2   # the allocators (Debian/Ubuntu)
@@ -219,7 +219,7 @@ def measure(framework, name, batch, steps, infer_batches, infer_sizes):
     for size in infer_sizes:
         fw.infer(2, size)  # trace or compile for this size, warm up
         # Batch 1 is timed over as many calls as images in the batch-128 timing.
-        calls = infer_batches if size == batch else max(infer_batches, infer_batches * batch // size)
+        calls = max(infer_batches, infer_batches * batch // size)
         rates[infer_kind(size, batch)] = fw.infer(calls, size)
     return rates
 
@@ -265,6 +265,9 @@ def main():
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:model, one measurement
     args = parser.parse_args()
     sizes = [int(v) for v in (args.infer_batch_sizes or f"{args.batch},1").split(",")]
+    if not all(0 < size <= args.batch for size in sizes):
+        sys.exit(f"--infer-batch-sizes {args.infer_batch_sizes}: each size must be between 1 "
+                 f"and --batch ({args.batch}); raise --batch for a larger one.")
     if args.worker:
         framework, name = args.worker.split(":")
         rates = measure(framework, name, args.batch, args.steps, args.infer_batches, sizes)

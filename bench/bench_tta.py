@@ -22,12 +22,14 @@ The last lines are machine-readable: ``minutes_to_target_mean=...``, ``..._std=.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from cmxl_keras.ablation import mean_std, parse_seeds  # noqa: E402  (the runner's own)
+from cmxl_keras.errors import ConfigError  # noqa: E402
 
 
 def run(command, timeout):
@@ -55,8 +57,9 @@ def minutes_to(epochs, target):
 
 
 def spread(values):
-    mean = statistics.mean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else float("nan")
+    """Mean and sample std as the ablation runner reports them; NaN std for one run."""
+    mean, std = mean_std(values)
+    return mean, float("nan") if std is None else std
 
 
 def main():
@@ -74,9 +77,9 @@ def main():
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     args = parser.parse_args()
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        sys.exit(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 1024,1025")
+        seeds = parse_seeds(args.seeds)
+    except ConfigError as error:
+        sys.exit(str(error))
     if not 0 < args.target <= 1:
         sys.exit(f"--target {args.target}: a validation top-1 between 0 and 1, e.g. 0.75")
     if os.path.exists(args.out):

@@ -46,6 +46,7 @@ sys.path.insert(0, HERE)
 import cmxl_keras  # noqa: E402,F401  (before TensorFlow: it picks the CPU allocator)
 
 from cmxl_keras.architecture import ARCH_KEYS, VARIANTS  # noqa: E402
+from runner import run_or_exit  # noqa: E402  (bench/runner.py)
 
 # The paper's CM-Vanilla (d8, GELU) and CM-XL (d66, skip period 3, SiLU).
 MODELS = {name: {key: VARIANTS[variant][key] for key in ARCH_KEYS}
@@ -326,22 +327,14 @@ def main():
 def run_worker(fw, name, sizes, args):
     """One measurement in a fresh process; exits with its last output if it fails or
     runs past ``--timeout``."""
-    import subprocess
-
     command = [sys.executable, os.path.abspath(__file__), "--worker", f"{fw}:{name}",
                "--batch", str(args.batch), "--steps", str(args.steps),
                "--infer-batches", str(args.infer_batches),
                "--infer-batch-sizes", ",".join(map(str, sizes))]
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, env=worker_env(fw),
-                             timeout=args.timeout)
-    except subprocess.TimeoutExpired as error:
-        tail = (error.stderr or b"")[-3000:]
-        sys.exit(f"{fw} {name} ran past --timeout {args.timeout:g} s; its last output:\n"
-                 f"{tail.decode(errors='replace') if isinstance(tail, bytes) else tail}")
+    out = run_or_exit(command, f"{fw} {name}", args.timeout, env=worker_env(fw))
     result = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    if out.returncode != 0 or not result:
-        sys.exit(f"{fw} {name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    if not result:
+        sys.exit(f"{fw} {name} printed no RESULT line; its last output:\n{out.stderr[-3000:]}")
     return {kind: float(rate) for kind, rate in
             (item.split("=") for item in result[-1].split()[1:])}
 

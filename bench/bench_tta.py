@@ -22,7 +22,6 @@ The last lines are machine-readable: ``minutes_to_target_mean=...``, ``..._std=.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -30,19 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from cmxl_keras.ablation import mean_std, parse_seeds  # noqa: E402  (the runner's own)
 from cmxl_keras.errors import ConfigError  # noqa: E402
-
-
-def run(command, timeout):
-    """Runs ``command``; on failure or past ``timeout`` seconds, exits with its last output."""
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired as error:
-        tail = error.stderr or b""
-        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        sys.exit(f"{' '.join(command)} ran past {timeout:g} s; its last output:\n{tail[-3000:]}")
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-    return out
+from runner import run_or_exit  # noqa: E402
 
 
 def minutes_to(epochs, target):
@@ -94,7 +81,7 @@ def main():
         for override in args.overrides:
             command += ["--set", override]
         start = time.perf_counter()
-        run(command, args.timeout)
+        run_or_exit(command, " ".join(command), args.timeout, cwd=ROOT)
         wall = (time.perf_counter() - start) / 60
         with open(os.path.join(run_dir, "metrics.json")) as f:
             epochs = json.load(f)
@@ -102,8 +89,9 @@ def main():
                "training_minutes": sum(e["epoch_seconds"] for e in epochs) / 60,
                "wall_minutes": wall, "final_top1": epochs[-1]["val_accuracy"]}
         if args.tta:
-            out = run([sys.executable, "cli.py", "evaluate", run_dir, "--data-dir",
-                       args.data_dir, "--tta", "--json"], args.timeout)
+            evaluate = [sys.executable, "cli.py", "evaluate", run_dir, "--data-dir",
+                        args.data_dir, "--tta", "--json"]
+            out = run_or_exit(evaluate, " ".join(evaluate), args.timeout, cwd=ROOT)
             row["final_top1_tta"] = json.loads(out.stdout)["tta_flip"]["top1"]
         rows.append(row)
         reached = row["minutes_to_target"]

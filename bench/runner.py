@@ -1,0 +1,28 @@
+"""The one way the bench scripts run a measurement in a child process: with a timeout, and
+on failure or a hang, exit naming the command and showing the child's last output (so a
+stuck worker never hangs the bench and never fails silently)."""
+
+import subprocess
+import sys
+
+
+def _tail(text, limit=3000):
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return (text or "")[-limit:]
+
+
+def run_or_exit(command, label, timeout, **kwargs):
+    """Runs ``command`` (``subprocess.run`` keyword arguments pass through) and returns the
+    completed process; exits with ``label`` and the last output if it fails or runs past
+    ``timeout`` seconds."""
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                             **kwargs)
+    except subprocess.TimeoutExpired as error:
+        sys.exit(f"{label} ran past {timeout:g} s; its last output:\n"
+                 f"{_tail(error.stdout)}{_tail(error.stderr)}")
+    if out.returncode != 0:
+        sys.exit(f"{label} failed (exit {out.returncode}); its last output:\n"
+                 f"{_tail(out.stdout)}{_tail(out.stderr)}")
+    return out

@@ -1,6 +1,6 @@
-"""The one way the bench scripts run a measurement in a child process: with a timeout, and
-on failure or a hang, exit naming the command and showing the child's last output (so a
-stuck worker never hangs the bench and never fails silently)."""
+"""The one way the bench scripts run a measurement in a child process: with a timeout (each
+script's ``--timeout``), and on failure or a hang, exit naming the command and showing the
+child's last output, so a stuck worker never hangs the bench and never fails silently."""
 
 import subprocess
 import sys
@@ -20,7 +20,7 @@ def run_or_exit(command, label, timeout, **kwargs):
         out = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                              **kwargs)
     except subprocess.TimeoutExpired as error:
-        sys.exit(f"{label} ran past {timeout:g} s; its last output:\n"
+        sys.exit(f"{label} ran past --timeout {timeout:g} s; its last output:\n"
                  f"{_tail(error.stdout)}{_tail(error.stderr)}")
     if out.returncode != 0:
         sys.exit(f"{label} failed (exit {out.returncode}); its last output:\n"

@@ -23,7 +23,7 @@ FAILED = "import sys; print('loading data'); sys.exit('no such folder: data/x')"
 
 
 @pytest.mark.parametrize("code, timeout, expected", [
-    (HUNG, 10, ["train seed 7 ran past 10 s", "epoch 3 of 5", "still working"]),
+    (HUNG, 10, ["train seed 7 ran past --timeout 10 s", "epoch 3 of 5", "still working"]),
     (FAILED, 60, ["train seed 7 failed (exit 1)", "loading data", "no such folder: data/x"]),
 ], ids=["hung", "failed"])
 def test_a_hung_or_failed_child_exits_with_its_last_output(code, timeout, expected):

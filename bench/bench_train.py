@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 import cmxl_keras  # noqa: E402,F401  (before TensorFlow: it picks the CPU allocator)
 
 from cmxl_keras.architecture import ARCH_KEYS, VARIANTS  # noqa: E402
-from runner import run_or_exit  # noqa: E402  (bench/runner.py)
+from runner import run_or_exit, tail  # noqa: E402  (bench/runner.py)
 
 # The paper's CM-Vanilla (d8, GELU) and CM-XL (d66, skip period 3, SiLU).
 MODELS = {name: {key: VARIANTS[variant][key] for key in ARCH_KEYS}
@@ -331,10 +331,10 @@ def run_worker(fw, name, sizes, args):
                "--batch", str(args.batch), "--steps", str(args.steps),
                "--infer-batches", str(args.infer_batches),
                "--infer-batch-sizes", ",".join(map(str, sizes))]
-    out = run_or_exit(command, f"{fw} {name}", args.timeout, env=worker_env(fw))
+    out = run_or_exit(command, args.timeout, f"{fw} {name}", env=worker_env(fw))
     result = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if not result:
-        sys.exit(f"{fw} {name} printed no RESULT line; its last output:\n{out.stderr[-3000:]}")
+        sys.exit(f"{fw} {name} printed no RESULT line; its last output:\n{tail(out.stderr)}")
     return {kind: float(rate) for kind, rate in
             (item.split("=") for item in result[-1].split()[1:])}
 

@@ -81,7 +81,7 @@ def main():
         for override in args.overrides:
             command += ["--set", override]
         start = time.perf_counter()
-        run_or_exit(command, " ".join(command), args.timeout, cwd=ROOT)
+        run_or_exit(command, args.timeout, cwd=ROOT)
         wall = (time.perf_counter() - start) / 60
         with open(os.path.join(run_dir, "metrics.json")) as f:
             epochs = json.load(f)
@@ -89,9 +89,8 @@ def main():
                "training_minutes": sum(e["epoch_seconds"] for e in epochs) / 60,
                "wall_minutes": wall, "final_top1": epochs[-1]["val_accuracy"]}
         if args.tta:
-            evaluate = [sys.executable, "cli.py", "evaluate", run_dir, "--data-dir",
-                        args.data_dir, "--tta", "--json"]
-            out = run_or_exit(evaluate, " ".join(evaluate), args.timeout, cwd=ROOT)
+            out = run_or_exit([sys.executable, "cli.py", "evaluate", run_dir, "--data-dir",
+                               args.data_dir, "--tta", "--json"], args.timeout, cwd=ROOT)
             row["final_top1_tta"] = json.loads(out.stdout)["tta_flip"]["top1"]
         rows.append(row)
         reached = row["minutes_to_target"]

@@ -6,23 +6,25 @@ import subprocess
 import sys
 
 
-def _tail(text, limit=3000):
+def tail(text, limit=3000):
+    """The last ``limit`` characters of a child's output (bytes or text; None is empty)."""
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
     return (text or "")[-limit:]
 
 
-def run_or_exit(command, label, timeout, **kwargs):
+def run_or_exit(command, timeout, label=None, **kwargs):
     """Runs ``command`` (``subprocess.run`` keyword arguments pass through) and returns the
-    completed process; exits with ``label`` and the last output if it fails or runs past
-    ``timeout`` seconds."""
+    completed process; exits with ``label`` (by default the command line) and the last
+    output if it fails or runs past ``timeout`` seconds."""
+    label = label or " ".join(command)
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                              **kwargs)
     except subprocess.TimeoutExpired as error:
         sys.exit(f"{label} ran past --timeout {timeout:g} s; its last output:\n"
-                 f"{_tail(error.stdout)}{_tail(error.stderr)}")
+                 f"{tail(error.stdout)}{tail(error.stderr)}")
     if out.returncode != 0:
         sys.exit(f"{label} failed (exit {out.returncode}); its last output:\n"
-                 f"{_tail(out.stdout)}{_tail(out.stderr)}")
+                 f"{tail(out.stdout)}{tail(out.stderr)}")
     return out

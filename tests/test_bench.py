@@ -13,7 +13,7 @@ from runner import run_or_exit  # noqa: E402
 
 
 def test_run_or_exit_returns_the_finished_process():
-    out = run_or_exit([sys.executable, "-c", "print('fine')"], "child", timeout=60)
+    out = run_or_exit([sys.executable, "-c", "print('fine')"], timeout=60)
     assert out.stdout.strip() == "fine"
 
 
@@ -28,7 +28,7 @@ FAILED = "import sys; print('loading data'); sys.exit('no such folder: data/x')"
 ], ids=["hung", "failed"])
 def test_a_hung_or_failed_child_exits_with_its_last_output(code, timeout, expected):
     with pytest.raises(SystemExit) as error:
-        run_or_exit([sys.executable, "-c", code], "train seed 7", timeout=timeout)
+        run_or_exit([sys.executable, "-c", code], timeout, label="train seed 7")
     for text in expected:
         assert text in str(error.value)
 
@@ -41,3 +41,9 @@ def test_minutes_to_target_counts_training_time_up_to_the_first_epoch_at_target(
     assert bench_tta.minutes_to(epochs, 0.75) == pytest.approx(3.5)
     assert bench_tta.minutes_to(epochs, 0.80) == pytest.approx(6.5)
     assert bench_tta.minutes_to(epochs, 0.81) is None
+
+
+def test_without_a_label_the_failure_names_the_command_line():
+    with pytest.raises(SystemExit) as error:
+        run_or_exit([sys.executable, "-c", FAILED], timeout=60)
+    assert f"{sys.executable} -c {FAILED} failed (exit 1)" in str(error.value)

@@ -28,7 +28,9 @@ printed last, machine-readable, with ours / the **fastest** reference
                                 [--frameworks keras,torch,torch+tcmalloc,...]
                                 [--infer-batch-sizes 128,1]
 
-``--steps 0`` measures inference only.
+``--steps 0`` measures inference only. ``--convs-only`` replaces every activation and
+BatchNorm layer with an identity in ours and in the reference alike: the time the rest of
+the step takes, the bound of what faster activations and BatchNorms could give.
 
 A form whose allocator is not installed is reported as missing and left out.
 """
@@ -81,17 +83,40 @@ def images_per_second(predict, images, calls):
     return calls * len(images) / (time.perf_counter() - start)
 
 
+def keras_model(arch, batch, convs_only=False):
+    """Our model of ``arch`` and its config; with ``convs_only`` (``--convs-only``), every
+    activation and BatchNormalization layer replaced by an identity, as
+    ``ref_torch.convs_only`` does to the reference."""
+    import keras
+
+    from cmxl_keras import config, train
+
+    cfg = config.Config(**arch, batch_size=batch, aug="none")
+    model = train.build_model(cfg)
+    if convs_only:
+        class Skipped(keras.layers.Layer):
+            def call(self, inputs, **kwargs):  # takes the call arguments of what it replaces
+                return inputs
+
+        elementwise = (keras.layers.BatchNormalization, keras.layers.Activation,
+                       keras.layers.ReLU, keras.layers.LeakyReLU)
+        model = keras.models.clone_model(model, clone_function=lambda layer: (
+            Skipped(name=layer.name) if isinstance(layer, elementwise)
+            else layer.__class__.from_config(layer.get_config())))
+    return cfg, model
+
+
 class Keras:
     """Our path on the Keras backend of the process (``--frameworks keras`` runs it on
     TensorFlow, ``keras-jax`` on JAX with the compiled step training uses there). The
     batch is fed as numpy arrays, which every backend takes, so the JAX form runs where
     TensorFlow is not installed (a GPU host with only JAX)."""
 
-    def __init__(self, arch, batch, x, y):
-        from cmxl_keras import config, train
+    def __init__(self, arch, batch, x, y, convs_only=False):
+        from cmxl_keras import train
 
-        cfg = config.Config(**arch, batch_size=batch, aug="none")
-        self.model = train.compile_model(train.build_model(cfg), cfg, steps=1000)
+        cfg, model = keras_model(arch, batch, convs_only)
+        self.model = train.compile_model(model, cfg, steps=1000)
         self.batch = batch
         self.x, self.y = x, y
 
@@ -118,13 +143,12 @@ class KerasTFLite:
     and converted to the fp32 TFLite file, run by LiteRT (XNNPACK, one thread per core)
     on uint8 images. Inference only; the weights are the freshly built model's."""
 
-    def __init__(self, arch, batch, x, y):
+    def __init__(self, arch, batch, x, y, convs_only=False):
         import tempfile
 
-        from cmxl_keras import config, export, train
+        from cmxl_keras import export
 
-        cfg = config.Config(**arch, batch_size=batch, aug="none")
-        folded = export.inference_graph(train.build_model(cfg))
+        folded = export.inference_graph(keras_model(arch, batch, convs_only)[1])
         self.folder = tempfile.TemporaryDirectory(prefix="bench-tflite-")
         saved = os.path.join(self.folder.name, "saved_model")
         export.write_saved_model(folded, saved, serving=False)
@@ -144,7 +168,7 @@ class KerasTFLite:
 class Torch:
     compiled = False
 
-    def __init__(self, arch, batch, x, y):
+    def __init__(self, arch, batch, x, y, convs_only=False):
         import torch
 
         import ref_torch
@@ -152,7 +176,10 @@ class Torch:
         torch.manual_seed(0)
         # On a GPU host the reference runs on the GPU, as the paper's script does.
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = ref_torch.build(**arch).to(device)
+        self.model = ref_torch.build(**arch)
+        if convs_only:
+            ref_torch.convs_only(self.model)
+        self.model = self.model.to(device)
         # torch.compile (inductor, C++ on the CPU) compiles the model that the step and the
         # prediction call run; the optimizer step stays as the paper runs it.
         # dynamic=False: each batch size gets its own static graph (compiled in the
@@ -203,17 +230,17 @@ def worker_env(form):
     return env
 
 
-def measure(framework, name, batch, steps, infer_batches, infer_sizes):
-    """One framework on one model in this process: warm up, then time training steps and
-    inference calls. Returns {kind: images/s}: ``train`` (absent for an inference-only
-    form or ``steps`` 0), ``infer`` (batch ``batch``) and ``infer_b<size>`` for the
-    other sizes."""
+def measure(framework, name, batch, steps, infer_batches, infer_sizes, convs_only=False):
+    """One framework on one model in this process (``convs_only``: without its activation
+    and BatchNorm layers): warm up, then time training steps and inference calls.
+    Returns {kind: images/s}: ``train`` (absent for an inference-only form or ``steps``
+    0), ``infer`` (batch ``batch``) and ``infer_b<size>`` for the other sizes."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, batch).astype("int32")
-    fw = RUNNERS[framework.partition("+")[0]](MODELS[name], batch, x, y)
+    fw = RUNNERS[framework.partition("+")[0]](MODELS[name], batch, x, y, convs_only)
     rates = {}
     if steps and fw.train(1) is not None:  # trace, allocate, warm up
         rates["train"] = fw.train(steps)
@@ -263,6 +290,12 @@ def main():
                              "torch-compile (torch.compile), each optionally +tcmalloc or "
                              "+jemalloc (LD_PRELOAD); keras-tflite (ours exported to fp32 "
                              "TFLite, LiteRT with XNNPACK; inference only)")
+    parser.add_argument("--convs-only", action="store_true",
+                        help="every activation and BatchNorm layer replaced by an identity, "
+                             "in ours and the reference alike: the time the rest (the "
+                             "convolutions, residual adds, head and optimizer) takes, the "
+                             "bound of any speed-up of those layers; keys name the model "
+                             "<model>_convs_only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:model, one measurement
     args = parser.parse_args()
     sizes = [int(v) for v in (args.infer_batch_sizes or f"{args.batch},1").split(",")]
@@ -271,7 +304,8 @@ def main():
                  f"and --batch ({args.batch}); raise --batch for a larger one.")
     if args.worker:
         framework, name = args.worker.split(":")
-        rates = measure(framework, name, args.batch, args.steps, args.infer_batches, sizes)
+        rates = measure(framework, name, args.batch, args.steps, args.infer_batches, sizes,
+                        args.convs_only)
         print("RESULT " + " ".join(f"{kind}={rate}" for kind, rate in rates.items()))
         return
 
@@ -279,7 +313,9 @@ def main():
     # machine's memory for its activations in either framework, and TensorFlow keeps its
     # memory pool for the life of a process. The frameworks alternate within each
     # repetition, so both see the same machine conditions.
-    print(f"{versions()}; batch {args.batch}", flush=True)
+    print(f"{versions()}; batch {args.batch}"
+          + ("; convs only (activations and BatchNorm are identities)" if args.convs_only
+             else ""), flush=True)
     frameworks = []
     for form in args.frameworks.split(","):
         runner, _, allocator = form.partition("+")
@@ -296,11 +332,12 @@ def main():
     lines = []
     for name in args.models.split(","):
         rates = {}
+        label = name + ("_convs_only" if args.convs_only else "")
         for r in range(args.repeats):
             for fw in frameworks:
                 for kind, rate in run_worker(fw, name, sizes, args).items():
                     rates.setdefault((fw, kind), []).append(rate)
-            print(f"{name} repeat {r + 1}: " + ", ".join(
+            print(f"{label} repeat {r + 1}: " + ", ".join(
                 f"{fw} {kind} {values[-1]:.1f} img/s" for (fw, kind), values in rates.items()),
                 flush=True)
         med = {key: statistics.median(values) for key, values in rates.items()}
@@ -309,17 +346,17 @@ def main():
             ours = [fw for fw in measured if fw.partition("+")[0] not in REFERENCE]
             references = [fw for fw in measured if fw.partition("+")[0] in REFERENCE]
             for fw in measured:
-                lines.append(f"{kind}_images_per_second_{name}_{_key(fw)}={med[fw, kind]:.1f}")
+                lines.append(f"{kind}_images_per_second_{label}_{_key(fw)}={med[fw, kind]:.1f}")
             if not references:
                 continue
             fastest = max(references, key=lambda fw: med[fw, kind])
-            lines.append(f"{kind}_fastest_reference_{name}={fastest}")
+            lines.append(f"{kind}_fastest_reference_{label}={fastest}")
             for fw in ours:
                 suffix = "" if fw == "keras" else f"_{_key(fw)}"
-                lines.append(f"{kind}_ratio_{name}{suffix}="
+                lines.append(f"{kind}_ratio_{label}{suffix}="
                              f"{med[fw, kind] / med[fastest, kind]:.2f}")
                 for ref in references:
-                    lines.append(f"{kind}_ratio_{name}{suffix}_vs_{_key(ref)}="
+                    lines.append(f"{kind}_ratio_{label}{suffix}_vs_{_key(ref)}="
                                  f"{med[fw, kind] / med[ref, kind]:.2f}")
     print("\n".join(lines))
 
@@ -330,7 +367,8 @@ def run_worker(fw, name, sizes, args):
     command = [sys.executable, os.path.abspath(__file__), "--worker", f"{fw}:{name}",
                "--batch", str(args.batch), "--steps", str(args.steps),
                "--infer-batches", str(args.infer_batches),
-               "--infer-batch-sizes", ",".join(map(str, sizes))]
+               "--infer-batch-sizes", ",".join(map(str, sizes))] + (
+                   ["--convs-only"] if args.convs_only else [])
     out = run_or_exit(command, args.timeout, f"{fw} {name}", env=worker_env(fw))
     result = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if not result:

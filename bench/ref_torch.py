@@ -71,6 +71,19 @@ def build(width, depth, patch_size=2, kernel_size=5, num_classes=10, activation=
     return model
 
 
+def convs_only(model):
+    """``model`` with every activation and BatchNorm replaced by ``nn.Identity``, in place
+    (``bench_train.py --convs-only``): what the convolutions, residual adds, head and
+    optimizer step cost without the elementwise layers."""
+    elementwise = (nn.BatchNorm2d, *ACTIVATIONS.values())
+    for name, child in model.named_children():
+        if isinstance(child, elementwise):
+            setattr(model, name, nn.Identity())
+        else:
+            convs_only(child)
+    return model
+
+
 def make_train_step(model, lr=0.005, weight_decay=0.01, parameters=None):
     """One optimizer step as the paper's script takes it: AdamW, cross-entropy, and on a
     GPU its fp16 autocast with loss scaling. ``parameters``: the module's own, where

@@ -47,3 +47,36 @@ def test_without_a_label_the_failure_names_the_command_line():
     with pytest.raises(SystemExit) as error:
         run_or_exit([sys.executable, "-c", FAILED], timeout=60)
     assert f"{sys.executable} -c {FAILED} failed (exit 1)" in str(error.value)
+
+
+@pytest.mark.parametrize("arch", [
+    dict(width=16, depth=2, patch_size=2, kernel_size=3, activation="gelu", skip_period=0),
+    dict(width=16, depth=4, patch_size=2, kernel_size=3, activation="silu", skip_period=2),
+], ids=["vanilla", "xl"])
+def test_convs_only_strips_the_same_layers_from_ours_and_the_reference(arch):
+    # --convs-only bounds what a faster activation or BatchNorm could gain; it is a fair
+    # bound only if both frameworks lose exactly those layers and keep everything else.
+    import keras
+    import numpy as np
+    import torch
+
+    import bench_train
+    import ref_torch
+
+    full = ref_torch.build(**arch)
+    stripped = ref_torch.convs_only(ref_torch.build(**arch))
+    kinds = {type(m).__name__ for m in stripped.modules()}
+    assert not kinds & {"BatchNorm2d", "GELU", "SiLU"} and "Conv2d" in kinds
+    bn_params = sum(p.numel() for m in full.modules() if isinstance(m, torch.nn.BatchNorm2d)
+                    for p in m.parameters())
+    torch_params = sum(p.numel() for p in stripped.parameters())
+    assert bn_params > 0 and torch_params == sum(p.numel() for p in full.parameters()) - bn_params
+
+    _, model = bench_train.keras_model(arch, batch=4, convs_only=True)
+    kept = {type(layer).__name__ for layer in model.layers}
+    assert not kept & {"BatchNormalization", "Activation", "ReLU", "LeakyReLU"}
+    assert {"Conv2D", "DepthwiseConv2D", "Add"} <= kept
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == torch_params
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    logits = keras.ops.convert_to_numpy(model(x, training=True))
+    assert logits.shape == (2, 10) and np.isfinite(logits).all()

@@ -110,12 +110,20 @@ class Keras:
     """Our path on the Keras backend of the process (``--frameworks keras`` runs it on
     TensorFlow, ``keras-jax`` on JAX with the compiled step training uses there). The
     batch is fed as numpy arrays, which every backend takes, so the JAX form runs where
-    TensorFlow is not installed (a GPU host with only JAX)."""
+    TensorFlow is not installed (a GPU host with only JAX). ``keras-jax-aug`` trains as
+    ``cli.py train`` does under JAX: the paper's augmentation as Keras layers in front of
+    the model, inside the compiled step (``pipeline = "device"``)."""
+
+    augment = False
 
     def __init__(self, arch, batch, x, y, convs_only=False):
-        from cmxl_keras import train
+        from cmxl_keras import augment, train
 
         cfg, model = keras_model(arch, batch, convs_only)
+        if self.augment:
+            cfg = cfg.replace(aug="paper")
+            layers = augment.keras_layers(augment.AugmentSpec.from_config(cfg), seed=0)
+            model = train.build_model(cfg, augmentation=layers)
         self.model = train.compile_model(model, cfg, steps=1000)
         self.batch = batch
         self.x, self.y = x, y
@@ -135,6 +143,10 @@ class Keras:
         # Keras' own one-batch call (its compiled predict function), as torch's forward
         # is called: a server calls the model per request, without predict()'s loop.
         return images_per_second(self.model.predict_on_batch, self.x[:size], batches)
+
+
+class KerasAugmented(Keras):
+    augment = True
 
 
 class KerasTFLite:
@@ -185,8 +197,10 @@ class Torch:
         # dynamic=False: each batch size gets its own static graph (compiled in the
         # warm-up), as fast as a model compiled for that size alone.
         model = torch.compile(self.model, dynamic=False) if self.compiled else self.model
-        self.step = ref_torch.make_train_step(model, parameters=self.model.parameters())
-        self.predict = ref_torch.make_predict(model)
+        amp = PRECISION != "float32"  # fp16 autocast + GradScaler, on a GPU only
+        self.step = ref_torch.make_train_step(model, parameters=self.model.parameters(),
+                                              amp=amp)
+        self.predict = ref_torch.make_predict(model, amp=amp)
         self.x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)  # NCHW, as theirs
         self.y = torch.from_numpy(y.astype("int64")).to(device)
         self.batch = batch
@@ -205,11 +219,66 @@ class TorchCompiled(Torch):
     compiled = True
 
 
+class TorchLoader(Torch):
+    """The paper's input path: its ``train.py`` transforms (RandomResizedCrop, flip,
+    RandAugment, ColorJitter, ToTensor, Normalize, RandomErasing) on PIL images in a
+    ``DataLoader`` with ``--workers`` worker processes, shuffled, each batch copied to the
+    device before the step, as that script does. The images are the batch's, cycled.
+    Training only (the script evaluates from the same loaders without augmentation)."""
+
+    def __init__(self, arch, batch, x, y, convs_only=False):
+        super().__init__(arch, batch, x, y, convs_only)
+        import torch
+        from PIL import Image
+
+        import ref_torch
+
+        # The loader normalizes, so the step runs the network without the model's own
+        # normalization (``net``), as the paper's network has none.
+        self.step = ref_torch.make_train_step(self.model.net, amp=PRECISION != "float32")
+        self.device = self.x.device
+        images = [Image.fromarray(image) for image in x.astype("uint8")]
+        labels = [int(label) for label in y]
+        transform = ref_torch.paper_train_transform()
+
+        class Cycled(torch.utils.data.Dataset):
+            def __len__(self):
+                return 1 << 20
+
+            def __getitem__(self, index):
+                return transform(images[index % len(images)]), labels[index % len(labels)]
+
+        self.dataset = Cycled()
+
+    def train(self, steps):
+        # A fresh loader, as each epoch of the script starts one; timed from the end of
+        # the first step (the workers' start-up left out, like fit's in ours).
+        import torch
+
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch,
+                                             shuffle=True, num_workers=WORKERS)
+        start = None
+        for i, (images, labels) in enumerate(loader):
+            self.step(images.to(self.device), labels.to(self.device))
+            if i == 0:
+                start = time.perf_counter()
+            if i == max(steps, 1):
+                break
+        return max(steps, 1) * self.batch / (time.perf_counter() - start)
+
+    def infer(self, batches, size):
+        return None
+
+
 # A framework form is ``name`` or ``name+allocator``.
-RUNNERS = {"keras": Keras, "keras-jax": Keras, "keras-tflite": KerasTFLite, "torch": Torch,
-           "torch-compile": TorchCompiled}
+RUNNERS = {"keras": Keras, "keras-jax": Keras, "keras-jax-aug": KerasAugmented,
+           "keras-tflite": KerasTFLite, "torch": Torch, "torch-compile": TorchCompiled,
+           "torch-loader": TorchLoader}
+# Set from the command line in each worker.
+PRECISION = "float32"
+WORKERS = 8
 ALLOCATORS = {"tcmalloc": "tcmalloc_minimal", "jemalloc": "jemalloc"}
-REFERENCE = ("torch", "torch-compile")
+REFERENCE = ("torch", "torch-compile", "torch-loader")
 DEFAULT_FRAMEWORKS = ("keras,keras-tflite,keras+tcmalloc,torch,torch+tcmalloc,torch+jemalloc,"
                       "torch-compile,torch-compile+tcmalloc")
 
@@ -224,31 +293,43 @@ def allocator_library(name):
 def worker_env(form):
     """The environment of one form's worker: its Keras backend and preloaded allocator."""
     runner, _, allocator = form.partition("+")
-    env = dict(os.environ, KERAS_BACKEND="jax" if runner == "keras-jax" else "tensorflow")
+    env = dict(os.environ,
+               KERAS_BACKEND="jax" if runner.startswith("keras-jax") else "tensorflow")
     if allocator:
         env["LD_PRELOAD"] = allocator_library(allocator)
     return env
 
 
-def measure(framework, name, batch, steps, infer_batches, infer_sizes, convs_only=False):
+def measure(framework, name, batch, steps, infer_batches, infer_sizes, convs_only=False,
+            arch=None):
     """One framework on one model in this process (``convs_only``: without its activation
-    and BatchNorm layers): warm up, then time training steps and inference calls.
-    Returns {kind: images/s}: ``train`` (absent for an inference-only form or ``steps``
-    0), ``infer`` (batch ``batch``) and ``infer_b<size>`` for the other sizes."""
+    and BatchNorm layers; ``arch``: keys that replace the model's): warm up, then time
+    training steps and inference calls. Returns {kind: value}: images/s for ``train``
+    (absent for an inference-only form or ``steps`` 0), ``infer`` (batch ``batch``) and
+    ``infer_b<size>`` for the other sizes; and the seconds of each warm-up call,
+    ``<kind>_first_s`` (tracing, compiling and allocating: on JAX, the compile time)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, batch).astype("int32")
-    fw = RUNNERS[framework.partition("+")[0]](MODELS[name], batch, x, y, convs_only)
+    fw = RUNNERS[framework.partition("+")[0]](dict(MODELS[name], **(arch or {})), batch, x, y,
+                                              convs_only)
     rates = {}
-    if steps and fw.train(1) is not None:  # trace, allocate, warm up
-        rates["train"] = fw.train(steps)
+    if steps:
+        start = time.perf_counter()
+        if fw.train(1) is not None:  # trace, allocate, warm up
+            rates["train_first_s"] = time.perf_counter() - start
+            rates["train"] = fw.train(steps)
     for size in infer_sizes:
-        fw.infer(2, size)  # trace or compile for this size, warm up
+        kind = infer_kind(size, batch)
+        start = time.perf_counter()
+        if fw.infer(2, size) is None:  # trace or compile for this size, warm up
+            continue
+        rates[f"{kind}_first_s"] = time.perf_counter() - start
         # Batch 1 is timed over as many calls as images in the batch-128 timing.
         calls = max(infer_batches, infer_batches * batch // size)
-        rates[infer_kind(size, batch)] = fw.infer(calls, size)
+        rates[kind] = fw.infer(calls, size)
     return rates
 
 
@@ -290,6 +371,14 @@ def main():
                              "torch-compile (torch.compile), each optionally +tcmalloc or "
                              "+jemalloc (LD_PRELOAD); keras-tflite (ours exported to fp32 "
                              "TFLite, LiteRT with XNNPACK; inference only)")
+    parser.add_argument("--precision", choices=("float32", "mixed_float16"), default="float32",
+                        help="ours: the Keras dtype policy; the reference: fp16 autocast "
+                             "with GradScaler where it runs on a GPU (its script's AMP)")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="torch-loader's DataLoader workers (the paper's script: 8)")
+    parser.add_argument("--arch", default="",
+                        help="architecture keys that replace every model's, e.g. "
+                             "width=32,depth=2 (a quick rehearsal of the bench)")
     parser.add_argument("--convs-only", action="store_true",
                         help="every activation and BatchNorm layer replaced by an identity, "
                              "in ours and the reference alike: the time the rest (the "
@@ -298,14 +387,21 @@ def main():
                              "<model>_convs_only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:model, one measurement
     args = parser.parse_args()
+    global PRECISION, WORKERS
+    PRECISION, WORKERS = args.precision, args.workers
+    arch = parse_arch(args.arch)
     sizes = [int(v) for v in (args.infer_batch_sizes or f"{args.batch},1").split(",")]
     if not all(0 < size <= args.batch for size in sizes):
         sys.exit(f"--infer-batch-sizes {args.infer_batch_sizes}: each size must be between 1 "
                  f"and --batch ({args.batch}); raise --batch for a larger one.")
     if args.worker:
         framework, name = args.worker.split(":")
+        if args.precision != "float32" and framework.startswith("keras"):
+            import keras
+
+            keras.mixed_precision.set_global_policy(args.precision)
         rates = measure(framework, name, args.batch, args.steps, args.infer_batches, sizes,
-                        args.convs_only)
+                        args.convs_only, arch)
         print("RESULT " + " ".join(f"{kind}={rate}" for kind, rate in rates.items()))
         return
 
@@ -313,7 +409,8 @@ def main():
     # machine's memory for its activations in either framework, and TensorFlow keeps its
     # memory pool for the life of a process. The frameworks alternate within each
     # repetition, so both see the same machine conditions.
-    print(f"{versions()}; batch {args.batch}"
+    print(f"{versions()}; batch {args.batch}; {args.precision}"
+          + (f"; architecture {args.arch}" if args.arch else "")
           + ("; convs only (activations and BatchNorm are identities)" if args.convs_only
              else ""), flush=True)
     frameworks = []
@@ -338,8 +435,8 @@ def main():
                 for kind, rate in run_worker(fw, name, sizes, args).items():
                     rates.setdefault((fw, kind), []).append(rate)
             print(f"{label} repeat {r + 1}: " + ", ".join(
-                f"{fw} {kind} {values[-1]:.1f} img/s" for (fw, kind), values in rates.items()),
-                flush=True)
+                f"{fw} {kind} {values[-1]:.1f} " + ("s" if kind.endswith("_s") else "img/s")
+                for (fw, kind), values in rates.items()), flush=True)
         med = {key: statistics.median(values) for key, values in rates.items()}
         for kind in kinds:
             measured = [fw for fw in frameworks if (fw, kind) in med]
@@ -347,6 +444,9 @@ def main():
             references = [fw for fw in measured if fw.partition("+")[0] in REFERENCE]
             for fw in measured:
                 lines.append(f"{kind}_images_per_second_{label}_{_key(fw)}={med[fw, kind]:.1f}")
+                if (fw, f"{kind}_first_s") in med:
+                    lines.append(f"{kind}_first_call_seconds_{label}_{_key(fw)}="
+                                 f"{med[fw, f'{kind}_first_s']:.2f}")
             if not references:
                 continue
             fastest = max(references, key=lambda fw: med[fw, kind])
@@ -367,7 +467,9 @@ def run_worker(fw, name, sizes, args):
     command = [sys.executable, os.path.abspath(__file__), "--worker", f"{fw}:{name}",
                "--batch", str(args.batch), "--steps", str(args.steps),
                "--infer-batches", str(args.infer_batches),
-               "--infer-batch-sizes", ",".join(map(str, sizes))] + (
+               "--infer-batch-sizes", ",".join(map(str, sizes)),
+               "--precision", args.precision, "--workers", str(args.workers),
+               "--arch", args.arch] + (
                    ["--convs-only"] if args.convs_only else [])
     out = run_or_exit(command, args.timeout, f"{fw} {name}", env=worker_env(fw))
     result = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
@@ -375,6 +477,18 @@ def run_worker(fw, name, sizes, args):
         sys.exit(f"{fw} {name} printed no RESULT line; its last output:\n{tail(out.stderr)}")
     return {kind: float(rate) for kind, rate in
             (item.split("=") for item in result[-1].split()[1:])}
+
+
+def parse_arch(text):
+    """``width=32,depth=2`` -> {"width": 32, "depth": 2} (architecture keys only)."""
+    arch = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in ARCH_KEYS:
+            sys.exit(f"--arch {text}: {key!r} is not an architecture key; use "
+                     f"{', '.join(ARCH_KEYS)}")
+        arch[key] = value if key == "activation" else int(value)
+    return arch
 
 
 def _key(form):

@@ -84,37 +84,56 @@ def convs_only(model):
     return model
 
 
-def make_train_step(model, lr=0.005, weight_decay=0.01, parameters=None):
+def make_train_step(model, lr=0.005, weight_decay=0.01, parameters=None, amp=True):
     """One optimizer step as the paper's script takes it: AdamW, cross-entropy, and on a
-    GPU its fp16 autocast with loss scaling. ``parameters``: the module's own, where
-    ``model`` is its ``torch.compile`` wrapper."""
+    GPU (with ``amp``) its fp16 autocast with loss scaling; the loss and the batch's
+    correct count read back every step, as the script logs them. ``parameters``: the
+    module's own, where ``model`` is its ``torch.compile`` wrapper."""
     optimizer = torch.optim.AdamW(model.parameters() if parameters is None else parameters,
                                   lr=lr, weight_decay=weight_decay)
     criterion = nn.CrossEntropyLoss()
-    cuda = next(iter(optimizer.param_groups[0]["params"])).is_cuda
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    amp = amp and next(iter(optimizer.param_groups[0]["params"])).is_cuda
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     def step(x, y):
         model.train()
         optimizer.zero_grad()
-        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-            loss = criterion(model(x), y)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            output = model(x)
+            loss = criterion(output, y)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        (output.max(1)[1] == y).sum().item()
         return loss.item()  # waits for the step, on a GPU too
 
     return step
 
 
-def make_predict(model):
+def make_predict(model, amp=True):
     def predict(x):
         model.eval()
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16,
-                                                     enabled=x.is_cuda):
+                                                     enabled=amp and x.is_cuda):
             return model(x).argmax(1).cpu()  # .cpu() waits for the GPU
 
     return predict
+
+
+def paper_train_transform(scale=0.75, reprob=0.2, ra_m=12, ra_n=2, jitter=0.2):
+    """The training transforms of the paper's ``train.py``, with its defaults: on a PIL
+    image, a normalized CHW tensor."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop(32, scale=(scale, 1.0), ratio=(1.0, 1.0)),
+        transforms.RandomHorizontalFlip(p=0.5),
+        transforms.RandAugment(num_ops=ra_n, magnitude=ra_m),
+        transforms.ColorJitter(jitter, jitter, jitter),
+        transforms.ToTensor(),
+        transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
+        transforms.RandomErasing(p=reprob),
+    ])
 
 
 if __name__ == "__main__":

@@ -23,12 +23,16 @@ from cmxl_keras import runs
 from cmxl_keras.errors import RunError
 
 
+# TrainState.stop_reason when --time-limit stopped the run.
+TIME_LIMIT = "time limit"
+
+
 class TrainState:
     """What the callbacks share: why training stopped, and the epoch records."""
 
     def __init__(self, steps_per_epoch, metrics=None, best=None):
         self.steps_per_epoch = steps_per_epoch
-        self.stop_reason = None  # None, "diverged", or a signal name
+        self.stop_reason = None  # None, "diverged", TIME_LIMIT or a signal name
         self.diverged_at = None
         self.metrics = list(metrics or [])
         self.best = best  # best val_accuracy so far
@@ -51,12 +55,16 @@ def current_lr(model):
 
 
 class Guard(keras.callbacks.Callback):
-    """Stops on a non-finite loss, and on SIGINT/SIGTERM after saving the current step."""
+    """Stops on a non-finite loss, and on SIGINT/SIGTERM or at ``deadline`` (a
+    ``time.monotonic`` value: ``--time-limit``) after saving the current step. The
+    deadline never stops the run's last step: a run that finishes, finishes."""
 
-    def __init__(self, state, checkpointer):
+    def __init__(self, state, checkpointer, deadline=None, total_steps=None):
         super().__init__()
         self.state = state
         self.checkpointer = checkpointer
+        self.deadline = deadline
+        self.total_steps = total_steps
         self._previous = {}
 
     def on_train_begin(self, logs=None):
@@ -82,8 +90,15 @@ class Guard(keras.callbacks.Callback):
             self.state.stop_reason = "diverged"
             self.state.diverged_at = (_step(self.model) - 1) // self.state.steps_per_epoch, batch
             self.model.stop_training = True
-        elif self.state.stop_reason not in (None, "diverged"):
-            # A signal arrived during this step: keep the finished steps, then stop.
+            return
+        if (self.deadline is not None and self.state.stop_reason is None
+                and time.monotonic() >= self.deadline
+                and (self.total_steps is None or _step(self.model) < self.total_steps)):
+            self.state.stop_reason = TIME_LIMIT
+            self.model.stop_training = True
+        if self.state.stop_reason not in (None, "diverged"):
+            # A signal or the deadline came during this step: keep the finished steps,
+            # then stop.
             self.checkpointer.save_last()
 
 
@@ -218,6 +233,8 @@ class EpochReport(keras.callbacks.Callback):
         if self.writer is not None:
             self.writer.scalar("images_per_second", entry["train_images_per_second"], epoch + 1)
             self.writer.scalar("epoch_seconds", entry["epoch_seconds"], epoch + 1)
+            if isinstance(self.writer, EventFileSummaryWriter):  # no Keras TensorBoard
+                self.writer.epoch_scalars(epoch, logs or {})
         val = (f" | val loss {entry['val_loss']:.4f} acc {entry['val_accuracy']:.4f} "
                f"top5 {entry.get('val_top5', float('nan')):.4f}" if "val_loss" in entry else "")
         self.log(f"epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f} "
@@ -261,9 +278,79 @@ class SummaryWriter:
         self.root_writer.flush()
 
 
+class EventFileSummaryWriter:
+    """The same TensorBoard logs without TensorFlow (the JAX backend on a host with only
+    the ``tensorboard`` package), written by that package's own event-file writer.
+
+    Keras' TensorBoard callback needs ``tf.summary``, so this also writes what it would:
+    ``epoch_<metric>`` at step ``epoch`` (0-based) in ``train/`` and ``validation/``.
+    Scalars are ``simple_value`` summaries and images PNG-encoded, which TensorBoard
+    reads as it reads ``tf.summary``'s.
+    """
+
+    def __init__(self, log_dir):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        self._new_writer = EventFileWriter
+        self.log_dir = log_dir
+        self._writers = {}
+
+    def _write(self, folder, summary, step):
+        if folder not in self._writers:
+            self._writers[folder] = self._new_writer(os.path.join(self.log_dir, folder))
+        self._writers[folder].add_event(
+            self._event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def scalar(self, name, value, step, folder="train"):
+        value = self._summary.Value(tag=name, simple_value=float(value))
+        self._write(folder, self._summary(value=[value]), step)
+
+    def image(self, name, grid, step=0):
+        import io
+
+        from PIL import Image
+
+        grid = np.asarray(grid, np.uint8)
+        png = io.BytesIO()
+        Image.fromarray(grid).save(png, format="PNG")
+        image = self._summary.Image(height=grid.shape[0], width=grid.shape[1],
+                                    colorspace=grid.shape[2], encoded_image_string=png.getvalue())
+        self._write("train", self._summary(value=[self._summary.Value(tag=name, image=image)]),
+                    step)
+
+    def hparams(self, hparams):
+        from tensorboard.plugins.hparams import summary_v2
+
+        self._write("", summary_v2.hparams_pb(hparams), 0)  # the root: see SummaryWriter
+
+    def epoch_scalars(self, epoch, logs):
+        for key, value in logs.items():
+            if key == "learning_rate":
+                continue
+            folder, name = (("validation", key[4:]) if key.startswith("val_")
+                            else ("train", key))
+            self.scalar(f"epoch_{name}", value, epoch, folder)
+
+    def flush(self):
+        for writer in self._writers.values():
+            writer.flush()
+
+
 def make_summary_writer(log_dir, log=print):
+    """TensorBoard's writer: through ``tf.summary`` where TensorFlow is installed, else the
+    ``tensorboard`` package's own; None (said once) where neither is."""
     try:
         return SummaryWriter(log_dir)
     except ImportError:
-        log("tensorboard: TensorFlow is not installed; only Keras' own logs are written.")
+        pass
+    try:
+        writer = EventFileSummaryWriter(log_dir)
+    except ImportError:
+        log("tensorboard: neither TensorFlow nor the tensorboard package is installed; this "
+            "run writes no TensorBoard logs (metrics.json has every epoch).")
         return None
+    log("tensorboard: TensorFlow is not installed; the logs are written by the tensorboard "
+        "package itself.")
+    return writer

@@ -33,12 +33,14 @@ EXIT_DATA_ERROR = 3  # a missing, partial or unreadable dataset
 EXIT_DIVERGED = 4  # the loss became NaN or infinite; the last good checkpoint is kept
 EXIT_PARITY_MISS = 5  # an export missed a parity target (files kept only on request)
 EXIT_IN_USE = 6  # another live process trains in the run folder (its PID is named)
+EXIT_TIME_LIMIT = 7  # train --time-limit passed; every finished step is saved
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; every finished step is saved
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 2 bad flag, config value, run folder or checkpoint; 3 bad or "
     "missing data; 4 training diverged (NaN); 5 export parity below target; 6 run "
-    "folder in use by another process; 130 interrupted (saved, resumable).")
+    "folder in use by another process; 7 stopped at --time-limit (saved, resumable); "
+    "130 interrupted (saved, resumable).")
 
 
 def _fail(message, code=EXIT_USER_ERROR):
@@ -227,11 +229,14 @@ def info(config_file, overrides, variant, summary, as_json, **flags):
 @click.option("--replan", is_flag=True,
               help="With --resume: accept new epochs / lr_max and follow the re-planned "
                    "one-cycle from the current step.")
+@click.option("--time-limit", type=float, metavar="SECONDS",
+              help="Stop after this many seconds (start-up included), saving the current "
+                   "step; continue with --resume. Exit code 7.")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and check the config, print it as TOML, and exit.")
 @user_errors
 def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume, replan,
-          **flags):
+          time_limit, **flags):
     """Train a model with the paper's recipe (model.fit, one-cycle, AdamW)."""
     base = None
     if resume:
@@ -253,7 +258,11 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
     _quiet_tensorflow()
     try:
         train_lib.train(cfg, runs_dir=runs_dir, run_dir=run_dir, resume=resume,
-                        overwrite=overwrite, argv=["python"] + sys.argv, replan=replan)
+                        overwrite=overwrite, argv=["python"] + sys.argv, replan=replan,
+                        time_limit=time_limit)
+    except train_lib.TimeLimitReached as error:
+        click.echo(str(error), err=True)
+        sys.exit(EXIT_TIME_LIMIT)
     except train_lib.TrainingInterrupted as error:
         click.echo(str(error), err=True)
         sys.exit(EXIT_INTERRUPTED)

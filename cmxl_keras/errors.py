@@ -35,3 +35,7 @@ class TrainingDiverged(RunError):
 
 class TrainingInterrupted(RunError):
     """SIGINT or SIGTERM arrived; the state was saved."""
+
+
+class TimeLimitReached(TrainingInterrupted):
+    """Training reached its ``--time-limit``; the state was saved."""

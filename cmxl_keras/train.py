@@ -17,7 +17,8 @@ import time
 
 from cmxl_keras import augment, runs
 from cmxl_keras.errors import (  # noqa: F401  (re-exported for callers)
-    ConfigError, DamagedCheckpoint, RunError, RunInUse, TrainingDiverged, TrainingInterrupted)
+    ConfigError, DamagedCheckpoint, RunError, RunInUse, TimeLimitReached, TrainingDiverged,
+    TrainingInterrupted)
 
 # A resumed run must rebuild exactly the model it saved.
 ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_period",
@@ -248,15 +249,25 @@ def _hparams(cfg):
 
 
 def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv=None,
-          log=print, verbose=None, replan=False):
+          log=print, verbose=None, replan=False, time_limit=None):
     """Trains ``cfg`` and returns ``{"run_dir", "results"}``.
+
+    ``time_limit``: seconds from this call (start-up, data loading and compiling
+    included) after which training stops at the end of the current step and saves it,
+    for a job with a wall-clock allowance that continues later with ``--resume``.
 
     Raises:
         TrainingDiverged: the loss became non-finite; the last good checkpoint is kept.
         TrainingInterrupted: SIGINT/SIGTERM; the current step was saved for --resume.
+        TimeLimitReached: ``time_limit`` passed; the current step was saved likewise.
         RunError, DataError, ConfigError: bad input, named in the message.
     """
     from cmxl_keras import distribute
+
+    if time_limit is not None and not time_limit > 0:
+        raise ConfigError(f"--time-limit {time_limit!r}: give a positive number of seconds "
+                          f"(e.g. --time-limit 3600 for an hour).")
+    deadline = None if time_limit is None else time.monotonic() + time_limit
 
     # First: a multi-worker strategy and the logical CPU split configure the runtime.
     strategy = distribute.make_strategy(cfg.strategy, log)
@@ -271,7 +282,7 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     distribute.check_cpu_collectives(resolve_jit_compile(cfg.jit_compile))
     if distribute.is_chief(strategy):
         return _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose,
-                      replan=replan)
+                      replan=replan, deadline=deadline)
     # Another worker runs the same program (the saves may read distributed variables
     # collectively) but writes into a scratch folder; the chief writes the run folder.
     task_type, task_id = distribute.task(strategy)
@@ -281,7 +292,7 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
         f"to {scratch}, removed at the end")
     try:
         result = _train(cfg, strategy, runs_dir, scratch, resume, True, argv, log, verbose,
-                        chief=False, replan=replan)
+                        chief=False, replan=replan, deadline=deadline)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log(f"done: {task_type} {task_id} finished; the chief wrote the run folder")
@@ -289,16 +300,16 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
 
 
 def _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose, chief=True,
-           replan=False):
+           replan=False, deadline=None):
     """One training session; the run folder's lock is held until it returns or raises."""
     argv = list(argv or sys.argv)
     with contextlib.ExitStack() as held:
         return _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, argv,
-                             log, verbose, chief, replan)
+                             log, verbose, chief, replan, deadline)
 
 
 def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log,
-                  verbose, chief, replan):
+                  verbose, chief, replan, deadline):
     import keras
 
     from cmxl_keras import callbacks, data, distribute, models
@@ -368,11 +379,10 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
         f" ({cfg.pipeline}" + (", Keras layers in front of the model)"
                                if cfg.pipeline == "device" else ")"))))
 
-    writer = None
     tb_dir = os.path.join(run_dir, "tensorboard")
     extra = []
-    if _has_tensorflow():  # TensorBoard writes through tf.summary
-        writer = callbacks.make_summary_writer(tb_dir, log)
+    writer = callbacks.make_summary_writer(tb_dir, log)
+    if isinstance(writer, callbacks.SummaryWriter):  # TensorFlow: Keras writes the epochs
         extra.append(keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
     if not resume:  # on every worker alike: drawing it may advance the shuffle seeds
         grid = augmentation_grid(data_args["grid"])
@@ -382,7 +392,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
             writer.hparams(_hparams(cfg))
             writer.flush()
     report = callbacks.EpochReport(run_dir, state, cfg.batch_size, cfg.epochs, log, writer)
-    guard = callbacks.Guard(state, checkpointer)
+    guard = callbacks.Guard(state, checkpointer, deadline, total_steps=cfg.epochs * steps)
     cbs = [guard, report, checkpointer] + extra + distribute.collective_callbacks()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 0
@@ -552,6 +562,8 @@ def _resumed_metrics(run_dir, finished_epochs, log, write=True):
 
 
 def _finish(model, cfg, run_dir, state, checkpointer, started, log):
+    from cmxl_keras import callbacks
+
     if state.stop_reason == "diverged":
         epoch, batch = state.diverged_at
         good = checkpointer.rollback()
@@ -565,6 +577,18 @@ def _finish(model, cfg, run_dir, state, checkpointer, started, log):
         raise TrainingDiverged(
             f"training diverged: the loss became NaN or infinite at epoch {epoch + 1}, step "
             f"{batch + 1} (lr_max {cfg.lr_max:g}). " + where)
+    if state.stop_reason == callbacks.TIME_LIMIT:
+        import keras
+
+        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        epoch, in_epoch = divmod(step, state.steps_per_epoch)
+        where = (f"after epoch {epoch} of {cfg.epochs}" if not in_epoch else
+                 f"in epoch {epoch + 1} of {cfg.epochs}, after step {in_epoch} of its "
+                 f"{state.steps_per_epoch}")
+        raise TimeLimitReached(
+            f"training stopped at its time limit (--time-limit), {where}; "
+            f"every finished step is saved. Continue with: python cli.py train --resume "
+            f"{run_dir}")
     if state.stop_reason is not None:
         raise TrainingInterrupted(
             f"training stopped by {state.stop_reason}; every finished step is saved. "

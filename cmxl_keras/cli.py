@@ -212,7 +212,8 @@ def info(config_file, overrides, variant, summary, as_json, **flags):
 @click.option("--lr", "lr_max", type=float, help="Peak learning rate of the one-cycle (0.005).")
 @click.option("--data-dir", type=str, help="Official CIFAR files, their .tar.gz, or images.")
 @click.option("--val-from-train", type=int, help="Carve N validation images from train.")
-@click.option("--limit-train", type=int, help="Train on the first N images only.")
+@click.option("--limit-train", type=int,
+              help="Train on N images only, drawn at random per class (split_seed).")
 @click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch.")
 @click.option("--seed", type=int, help="Random seed (paper: 1024).")
 @click.option("--name", type=str, help="Run name (the run folder is runs/<name>-<time>).")
@@ -437,7 +438,8 @@ def report(run_dirs, out_dir):
               help="Train every config once per seed and report mean and std (the data "
                    "split stays split_seed's).")
 @click.option("--epochs", type=int, help="Epochs of every run (paper: 100).")
-@click.option("--limit-train", type=int, help="Train on the first N images only.")
+@click.option("--limit-train", type=int,
+              help="Train on N images only, drawn at random per class (split_seed).")
 @click.option("--data-dir", type=str, help="Official CIFAR files, their .tar.gz, or images.")
 @click.option("--val-from-train", type=int, help="Carve N validation images from train.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -45,7 +45,9 @@ class Config:
     data_dir: str = ""  # official CIFAR files, their .tar.gz, or an image-folder tree
     val_size: int = 5000  # paper: the 10k test set split 5,000 val / 5,000 test
     val_from_train: int = 0  # > 0: carve this many validation images from train
-    limit_train: int = 0  # > 0: use only the first N training images (quick runs)
+    # > 0: train on N images only (quick runs), drawn at random within each class with
+    # split_seed, every class keeping its share
+    limit_train: int = 0
     skip_corrupt: bool = False  # drop unreadable images (counted) instead of failing
 
     # -- augmentation, in the reference order; aug="none" switches all of it off

@@ -471,6 +471,20 @@ def _carve(rng, total, count):
     return np.sort(order[:count]), np.sort(order[count:])
 
 
+def _stratified(rng, labels, indices, count):
+    """Sorted ``count`` of ``indices`` drawn at random within each class, each class
+    keeping its share of ``indices`` (rounded by largest remainder): a subset of a
+    class-ordered image folder holds every class, as the whole does."""
+    classes, sizes = np.unique(labels[indices], return_counts=True)
+    quota = sizes * count / len(indices)
+    take = np.floor(quota).astype(np.int64)
+    extra = np.argsort(-(quota - take), kind="stable")[:count - int(take.sum())]
+    take[extra] += 1
+    chosen = [rng.choice(indices[labels[indices] == c], k, replace=False)
+              for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
+
+
 def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, log=print):
     """Applies the paper's split protocol to ``raw`` (deterministic for ``seed``, the
     config's ``split_seed``)."""
@@ -500,8 +514,12 @@ def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, 
         val = _take(train, val_idx)
         info.update(val_from="train", val_indices_sha256=_digest(val_idx),
                     val_indices=val_idx.tolist())
-    if limit_train:
-        train_idx = train_idx[:limit_train]
+    if limit_train and limit_train < len(train_idx):
+        train_idx = _stratified(rng, train.labels, train_idx, limit_train)
+        info.update(limit_train={"images": int(limit_train), "drawn": "stratified at random "
+                                 "with split_seed", "per_class": {
+                                     str(c): int(n) for c, n in zip(*np.unique(
+                                         train.labels[train_idx], return_counts=True))}})
     train = _take(train, train_idx)
     info.update(train=len(train), val=len(val), test=len(test) if test is not None else 0,
                 train_indices_sha256=_digest(train_idx))

@@ -611,5 +611,13 @@ def read_metadata(folder):
     if not os.path.isfile(path):
         raise RunError(f"{folder!r} is not an exported model folder (no metadata.json). "
                        f"Make one with 'python cli.py export RUN_DIR'.")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+        metadata["input"]["shape"][1], metadata["class_names"][0]  # what predict reads
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise RunError(
+            f"{path!r} is damaged ({type(error).__name__}: {error}); predict reads the input "
+            f"size and class names from it. Export the model again (python cli.py export "
+            f"RUN_DIR), or restore the folder from a copy.") from None
+    return metadata

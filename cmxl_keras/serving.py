@@ -4,11 +4,16 @@ import os
 
 import numpy as np
 
-from cmxl_keras.errors import DataError
+from cmxl_keras.errors import DataError, RunError
 
 
 def load_images(paths, size):
-    """Decodes PNG/JPEG files of any size into a uint8 batch ``[N, size, size, 3]``."""
+    """Decodes image files of any kind and size into a uint8 batch ``[N, size, size, 3]``,
+    as the SavedModel's ``serving_bytes`` signature (``tf.io.decode_image(channels=3)``)
+    decodes them: grey replicated to RGB, alpha dropped (not composited), palettes
+    expanded, CMYK converted, 16-bit samples reduced to their high byte, an animation's
+    first frame; the stored pixel grid as it is (no EXIF rotation, which TensorFlow's
+    decoders do not apply either). Each of these is tested equal to ``serving_bytes``."""
     from PIL import Image, UnidentifiedImageError
 
     batch = []
@@ -17,18 +22,24 @@ def load_images(paths, size):
             raise DataError(f"image {path!r} does not exist. Check the path.")
         try:
             with Image.open(path) as image:
-                image.load()
-                if image.mode != "RGB":
-                    raise DataError(
-                        f"image {path!r} has mode {image.mode} ({len(image.getbands())} "
-                        f"channel(s)); the model takes RGB images with 3 channels. Convert it, "
-                        f"e.g. with PIL: Image.open(path).convert('RGB').save(new_path).")
+                image.load()  # the first frame of an animation
+                rgb = Image.fromarray(rgb8(image))
                 # Same bilinear resize as the image-folder reader uses for training.
-                batch.append(np.asarray(image.resize((size, size), Image.BILINEAR), np.uint8))
+                batch.append(np.asarray(rgb.resize((size, size), Image.BILINEAR), np.uint8))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise DataError(f"{path!r} is not a readable image ({type(error).__name__}: "
-                            f"{error}). Give PNG or JPEG files.") from None
+                            f"{error}). Give PNG, JPEG, GIF or BMP files.") from None
     return np.stack(batch)
+
+
+def rgb8(image):
+    """A PIL image of any mode as uint8 RGB ``[H, W, 3]``. PIL's ``convert("RGB")`` is
+    TensorFlow's conversion for every mode but 16-bit grey, which it clips at 255 where
+    TensorFlow's PNG decoder keeps the high byte of each sample."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), np.uint8)
 
 
 def predict(model_dir, images, fmt="saved_model"):
@@ -40,12 +51,21 @@ def predict(model_dir, images, fmt="saved_model"):
         if not os.path.isdir(path):
             raise DataError(f"{model_dir!r} has no saved_model/1; export it with "
                             f"--formats saved_model, or use --format tflite.")
-        return export.saved_model_predict(path, images)
-    path = os.path.join(model_dir, export.TFLITE_FILES["tflite"])
-    if not os.path.isfile(path):
-        raise DataError(f"{model_dir!r} has no {export.TFLITE_FILES['tflite']}; export it with "
-                        f"--formats tflite, or use --format saved_model.")
-    return export.TFLiteRunner(path)(images)
+        run = lambda: export.saved_model_predict(path, images)  # noqa: E731
+    else:
+        path = os.path.join(model_dir, export.TFLITE_FILES["tflite"])
+        if not os.path.isfile(path):
+            raise DataError(f"{model_dir!r} has no {export.TFLITE_FILES['tflite']}; export it "
+                            f"with --formats tflite, or use --format saved_model.")
+        run = lambda: export.TFLiteRunner(path)(images)  # noqa: E731
+    try:
+        return run()
+    except Exception as error:  # TensorFlow and LiteRT raise many types for a damaged file
+        raise RunError(
+            f"the exported model {path!r} cannot be loaded or run ({type(error).__name__}: "
+            f"{str(error)[:300]}); the file is damaged or not an export of this project. "
+            f"Export it again (python cli.py export RUN_DIR), restore it from a copy, or try "
+            f"the other --format.") from None
 
 
 def rest_request(paths, signature="serving_bytes"):

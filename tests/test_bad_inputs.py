@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import random_images, run_cli
+from conftest import ROOT, random_images, run_cli
 
 RESULTS = []
 
@@ -91,12 +91,29 @@ def _damaged_run(root):
     return run
 
 
-def _exported(root):
+def _exported(root, metadata=None, damage=None):
+    """An exported folder: a made-up metadata.json (or ``metadata``'s text), and with
+    ``damage`` the shipped model's files with that one overwritten by garbage."""
     folder = root / "exported" / "m"
+    if damage:
+        import shutil
+
+        shutil.copytree(os.path.join(ROOT, "exported", "cpu_quick"), folder)
+        (folder / damage).write_bytes(b"\x00garbage" * 100)
+        return folder
     folder.mkdir(parents=True)
-    (folder / "metadata.json").write_text(json.dumps({
+    (folder / "metadata.json").write_text(metadata or json.dumps({
         "class_names": [str(i) for i in range(10)], "input": {"shape": [None, 32, 32, 3]}}))
     return folder
+
+
+def _truncated_png(root):
+    from PIL import Image
+
+    path = root / "cut.png"
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+    return path
 
 
 def _gray_png(root):
@@ -208,8 +225,20 @@ CASES = [
      ["none.png", "does not exist"]),
     ("predict non-image", lambda r: ["predict", (r / "t.png").write_text("x") and r / "t.png",
                                      "--model", _exported(r)], ["t.png", "not a readable image"]),
-    ("predict wrong channels", lambda r: ["predict", _gray_png(r), "--model", _exported(r)],
-     ["gray.png", "mode L", "RGB"]),
+    ("predict truncated PNG", lambda r: ["predict", _truncated_png(r), "--model", _exported(r)],
+     ["cut.png", "not a readable image"]),
+    ("predict damaged metadata", lambda r: ["predict", _gray_png(r), "--model", _exported(
+        r, metadata="{not json")], ["metadata.json", "is damaged", "Export the model again"]),
+    ("predict metadata without classes", lambda r: ["predict", _gray_png(r), "--model",
+                                                    _exported(r, metadata='{"input": {}}')],
+     ["metadata.json", "is damaged", "KeyError"]),
+    ("predict damaged SavedModel", lambda r: ["predict", _gray_png(r), "--model",
+                                              _exported(r, damage="saved_model/1/saved_model.pb")],
+     ["saved_model/1", "cannot be loaded", "Export it again"]),
+    ("predict damaged TFLite file", lambda r: ["predict", _gray_png(r), "--model",
+                                               _exported(r, damage="model_fp32.tflite"),
+                                               "--format", "tflite"],
+     ["model_fp32.tflite", "cannot be loaded", "the other --format"]),
     ("predict not an export", lambda r: ["predict", _gray_png(r), "--model", r / "nomodel"],
      ["not an exported model folder", "cli.py export"]),
     ("unknown strategy", lambda r: ["train", "--config", "smoke", "--strategy", "tpu"],

@@ -137,3 +137,74 @@ def test_the_shipped_model_classifies_the_shipped_examples():
     from cmxl_keras import export
 
     assert meta["parity"]["images"] == 5000 and export.parity_failures(meta["parity"]) == []
+
+
+def _image_kinds(folder):
+    """The shipped cat (32x32 RGB) saved as every kind of image file a user may have."""
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    cat = Image.open(os.path.join(ROOT, "docs", "examples", "cat.png")).convert("RGB")
+    pixels = np.asarray(cat)
+    kinds = {
+        "gray.png": cat.convert("L"),
+        "gray_alpha.png": cat.convert("LA"),
+        "rgba.png": cat.convert("RGBA"),
+        "palette.gif": cat.convert("P"),
+        "palette_transparent.png": cat.quantize(64),
+        "cmyk.jpg": cat.convert("CMYK"),
+        "gray16.png": Image.fromarray((np.asarray(cat.convert("L")).astype(np.uint16) * 257
+                                       + 100).astype(np.uint16)),
+        "large.jpg": cat.resize((100, 80), Image.BICUBIC),
+        "plain.bmp": cat,
+    }
+    paths = []
+    for name, image in kinds.items():
+        options = {"transparency": 0} if name == "palette_transparent.png" else {}
+        image.save(folder / name, **options)
+        paths.append(folder / name)
+    # 16-bit RGB (PIL cannot write it): TensorFlow's encoder.
+    (folder / "rgb16.png").write_bytes(tf.io.encode_png(
+        tf.constant(pixels.astype(np.uint16) * 257)).numpy())
+    # EXIF orientation 6 (rotate on display): stored pixels are classified as stored.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    cat.save(folder / "exif_rotated.jpg", exif=exif, quality=95)
+    # Animated: the first frame counts.
+    frames = [cat.convert("P"), Image.fromarray(255 - pixels).convert("P")]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+    return paths + [folder / "rgb16.png", folder / "exif_rotated.jpg", folder / "animated.gif"]
+
+
+def test_every_kind_of_image_is_classified_as_serving_bytes_classifies_it(tmp_path):
+    """Grey, grey+alpha, RGBA, palette (and with transparency), CMYK, 16-bit grey and RGB,
+    EXIF-rotated, animated, BMP, another size: ``predict`` (both formats) gives what the
+    SavedModel's ``serving_bytes`` signature gives for the same file's bytes."""
+    import json
+
+    import numpy as np
+    import tensorflow as tf
+
+    paths = _image_kinds(tmp_path)
+    model = os.path.join(ROOT, "exported", "cpu_quick")
+    served = tf.saved_model.load(os.path.join(model, "saved_model", "1"))
+    serve_bytes = served.signatures["serving_bytes"]
+    expected = serve_bytes(image_bytes=tf.constant(
+        [open(p, "rb").read() for p in paths]))["probabilities"].numpy()
+    # The control: the kinds are not all the same image after decoding.
+    assert len({tuple(np.round(row, 3)) for row in expected}) > 3
+    for fmt, tolerance in (("saved_model", 1e-5), ("tflite", 1e-4)):
+        result = run_cli("predict", *paths, "--model", model, "--format", fmt, "--json",
+                         "--top-k", "10")
+        assert result.returncode == 0, result.stderr[-3000:]
+        got = np.zeros_like(expected)
+        for row, item in enumerate(json.loads(result.stdout)):
+            for guess in item["top_k"]:
+                got[row, guess["class_id"]] = guess["probability"]
+        worst = np.abs(got - expected).max(axis=1)
+        # Decoding is exact; another size goes through PIL's and TensorFlow's bilinear
+        # resizes, equal to within one grey level (the rounding), so its bound is wider.
+        bounds = np.array([1e-2 if p.name == "large.jpg" else tolerance for p in paths])
+        assert (worst < bounds).all(), dict(zip(map(os.path.basename, paths), worst))
+        assert (got.argmax(1) == expected.argmax(1)).all()

@@ -324,3 +324,33 @@ def test_a_cifar100_smoke_run_has_its_classes_and_normalization(tmp_path):
         255, architecture.CIFAR100_STD), rtol=1e-6)
     split = json.load(open(run_dir / "split.json"))
     assert split["val"] == 50 and split["val_from"] == "test"
+
+
+def test_limit_train_is_a_stratified_draw_fixed_by_split_seed(cifar_dir):
+    """An image folder lists its files class by class: --limit-train N takes N at random
+    within each class (each keeping its share), the same for the same split_seed."""
+    raw = data.read_data_dir(os.path.join(cifar_dir, "images"))
+    assert (np.diff(raw.train.labels) >= 0).all()  # the folder is ordered by class
+    splits = data.make_splits(raw, val_from_train=100, limit_train=150, seed=5,
+                              log=lambda m: None)
+    counts = np.bincount(splits.train.labels, minlength=10)
+    assert counts.sum() == 150 and counts.min() >= 10, counts
+    # Each class keeps its share of the images left after the carve, to within one image.
+    left = np.bincount(np.delete(raw.train.labels, splits.info["val_indices"]), minlength=10)
+    assert (np.abs(counts - left * 150 / left.sum()) < 1).all(), (counts, left)
+    assert splits.info["limit_train"]["per_class"] == {str(c): int(n)
+                                                       for c, n in enumerate(counts)}
+    again = data.make_splits(raw, val_from_train=100, limit_train=150, seed=5,
+                             log=lambda m: None)
+    assert again.info["train_indices_sha256"] == splits.info["train_indices_sha256"]
+    other = data.make_splits(raw, val_from_train=100, limit_train=150, seed=6,
+                             log=lambda m: None)
+    assert other.info["train_indices_sha256"] != splits.info["train_indices_sha256"]
+    # Not the first images of each class: a draw from all of them.
+    first = {label: np.flatnonzero(raw.train.labels == label)[:20] for label in range(10)}
+    train_rows = {r.tobytes() for r in splits.train.images.reshape(150, -1)}
+    firsts = sum(raw.train.images[i].tobytes() in train_rows for idx in first.values() for i in idx)
+    assert firsts < 100, firsts
+    whole = data.make_splits(raw, val_from_train=100, limit_train=10**6, seed=5,
+                             log=lambda m: None)
+    assert len(whole.train) == len(raw.train) - 100 and "limit_train" not in whole.info

@@ -204,33 +204,14 @@ def test_jax_mirrored_is_keras_data_parallel(cifar_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_back_to_back_cpu_collectives_deadlock_unless_each_is_waited_for(tmp_path):
-    """The cause of the hang above, on its own: 3,000 sums of an array sharded over two
-    virtual CPU devices, dispatched back to back, deadlock inside XLA (measured: every
-    run, within seconds; XLA's collective timeout then aborts the process); waiting for
-    each, as training now does, 5,000 finish. If a jaxlib upgrade fixes XLA, the first
-    half fails and the workaround can go."""
-    script = tmp_path / "sums.py"
-    script.write_text(textwrap.dedent("""
-        import sys, jax, jax.numpy as jnp, numpy as np
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        mesh = Mesh(np.array(jax.devices()), ("batch",))
-        x = jax.device_put(np.ones((8, 8), np.float32), NamedSharding(mesh, P("batch")))
-        wait = sys.argv[1] == "wait"
-        for _ in range(int(sys.argv[2])):
-            total = jnp.sum(x)
-            if wait:
-                total.block_until_ready()
-        print("finished", float(total))
-        """))
-    env = {"JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
-                        "--xla_cpu_collective_call_warn_stuck_timeout_seconds=5 "
-                        "--xla_cpu_collective_call_terminate_timeout_seconds=10"}
-    waited = run_process([sys.executable, str(script), "wait", "5000"], timeout=300, env=env)
-    assert waited.returncode == 0 and "finished 64.0" in waited.stdout, waited.stderr[-2000:]
-    racing = run_process([sys.executable, str(script), "race", "3000"], timeout=300, env=env)
-    # XLA's abort names the all-reduce it waited for (its "may be stuck" warning before
-    # that is hidden at TF_CPP_MIN_LOG_LEVEL=3, as in CI).
-    assert racing.returncode != 0 and "all reduce RendezvousKey" in racing.stderr, (
-        racing.stdout, racing.stderr[-2000:])
+def test_back_to_back_cpu_collectives_finish_when_each_is_waited_for():
+    """The workaround above, on its own: 5,000 sums of an array sharded over two virtual
+    CPU devices finish when each is waited for, as training waits for each step. The race
+    it avoids (the same sums not waited for deadlock inside XLA: every run with jaxlib
+    0.10.2 on 2 cores) depends on the machine losing it, so it is measured by
+    bench/xla_collectives_race.py, not asserted here."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import xla_collectives_race
+
+    finished, why = xla_collectives_race.sums("wait", 5000, timeout=300)
+    assert finished, why

@@ -34,8 +34,9 @@ class TrainState:
         self.steps_per_epoch = steps_per_epoch
         self.stop_reason = None  # None, "diverged", TIME_LIMIT or a signal name
         self.diverged_at = None
-        self.metrics = list(metrics or [])
+        self.metrics = list(metrics or [])  # the finished epochs' records
         self.best = best  # best val_accuracy so far
+        self.announce = None  # the finished epoch's line, printed once it is saved
 
     def epoch_finished(self, model):
         """Whether the epoch that just ended ran all its steps (a signal may arrive during
@@ -110,10 +111,12 @@ class Checkpointer(keras.callbacks.Callback):
     weights, so after a divergence ``rollback`` makes the good copy the one to resume.
     """
 
-    def __init__(self, run_dir, state, every_steps=0, portable=None):
+    def __init__(self, run_dir, state, every_steps=0, portable=None, log=print):
         super().__init__()
         self.portable = portable  # model -> the model to save as best.keras (or None)
+        self.log = log
         self.run_dir = run_dir
+        self.metrics_path = os.path.join(run_dir, "metrics.json")
         self.paths = runs.checkpoint_paths(run_dir)
         self.state = state
         self.every_steps = every_steps
@@ -132,12 +135,16 @@ class Checkpointer(keras.callbacks.Callback):
                 f"with: python cli.py train --resume {self.run_dir}") from None
 
     def save_last(self):
+        """The commit point: the weights, the optimizer and where they stand, sealed in
+        one atomic file with the records of every finished epoch (metrics.json is
+        written from them after it, and rebuilt from them on resume)."""
         step = _step(self.model)
         state = {"step": step, "epoch": step // self.state.steps_per_epoch,
                  "step_in_epoch": step % self.state.steps_per_epoch,
                  "steps_per_epoch": self.state.steps_per_epoch,
                  "best_val_accuracy": self.state.best,
-                 "weights": os.path.basename(self.paths["last"])}
+                 "weights": os.path.basename(self.paths["last"]),
+                 "metrics": self.state.metrics}
         with self._reported(self.paths["last"]), runs.atomic_path(self.paths["last"]) as tmp:
             self.model.save_weights(tmp)
             runs.seal_checkpoint(tmp, state)  # the file says where it stands, and is checked
@@ -170,6 +177,10 @@ class Checkpointer(keras.callbacks.Callback):
             self.save_last()
 
     def on_epoch_end(self, epoch, logs=None):
+        """After ``EpochReport`` has made the epoch's record: best.keras, then the commit
+        point (``save_last``, with the record), then metrics.json and the good copy, and
+        only then the epoch's line. A kill before the commit retrains the epoch; after it,
+        the epoch counts once, whatever else was written."""
         if not self.state.epoch_finished(self.model):
             return  # an unfinished or diverged epoch is never saved as finished
         logs = logs or {}
@@ -179,21 +190,24 @@ class Checkpointer(keras.callbacks.Callback):
             with self._reported(self.paths["best"]), runs.atomic_path(self.paths["best"]) as tmp:
                 (self.portable(self.model) if self.portable else self.model).save(tmp)
         self.save_last()
+        with self._reported(self.metrics_path):
+            runs.write_json(self.metrics_path, self.state.metrics)
         with self._reported(self.paths["good"]):
             self._mark_good()
+        if self.state.announce:
+            self.log(self.state.announce)
+            self.state.announce = None
 
 
 class EpochReport(keras.callbacks.Callback):
-    """Times each epoch, records it in metrics.json and prints one summary line."""
+    """Times each epoch and makes its record (``state.metrics``) and summary line, which
+    ``Checkpointer`` saves and prints after it: it must come before it in the list."""
 
-    def __init__(self, run_dir, state, batch_size, epochs, log=print,
-                 writer=None):
+    def __init__(self, state, batch_size, epochs, writer=None):
         super().__init__()
-        self.path = os.path.join(run_dir, "metrics.json")
         self.state = state
         self.batch_size = batch_size
         self.epochs = epochs
-        self.log = log
         self.writer = writer
         self._start = self._train_end = None
         self._first_step = 0
@@ -229,7 +243,6 @@ class EpochReport(keras.callbacks.Callback):
                      step=_step(self.model))
         self.state.metrics = [m for m in self.state.metrics if m["epoch"] < epoch + 1]
         self.state.metrics.append(entry)
-        runs.write_json(self.path, self.state.metrics)
         if self.writer is not None:
             self.writer.scalar("images_per_second", entry["train_images_per_second"], epoch + 1)
             self.writer.scalar("epoch_seconds", entry["epoch_seconds"], epoch + 1)
@@ -237,9 +250,10 @@ class EpochReport(keras.callbacks.Callback):
                 self.writer.epoch_scalars(epoch, logs or {})
         val = (f" | val loss {entry['val_loss']:.4f} acc {entry['val_accuracy']:.4f} "
                f"top5 {entry.get('val_top5', float('nan')):.4f}" if "val_loss" in entry else "")
-        self.log(f"epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f} "
-                 f"acc {entry['accuracy']:.4f}{val} | lr {entry['lr']:.2e} | "
-                 f"{entry['train_images_per_second']:.0f} img/s | {entry['epoch_seconds']:.1f} s")
+        self.state.announce = (
+            f"epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f} "
+            f"acc {entry['accuracy']:.4f}{val} | lr {entry['lr']:.2e} | "
+            f"{entry['train_images_per_second']:.0f} img/s | {entry['epoch_seconds']:.1f} s")
 
 
 class SummaryWriter:

@@ -249,7 +249,23 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
             raise RunError(
                 f"--resume {resume!r}: no such run folder. Give a folder made by "
                 f"'python cli.py train' (look under {runs_dir}/).")
-        base = config_lib.load_saved(resume)  # config.json, or config.toml if it is damaged
+        from cmxl_keras import runs
+        from cmxl_keras.errors import RunError
+
+        try:
+            base = config_lib.load_saved(resume)  # config.json, or config.toml if damaged
+        except RunError:
+            # Killed before it wrote its config: with no checkpoint either, no step was
+            # finished, and the run starts over from the config given here.
+            if runs.has_checkpoint(resume):
+                raise
+            if not (config_file or overrides or any(v is not None for v in flags.values())):
+                raise RunError(
+                    f"--resume {resume!r}: the run was stopped before it saved its config or "
+                    f"any checkpoint, so nothing of it is left to continue. Start it again "
+                    f"with the flags it was started with (e.g. --config NAME) and --resume "
+                    f"{resume}, or with --run-dir {resume} --overwrite.") from None
+            base = None
     cfg = resolve_config(config_file, overrides, base=base, **flags)
     if dry_run:
         click.echo(cfg.to_toml(), nl=False)

@@ -270,6 +270,13 @@ def write_run_metadata(run_dir, cfg, argv, split_info):
     write_json(os.path.join(run_dir, "split.json"), split_info)
 
 
+def has_checkpoint(run_dir):
+    """Whether a run folder ever saved a checkpoint (whole or not): without one, no step
+    of the run was finished."""
+    paths = checkpoint_paths(run_dir)
+    return any(os.path.exists(paths[k]) for k in ("last", "good", "state"))
+
+
 def checkpoint_paths(run_dir):
     folder = os.path.join(run_dir, "checkpoints")
     return {"last": os.path.join(folder, "last.weights.h5"),

@@ -168,12 +168,6 @@ def check_resumable(run_dir, cfg, replan=False):
     if not os.path.isdir(run_dir):
         raise RunError(f"--resume {run_dir!r}: no such run folder. Give a folder made by "
                        f"'python cli.py train' (look under runs/).")
-    paths = runs.checkpoint_paths(run_dir)
-    if not any(os.path.exists(paths[k]) for k in ("last", "good", "state")):
-        raise RunError(
-            f"--resume {run_dir!r}: the folder holds no checkpoint (checkpoints/"
-            f"last.weights.h5 or good.weights.h5); the run stopped before its first "
-            f"checkpoint. Start it again without --resume.")
     saved = config_lib.load_saved(run_dir)
 
     def differences(keys):
@@ -316,7 +310,14 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
 
     if resume and chief and os.path.isdir(resume):  # a missing folder: check_resumable says so
         held.enter_context(runs.RunLock(resume, argv))  # before reading what it may write
-    if resume:
+    # A run killed before its first checkpoint finished no step: it starts over in its
+    # folder, with the config (and so the split) it was started with.
+    restart = bool(resume) and os.path.isdir(resume) and not runs.has_checkpoint(resume)
+    if restart:
+        log(f"{resume}: the run stopped before its first checkpoint (no step was finished); "
+            f"starting it over in that folder with its config.")
+        os.makedirs(os.path.join(resume, "checkpoints"), exist_ok=True)
+    elif resume:
         check_resumable(resume, cfg, replan)
     precision = cfg.precision
     keras.mixed_precision.set_global_policy(precision)
@@ -330,7 +331,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
     if chief:
         run_dir = resume or runs.new_run_dir(runs_dir, cfg.name, run_dir, overwrite,
                                              held=held, argv=argv)
-    if chief and not resume:
+    if chief and (restart or not resume):
         runs.write_run_metadata(run_dir, cfg, argv, splits.info)
 
     spec = augment.AugmentSpec.from_config(cfg)
@@ -345,26 +346,28 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
     # training model is not the one to save: checkpoints of the model come from a plain
     # copy with the same weights, which loads anywhere.
     portable = (lambda m: portable_copy(m, cfg)) if replicas > 1 or stages else None
-    checkpointer = callbacks.Checkpointer(run_dir, state, cfg.checkpoint_every_steps, portable)
+    checkpointer = callbacks.Checkpointer(run_dir, state, cfg.checkpoint_every_steps, portable,
+                                          log=log)
     start_step = 0
     with distribute.scope(strategy):
         model = compile_model(build_model(cfg, sync_bn=replicas > 1, augmentation=stages),
                               cfg, steps, one_hot=one_hot)
         distribute.prepare_model(model, strategy)
-        if resume:
+        if resume and not restart:
             restored = _restore(model, resume, steps, log, write=chief)
             start_step = restored["step"]
             state.best = restored["best_val_accuracy"]
-            state.metrics = _resumed_metrics(resume, restored["epoch"], log, write=chief)
+            state.metrics = _resumed_metrics(resume, restored, log, write=chief)
     if resume and chief:  # only once a checkpoint loaded: a refused resume changes nothing
         for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
             for name in runs.remove_partials(folder):
                 log(f"removed {name}, left by an interrupted write")
-        with open(os.path.join(run_dir, "command.txt"), "a") as f:
-            f.write(" ".join(argv) + "\n")
-        runs.write_text(os.path.join(run_dir, "config.toml"), cfg.to_toml())
-        runs.write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
-    if resume:
+        if not restart:  # a restart wrote its metadata above
+            with open(os.path.join(run_dir, "command.txt"), "a") as f:
+                f.write(" ".join(argv) + "\n")
+            runs.write_text(os.path.join(run_dir, "config.toml"), cfg.to_toml())
+            runs.write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    if resume and not restart:
         log(f"resuming {resume} at epoch {start_step // steps + 1}, step "
             f"{start_step % steps} of {steps} (optimizer step {start_step})")
     log(f"model: {cfg.name}, {models.trainable_param_count(model):,} trainable parameters; "
@@ -384,14 +387,14 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
     writer = callbacks.make_summary_writer(tb_dir, log)
     if isinstance(writer, callbacks.SummaryWriter):  # TensorFlow: Keras writes the epochs
         extra.append(keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
-    if not resume:  # on every worker alike: drawing it may advance the shuffle seeds
+    if restart or not resume:  # on every worker alike: drawing it may advance the seeds
         grid = augmentation_grid(data_args["grid"])
         save_png(os.path.join(run_dir, "augmentations.png"), grid)
         if writer is not None:
             writer.image("augmentations", grid)
             writer.hparams(_hparams(cfg))
             writer.flush()
-    report = callbacks.EpochReport(run_dir, state, cfg.batch_size, cfg.epochs, log, writer)
+    report = callbacks.EpochReport(state, cfg.batch_size, cfg.epochs, writer)
     guard = callbacks.Guard(state, checkpointer, deadline, total_steps=cfg.epochs * steps)
     cbs = [guard, report, checkpointer] + extra + distribute.collective_callbacks()
     if verbose is None:
@@ -513,7 +516,8 @@ def _restore(model, run_dir, steps, log, write=True):
     state = {"step": step, "epoch": step // steps, "step_in_epoch": step % steps,
              "steps_per_epoch": steps,
              "best_val_accuracy": (sealed or {}).get("best_val_accuracy"),
-             "weights": os.path.basename(paths["last"])}
+             "weights": os.path.basename(paths["last"]),
+             "metrics": (sealed or {}).get("metrics")}
     if not write:
         return state
     for bad_name, bad_path, why in problems:
@@ -541,9 +545,12 @@ def _restore(model, run_dir, steps, log, write=True):
     return state
 
 
-def _resumed_metrics(run_dir, finished_epochs, log, write=True):
-    """metrics.json up to the checkpoint's epoch; a damaged file is set aside."""
+def _resumed_metrics(run_dir, restored, log, write=True):
+    """The records of the epochs the restored checkpoint finished: those sealed in it
+    (the commit point), else (a checkpoint sealed without them) metrics.json's up to its
+    epoch, a damaged file set aside. metrics.json is rewritten to match."""
     path = os.path.join(run_dir, "metrics.json")
+    sealed = restored.get("metrics")
     try:
         metrics = runs.read_json(path, [])
         if not isinstance(metrics, list) or not all(isinstance(m, dict) and "epoch" in m
@@ -551,14 +558,20 @@ def _resumed_metrics(run_dir, finished_epochs, log, write=True):
             raise ValueError("not a list of epoch records")
     except (OSError, ValueError) as error:
         if not write:
-            return []
+            return list(sealed or [])
         kept = runs.set_aside(path, os.path.join(run_dir, "checkpoints", "damaged"))
-        log(f"metrics.json is damaged ({error}); set aside as {os.path.relpath(kept, run_dir)}. "
-            f"The epochs before the resume keep their TensorBoard logs but have no "
-            f"metrics.json entries.")
-        runs.write_json(path, [])
-        return []
-    return [m for m in metrics if m["epoch"] <= finished_epochs]
+        log(f"metrics.json is damaged ({error}); set aside as {os.path.relpath(kept, run_dir)}"
+            + (" and rewritten from the checkpoint's records." if sealed is not None else
+               ". The epochs before the resume keep their TensorBoard logs but have no "
+               "metrics.json entries."))
+        metrics = []
+    if sealed is not None:
+        metrics = sealed
+    else:  # a checkpoint sealed without the records: the file's, up to its epoch
+        metrics = [m for m in metrics if m["epoch"] <= restored["epoch"]]
+    if write:
+        runs.write_json(path, metrics)
+    return list(metrics)
 
 
 def _finish(model, cfg, run_dir, state, checkpointer, started, log):

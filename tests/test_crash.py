@@ -11,6 +11,7 @@ import sys
 import keras
 import pytest
 
+from cmxl_keras import runs
 from conftest import ROOT, Child, run_cli
 from test_train import read_events
 
@@ -48,9 +49,33 @@ export.convert_tflite = convert_tflite
 """
 
 
+# Every atomic write of the library goes through runs.atomic_path: this wrapper logs each
+# one (the file's path in the run folder) and, at the KILL_AT-th, SIGKILLs the process with
+# the new bytes on disk in the temporary file, before the rename that would publish them.
+# A kill there leaves the folder as it was after the write before, plus a stray temporary
+# file: the kills at writes 1..N cover every moment of a run.
+KILL_AT_WRITE = """
+import contextlib, os, signal
+from cmxl_keras import runs
+_atomic, _count = runs.atomic_path, [0]
+@contextlib.contextmanager
+def atomic_path(path):
+    with _atomic(path) as tmp:
+        yield tmp
+        _count[0] += 1
+        with open(os.environ["WRITE_LOG"], "a") as f:
+            f.write(os.path.relpath(path, os.environ["RUN_DIR"]) + "\\n")
+        if _count[0] == int(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+runs.atomic_path = atomic_path
+"""
+
+
+CLI_MAIN = "\nimport sys\nsys.argv = ['cli.py'] + sys.argv[1:]\nimport cli\ncli.main()\n"
+
+
 def _cli_with(patch, *args):
-    code = patch + "\nimport sys\nsys.argv = ['cli.py'] + sys.argv[1:]\nimport cli\ncli.cli()\n"
-    return Child([sys.executable, "-c", code, *args], env={"PYTHONPATH": ROOT})
+    return Child([sys.executable, "-c", patch + CLI_MAIN, *args], env={"PYTHONPATH": ROOT})
 
 
 def _kill_at(child, marker, nth=1, timeout=300):
@@ -90,3 +115,53 @@ def test_export_killed_halfway_leaves_no_model_and_a_rerun_works(trained_run, tm
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.listdir(out) == ["smoke"]  # the leftover staging folder was cleaned up
     assert (out / "smoke" / "model_fp32.tflite").is_file()
+
+
+def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cifar_dir,
+                                                                              tmp_path):
+    """Crash safety as storage engines prove it: the same run is killed at its first
+    write, then (fresh) at its second, ..., at its last; after each kill, ``--resume``
+    with the run's flags finishes it, every epoch recorded exactly once, and the final
+    checkpoint is at the last step. A kill before the run's first checkpoint starts the
+    run over in its folder (before its config was written too: from the flags given)."""
+    import concurrent.futures
+
+    flags = ["--config", "smoke", "--data-dir", cifar_dir, "--epochs", "2",
+             "--steps-per-epoch", "2", "--limit-train", "64", "--val-from-train", "32",
+             "--set", "aug=none", "--set", "deterministic=true"]
+
+    def run(name, kill_at):
+        run_dir = tmp_path / name
+        env = {"WRITE_LOG": str(tmp_path / f"{name}.writes"), "RUN_DIR": str(run_dir),
+               "KILL_AT": str(kill_at)}
+        child = Child([sys.executable, "-c", KILL_AT_WRITE + CLI_MAIN, "train", *flags,
+                       "--run-dir", run_dir], env=dict(env, PYTHONPATH=ROOT))
+        return run_dir, child.wait(600), open(env["WRITE_LOG"]).read().split()
+
+    _, whole, writes = run("whole", 0)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # The commit point comes first: a finished epoch's checkpoint before its record.
+    assert writes.index("checkpoints/last.weights.h5") < writes.index("metrics.json")
+    assert len(writes) >= 12, writes
+
+    def kill_then_resume(k):
+        run_dir, killed, done = run(f"kill{k}", k)
+        assert killed.returncode == -9, (k, killed.stderr[-2000:])
+        assert done[-1] == writes[k - 1], (k, done, writes)  # the same write sequence
+        resumed = run_cli("train", "--resume", run_dir, *flags, timeout=600)
+        assert resumed.returncode == 0, (k, writes[k - 1], resumed.stderr[-3000:])
+        metrics = json.load(open(run_dir / "metrics.json"))
+        assert [m["epoch"] for m in metrics] == [1, 2], (k, writes[k - 1], metrics)
+        state = runs.checkpoint_state(runs.checkpoint_paths(str(run_dir))["last"])
+        assert state["step"] == 4 and [m["epoch"] for m in state["metrics"]] == [1, 2]
+        assert os.path.exists(run_dir / "results.json") and os.path.exists(
+            run_dir / "model.keras")
+        return resumed.stdout
+
+    # Two at a time: each kill and resume is a fresh process on one of the two cores.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        outputs = list(pool.map(kill_then_resume, range(1, len(writes) + 1)))
+    first_checkpoint = writes.index("checkpoints/last.weights.h5") + 1
+    for k, out in enumerate(outputs, start=1):
+        started_over = "stopped before its first checkpoint" in out
+        assert started_over == (k <= first_checkpoint), (k, writes[k - 1], out[-2000:])

@@ -386,3 +386,46 @@ def test_a_mixed_precision_model_exports_float32_files_that_meet_the_targets(cif
     assert parity["tflite_max_abs_diff"] < 1e-4 and parity["tflite_top1_agreement"] == 1.0
     assert parity["tflite_fp16_top1_agreement"] >= 0.99
     assert parity["tflite_int8_top1_agreement"] >= 0.9  # the smoke bound, as above
+
+
+def test_parity_measured_from_outside(exported, cifar_dir):
+    """Parity as a user would measure it, not as metadata.json reports it: the Keras
+    checkpoint, the SavedModel loaded by plain TensorFlow and each TFLite file run by
+    LiteRT's own interpreter, on images this test picks (real training images and random
+    ones), compared output against output."""
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from cmxl_keras import data
+
+    folder, _ = exported
+    meta = json.load(open(os.path.join(folder, "metadata.json")))
+    real = data.read_data_dir(cifar_dir).train.images[-300:]  # the images the smoke run did not see last
+    images = np.concatenate([real, random_images(20, seed=7)]).astype(np.uint8)
+    model = keras.saving.load_model(meta["source_checkpoint"])
+    reference = keras.ops.convert_to_numpy(
+        keras.ops.softmax(model.predict(images.astype(np.float32), verbose=0)))
+    served = tf.saved_model.load(os.path.join(folder, "saved_model", "1"))
+    saved = served.signatures["serving_default"](images=tf.constant(images))
+    assert np.abs(saved["probabilities"].numpy() - reference).max() < 1e-5
+    assert (saved["class_id"].numpy() == reference.argmax(1)).all()
+
+    def litert(name):
+        runner = Interpreter(model_path=os.path.join(folder, name)).get_signature_runner()
+        (input_name, spec), = runner.get_input_details().items()
+        out = runner(**{input_name: images.astype(spec["dtype"])})["probabilities"]
+        details = runner.get_output_details()["probabilities"]
+        scale, zero = details["quantization"]
+        return (out.astype(np.float32) - zero) * scale if scale else out.astype(np.float32)
+
+    top1 = reference.argmax(1)
+    fp32, fp16, int8 = (litert(f"model_{kind}.tflite") for kind in ("fp32", "fp16", "int8"))
+    assert np.abs(fp32 - reference).max() < 1e-4 and (fp32.argmax(1) == top1).all()
+    assert (fp16.argmax(1) == top1).mean() >= 0.99
+    # The smoke model's margins are small (see test_parity_meets_the_targets): its bound.
+    assert (int8.argmax(1) == top1).mean() >= 0.9
+    # The control: a model with other weights is told apart.
+    other = keras.models.clone_model(model)
+    assert np.abs(keras.ops.convert_to_numpy(keras.ops.softmax(
+        other.predict(images.astype(np.float32), verbose=0))) - reference).max() > 1e-3

@@ -240,13 +240,16 @@ def test_both_saved_configs_damaged_is_refused_with_the_fix(two_epoch_run, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
-def test_a_damaged_metrics_json_is_set_aside(two_epoch_run, tmp_path, damage):
+def test_a_damaged_metrics_json_is_set_aside_and_rebuilt_from_the_checkpoint(
+        two_epoch_run, tmp_path, damage):
+    """The epoch records are sealed in the checkpoint (the commit point): a damaged
+    metrics.json is set aside and written again from them, every epoch kept."""
     run_dir, log, out = _resume_copy(two_epoch_run, tmp_path,
                                      lambda d: _hurt_json(os.path.join(d, "metrics.json"), damage))
-    assert "metrics.json is damaged" in log
+    assert "metrics.json is damaged" in log and "rewritten from the checkpoint's records" in log
     assert [name.endswith("-metrics.json") for name in _damaged(run_dir)] == [True]
-    assert json.load(open(os.path.join(run_dir, "metrics.json"))) == []
-    assert out["results"]["epochs"] == 0
+    assert [m["epoch"] for m in json.load(open(os.path.join(run_dir, "metrics.json")))] == [1, 2]
+    assert out["results"]["epochs"] == 2
 
 
 # ---- two processes, one run folder ----------------------------------------------------

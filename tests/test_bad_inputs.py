@@ -60,6 +60,13 @@ def _run_folder(root, depth=4):
     return run
 
 
+def _bare_run(root):
+    """A run folder killed before its first write: only the folder and checkpoints/."""
+    run = root / "bare"
+    (run / "checkpoints").mkdir(parents=True)
+    return run
+
+
 def _finished_ablation(root):
     """An ablation folder whose first run finished with other epochs than the CPU scale's."""
     from cmxl_keras import config
@@ -209,6 +216,10 @@ CASES = [
                                                      "--out", _finished_ablation(r)],
      ["holds a finished run made with other settings", "epochs 1 (asked: 20)",
       "give another --out"]),
+    ("time limit not positive", lambda r: ["train", "--config", "smoke", "--time-limit", "-5"],
+     ["--time-limit -5.0", "positive number of seconds"]),
+    ("resume a run killed before its config", lambda r: ["train", "--resume", _bare_run(r)],
+     ["stopped before it saved its config or any checkpoint", "--overwrite"]),
     ("resume missing dir", lambda r: ["train", "--resume", r / "gone"],
      ["gone'", "runs/"]),
     ("resume another architecture", lambda r: ["train", "--resume", _run_folder(r), "--depth", "6",

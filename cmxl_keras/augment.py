@@ -51,7 +51,7 @@ import itertools
 import math
 
 from cmxl_keras import randaugment
-from cmxl_keras.architecture import CIFAR_MEAN
+from cmxl_keras.architecture import CIFAR_MEAN, DATASETS
 
 RANDAUGMENT_LEVELS = randaugment.LEVELS  # torchvision: 31 magnitude levels, 0..30
 # For the keras-cv policy: torchvision's 14 ops include Identity, keras-cv's 10 do not,
@@ -76,6 +76,9 @@ class AugmentSpec:
     randaugment: str = "torchvision"  # the policy: torchvision's (the paper's) or keras-cv's
     jitter: tuple = (0.2, 0.2, 0.2)  # brightness, contrast, saturation
     erase_prob: float = 0.2
+    # the erase fill in pixels: the dataset's mean colour (torchvision's value 0 after
+    # Normalize with that dataset's mean)
+    erase_fill: tuple = tuple(255.0 * m for m in CIFAR_MEAN)
     cutmix_prob: float = 0.0
     mixup_prob: float = 0.0
     num_classes: int = 10
@@ -87,7 +90,8 @@ class AugmentSpec:
                        randaugment_ops=0, jitter=(0.0, 0.0, 0.0), erase_prob=0.0,
                        cutmix_prob=0.0, mixup_prob=0.0, num_classes=cfg.num_classes)
         crop = (cfg.crop_scale_min, cfg.crop_scale_max)
-        return cls(image_size=cfg.image_size,
+        mean = DATASETS[cfg.dataset]["mean"]
+        return cls(image_size=cfg.image_size, erase_fill=tuple(255.0 * m for m in mean),
                    crop_scale=None if crop == (1.0, 1.0) else crop, flip=cfg.flip,
                    randaugment_ops=cfg.randaugment_ops,
                    randaugment_magnitude=cfg.randaugment_magnitude,
@@ -320,7 +324,7 @@ def build_tf_augmenter(spec, seed=None):
         if any(spec.jitter):
             images = color_jitter(images, *spec.jitter)
         if spec.erase_prob:
-            images, _ = random_erasing(images, spec.erase_prob)
+            images, _ = random_erasing(images, spec.erase_prob, fill=spec.erase_fill)
         if spec.one_hot_labels:
             labels = tf.one_hot(tf.cast(labels, tf.int32), spec.num_classes)
             if cutmix is not None:
@@ -422,11 +426,13 @@ def _keras_layers():
             return x
 
     class RandomErasing(_Augmentation):
-        """``random_erasing`` above in keras.ops: the torchvision algorithm, mean fill."""
+        """``random_erasing`` above in keras.ops: the torchvision algorithm, filled with
+        ``fill`` (the dataset's mean colour; CIFAR-10's by default)."""
 
-        def __init__(self, prob=0.2, seed=None, **kwargs):
+        def __init__(self, prob=0.2, fill=None, seed=None, **kwargs):
             super().__init__(seed, **kwargs)
             self.prob = prob
+            self.fill = tuple(fill or (255.0 * m for m in CIFAR_MEAN))
 
         def augment(self, images):
             ops = keras.ops
@@ -451,7 +457,7 @@ def _keras_layers():
                       & (cols >= left[:, None, None]) & (cols < (left + box_w)[:, None, None])
                       & apply[:, None, None])
             mask = ops.cast(inside, "float32")[..., None]
-            fill = ops.convert_to_tensor([255.0 * m for m in CIFAR_MEAN])
+            fill = ops.convert_to_tensor(self.fill, dtype="float32")
             return images * (1 - mask) + fill * mask
 
     class RandAugment(_Augmentation):
@@ -501,7 +507,8 @@ def keras_layers(spec, seed=None):
         stages.append(ColorJitter(*spec.jitter, seed=_stage_seed(seed, 3),
                                   name="aug_color_jitter"))
     if spec.erase_prob:
-        stages.append(RandomErasing(spec.erase_prob, seed=_stage_seed(seed, 4),
+        stages.append(RandomErasing(spec.erase_prob, fill=spec.erase_fill,
+                                    seed=_stage_seed(seed, 4),
                                     name="aug_erasing"))
     return stages
 

@@ -248,6 +248,25 @@ def test_forms_agree_on_crop_scale_and_flip_rate():
     assert abs(flip_a.mean() - flip_b.mean()) < 0.09
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_both_forms_erase_with_the_datasets_own_mean(dataset):
+    """Erased pixels are the run's dataset's mean colour (torchvision's value 0 after
+    Normalize with that dataset's statistics), not CIFAR-10's for every dataset."""
+    from cmxl_keras.architecture import DATASETS
+
+    cfg = Config(dataset=dataset, num_classes=DATASETS[dataset]["num_classes"])
+    spec = dataclasses.replace(AugmentSpec.from_config(cfg), crop_scale=None, flip=False,
+                               randaugment_ops=0, jitter=(0.0, 0.0, 0.0), erase_prob=1.0)
+    mean = [255 * m for m in DATASETS[dataset]["mean"]]
+    images = np.zeros((64, 32, 32, 3), np.float32)
+    for out in _both_forms(spec, images):
+        out = np.asarray(out)
+        erased = np.any(out != 0, axis=-1)
+        assert erased.any(axis=(1, 2)).mean() > 0.9  # p = 1: every box that fits is erased
+        np.testing.assert_allclose(out[erased], np.broadcast_to(mean, out[erased].shape),
+                                   atol=1e-3)
+
+
 def test_forms_agree_on_erase_rate_and_area():
     spec = AugmentSpec(**dict(OFF, erase_prob=0.2))
     images = np.zeros((1500, 32, 32, 3), np.float32)

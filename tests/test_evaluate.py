@@ -73,6 +73,47 @@ def test_evaluate_matches_an_independent_forward_pass(three_forms, cifar_dir, tm
     assert np.array_equal(got["confusion_matrix"], confusion)
 
 
+def test_flip_tta_averages_the_probabilities_of_the_horizontal_mirror(three_forms, cifar_dir,
+                                                                      tmp_path):
+    """--tta's figures recomputed from plain forward passes: the probabilities of each
+    image and of its left-right mirror, averaged. A vertical flip, or logits averaged
+    instead of probabilities, gives other figures on this model (checked), so either
+    would fail here."""
+    import keras
+
+    from cmxl_keras import config, data
+
+    run = three_forms["run"]
+    cfg = config.from_dict(json.load(open(os.path.join(run, "config.json"))))
+    splits = data.load_splits(cfg.replace(data_dir=cifar_dir), log=lambda m: None)
+    images, labels = splits.val.images.astype(np.float32), splits.val.labels.astype(int)
+    model = keras.saving.load_model(three_forms["keras"])
+
+    def logits(x):
+        return np.asarray(model.predict(x, verbose=0), np.float64)
+
+    def softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+    def figures(probabilities):
+        picked = probabilities[np.arange(len(labels)), labels]
+        return np.mean(probabilities.argmax(1) == labels), -np.mean(np.log(picked))
+
+    plain, mirrored = logits(images), logits(images[:, :, ::-1])
+    expected = figures((softmax(plain) + softmax(mirrored)) / 2)
+    vertical = figures((softmax(plain) + softmax(logits(images[:, ::-1]))) / 2)
+    averaged_logits = figures(softmax((plain + mirrored) / 2))
+    for wrong in (vertical, averaged_logits):
+        assert abs(wrong[1] - expected[1]) > 1e-4, (wrong, expected)
+    result = run_cli("evaluate", run, "--data-dir", cifar_dir, "--out", tmp_path, "--tta",
+                     "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout)["tta_flip"]
+    assert got["top1"] == pytest.approx(expected[0], abs=1e-9)
+    assert got["loss"] == pytest.approx(expected[1], rel=1e-4)
+
+
 def test_evaluate_writes_figures_that_are_real_images(three_forms, cifar_dir, tmp_path):
     from PIL import Image
 

@@ -86,6 +86,11 @@ class Config:
     # the validation/test split (and the carve from train): separate from ``seed`` so that
     # runs with other training seeds are scored on the same images
     split_seed: int = 1024
+    # how the official test set is halved into validation and test: "reference" (the
+    # reference code's halves, torch's random_split after seed 1204; needs the official
+    # 10,000 test images in their official order), "random" (split_seed), or "auto"
+    # (reference where the data allows it, else random)
+    split: str = "auto"
     deterministic: bool = False
     steps_per_epoch: int = 0  # > 0: cap the steps of each epoch (quick runs)
     checkpoint_every_steps: int = 0  # > 0: also back up mid-epoch every N steps
@@ -123,6 +128,7 @@ CHOICES = {
     "init": ("torch", "keras"),
     "jit_compile": ("auto", "true", "false"),
     "dataset": tuple(architecture.DATASETS),
+    "split": ("auto", "reference", "random"),
 }
 
 # Numeric bounds: (minimum, maximum, inclusive-minimum).
@@ -346,10 +352,13 @@ def differing(saved, config, keys):
 def from_dict(data, source="a saved config"):
     """Rebuilds a Config from ``to_dict()`` output (e.g. a run folder's config.json).
 
-    A config saved before ``split_seed`` existed split its data with ``seed``: it keeps
-    that split (resuming it must see the same validation images)."""
+    A config saved before ``split_seed`` existed split its data with ``seed``, and one
+    saved before ``split`` existed drew its halves at random: each keeps that split
+    (resuming or evaluating it must see the same validation and test images)."""
     if isinstance(data, dict) and "seed" in data and "split_seed" not in data:
         data = dict(data, split_seed=data["seed"])
+    if isinstance(data, dict) and "seed" in data and "split" not in data:
+        data = dict(data, split="random")
     return merge(Config(), data, source=source)
 
 
@@ -414,6 +423,11 @@ def load_saved(run_dir):
         f"config.toml from a copy of the run folder, or start a new run.")
 
 
+# Every Table-1 run: the reference code's seed (1204 in its train.py; the paper's text
+# says 1024) and its validation/test halves of the official test set.
+REFERENCE_PROTOCOL = {"seed": 1204, "split_seed": 1204, "split": "reference"}
+
+
 def variant_config(variant):
     """The Config of a Table-1 variant (model fields and aug from VARIANTS)."""
     if variant not in architecture.VARIANTS:
@@ -421,6 +435,7 @@ def variant_config(variant):
             f"unknown variant {variant!r}; choose one of {', '.join(architecture.VARIANTS)}.")
     spec = architecture.VARIANTS[variant]
     changes = {key: spec[key] for key in architecture.ARCH_KEYS}
+    changes.update(REFERENCE_PROTOCOL)
     changes.update(name=variant, aug=spec["aug"])
     return merge(Config(), changes)
 

@@ -485,9 +485,37 @@ def _stratified(rng, labels, indices, count):
     return np.sort(np.concatenate(chosen))
 
 
-def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, log=print):
+def reference_split():
+    """The reference code's (validation, test) indices into the official 10,000 test
+    images (``reference_split.json``, made by torch and checked against it by a test)."""
+    import json
+
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "reference_split.json")) as f:
+        halves = json.load(f)
+    return np.array(halves["val"], np.int64), np.array(halves["test"], np.int64)
+
+
+def _use_reference(raw, split, val_size):
+    """Whether the test set is halved as the reference code halves it; refuses
+    ``split = "reference"`` on a test set that is not the official one."""
+    official = raw.dataset is not None and len(raw.test) == 10000 and val_size == 5000
+    if split == "reference" and not official:
+        why = ("an image folder's test/ has no official order" if raw.dataset is None else
+               f"the test split has {len(raw.test):,} images, not the official 10,000"
+               if len(raw.test) != 10000 else f"val_size is {val_size}, not 5,000")
+        raise DataError(
+            f"split = \"reference\" takes the reference code's halves of the official 10,000 "
+            f"CIFAR test images, by their index in the official test files' order, but "
+            f"{why} ({raw.description}). Use --set split=random (halves drawn with "
+            f"split_seed), or --data-dir with the official test batch.")
+    return split == "reference" or (split == "auto" and official)
+
+
+def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, log=print,
+                split="auto"):
     """Applies the paper's split protocol to ``raw`` (deterministic for ``seed``, the
-    config's ``split_seed``)."""
+    config's ``split_seed``; ``split``: see ``Config.split``)."""
     rng = np.random.default_rng(seed)
     info = {"source": raw.description, "split_seed": seed, "skipped_corrupt": raw.skipped}
     train, test = raw.train, raw.test
@@ -496,7 +524,12 @@ def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, 
             raise DataError(
                 f"val_size {val_size} leaves no test images: the test split has only "
                 f"{len(test)}. Use a smaller --set val_size=N.")
-        val_idx, test_idx = _carve(rng, len(test), val_size)
+        if _use_reference(raw, split, val_size):
+            val_idx, test_idx = (np.sort(half) for half in reference_split())
+            info.update(split="reference")
+        else:
+            val_idx, test_idx = _carve(rng, len(test), val_size)
+            info.update(split="random")
         val, test = _take(test, val_idx), _take(test, test_idx)
         info.update(val_from="test", val_indices_sha256=_digest(val_idx),
                     test_indices_sha256=_digest(test_idx), val_indices=val_idx.tolist())
@@ -551,4 +584,4 @@ def load_splits(cfg, log=print):
             f"the dataset's images are {size[0]}x{size[1]} but the config says image_size "
             f"{cfg.image_size}. Pass --set image_size={size[0]}.")
     return make_splits(raw, cfg.val_size, cfg.val_from_train, cfg.limit_train, cfg.split_seed,
-                       log)
+                       log, split=cfg.split)

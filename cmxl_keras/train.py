@@ -26,7 +26,7 @@ ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_
 # ... and see the same data in the same number of steps per epoch, or the one-cycle
 # schedule (which counts optimizer steps) would land somewhere else.
 DATA_KEYS = ("dataset", "data_dir", "val_size", "val_from_train", "limit_train", "split_seed",
-             "seed", "batch_size", "steps_per_epoch", "pipeline")
+             "split", "seed", "batch_size", "steps_per_epoch", "pipeline")
 # ... and follow the one-cycle it planned, unless the user asks to re-plan it (--replan).
 SCHEDULE_KEYS = ("epochs", "lr_max")
 

@@ -47,7 +47,7 @@ def test_every_scale_has_the_seven_rows_and_the_cpu_scale_shrinks_them_alike():
         depth = CPU_DEEP if paper.depth == 66 else paper.depth
         expected = paper.replace(**CPU_SCALE, depth=depth, name=f"cpu_{variant}")
         assert cpu == expected, variant
-        assert cpu.seed == cpu.split_seed == 1024
+        assert cpu.seed == cpu.split_seed == 1204 and cpu.split == "reference"
 
 
 def _summary(per_seed):
@@ -124,7 +124,7 @@ def test_cpu_scale_with_seeds_resumes_and_tabulates_mean_and_std(cifar_dir, tmp_
         for seed in (1, 2):
             run = out / f"{row['name']}-seed{seed}"
             saved = json.load(open(run / "config.json"))
-            assert saved["seed"] == seed and saved["split_seed"] == 1024
+            assert saved["seed"] == seed and saved["split_seed"] == 1204
             assert saved["depth"] == DEPTH and saved["skip_period"] == (
                 3 if row["name"] in ("cm_xl_skip", "cm_xl") else 0)
             assert saved["activation"] == row_activation(row["name"])

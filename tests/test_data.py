@@ -1,5 +1,6 @@
 """Datasets on disk: every official layout, the split protocol, and named errors for bad data."""
 
+import dataclasses
 import os
 import pickle
 import shutil
@@ -354,3 +355,55 @@ def test_limit_train_is_a_stratified_draw_fixed_by_split_seed(cifar_dir):
     whole = data.make_splits(raw, val_from_train=100, limit_train=10**6, seed=5,
                              log=lambda m: None)
     assert len(whole.train) == len(raw.train) - 100 and "limit_train" not in whole.info
+
+
+def _official_like(dataset="cifar10", test_size=10000):
+    """A RawData shaped like the official files: each test image holds its own index."""
+    index = np.arange(test_size)
+    test = np.zeros((test_size, 2, 2, 3), np.uint8)
+    test[:, 0, 0, 0], test[:, 0, 0, 1] = index // 256, index % 256
+    train = data.Split(np.zeros((50, 2, 2, 3), np.uint8), np.arange(50, dtype=np.int32) % 10)
+    return data.RawData(train, data.Split(test, (index % 10).astype(np.int32)),
+                        tuple(data.CIFAR10_CLASSES), "official-like", dataset=dataset)
+
+
+def _indices(split):
+    return np.sort(split.images[:, 0, 0, 0].astype(int) * 256 + split.images[:, 0, 0, 1])
+
+
+def test_the_reference_split_halves_the_official_test_set_as_the_reference_does():
+    val, test = data.reference_split()
+    assert sorted(np.concatenate([val, test]).tolist()) == list(range(10000))
+    for split in ("reference", "auto"):
+        splits = data.make_splits(_official_like(), split=split, log=lambda m: None)
+        assert splits.info["split"] == "reference"
+        np.testing.assert_array_equal(_indices(splits.val), np.sort(val))
+        np.testing.assert_array_equal(_indices(splits.test), np.sort(test))
+    drawn = data.make_splits(_official_like(), split="random", log=lambda m: None)
+    assert drawn.info["split"] == "random" and len(drawn.val) == 5000
+    assert not np.array_equal(_indices(drawn.val), np.sort(val))
+    # auto draws at random where the reference halves cannot apply; reference refuses.
+    for raw, val_size, why in ((_official_like(dataset=None), 5000, "no official order"),
+                               (_official_like(test_size=4000), 2000, "not the official 10,000"),
+                               (_official_like(), 2000, "val_size is 2000")):
+        auto = data.make_splits(raw, val_size=val_size, split="auto", log=lambda m: None)
+        assert auto.info["split"] == "random"
+        with pytest.raises(DataError, match=why) as refused:
+            data.make_splits(raw, val_size=val_size, split="reference", log=lambda m: None)
+        assert "--set split=random" in str(refused.value)
+    # No test split (the shipped images): validation is carved from train as before.
+    carved = data.make_splits(dataclasses.replace(_official_like(), test=None),
+                              split="reference", val_from_train=10, log=lambda m: None)
+    assert carved.info["val_from"] == "train"
+
+
+def test_paper_configs_use_the_reference_seed_and_split_and_old_runs_keep_theirs():
+    from cmxl_keras import config
+
+    for name in ("cm_vanilla", "cm_xl", "cm_xl_noskip", "cm_vanilla_noaug"):
+        cfg = config.load(name)
+        assert (cfg.seed, cfg.split_seed, cfg.split) == (1204, 1204, "reference"), name
+    saved = Config(seed=7).to_dict()
+    del saved["split"]  # a run saved before the key: its halves were drawn at random
+    assert config.from_dict(saved).split == "random"
+    assert config.from_dict(Config(seed=7).to_dict()).split == "auto"

@@ -337,3 +337,19 @@ def test_five_fit_steps_equal_the_reference_training_loop(cifar_images, tmp_path
         bound = 2e-2 if key in moving else 1e-2
         assert np.linalg.norm(ours[key] - theirs[key]) <= bound * change + 1e-8, (key, bound)
     assert moved > 0.02  # five steps really changed the weights (measured 3.3 %)
+
+
+def test_the_reference_split_is_the_reference_codes_own(tmp_path):
+    """The packaged halves (cmxl_keras/reference_split.json) are what torch draws for the
+    reference's split, regenerated here with torch itself."""
+    from cmxl_keras import data
+
+    torch_split = reference("split", tmp_path, {"seed": 1204, "size": 10000,
+                                                "lengths": [5000, 5000]})
+    val, test = data.reference_split()
+    np.testing.assert_array_equal(val, torch_split["val"])
+    np.testing.assert_array_equal(test, torch_split["test"])
+    # The figures PAPER_NOTES quotes for torch 2.14.1, and a control: another seed differs.
+    assert val[:4].tolist() == [2666, 8650, 926, 7252] and test[:4].tolist() == [1935, 93, 7018, 494]
+    other = reference("split", tmp_path, {"seed": 1024, "size": 10000, "lengths": [5000, 5000]})
+    assert not np.array_equal(other["val"], val)

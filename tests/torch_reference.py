@@ -12,6 +12,8 @@ Jobs:
 - ``model``: the paper's network (bench/ref_torch.py: the layout of the paper's
   networks.py) with PyTorch's default initialization for ``seed``, or with the given
   parameters; its logits in eval and in train mode.
+- ``split``: the reference's ``random_split(testvalset, [5000, 5000])`` on the default
+  generator right after ``torch.manual_seed(seed)``: the two halves' indices.
 - ``train``: the reference training loop (AdamW, the one-cycle ``lr_schedule`` set before
   every step, cross-entropy) on the given batches from the given parameters.
 
@@ -104,6 +106,14 @@ def job_model(spec, data, out):
         out["eval_logits"] = model(x).numpy()
         model.train()
         out["train_logits"] = model(x).numpy()
+
+
+def job_split(spec, data, out):
+    """The reference's validation/test halves: seeded first, as its train.py is, then
+    ``random_split`` of the 10,000 test images (building the datasets draws nothing)."""
+    torch.manual_seed(spec["seed"])
+    val, test = torch.utils.data.random_split(range(spec["size"]), spec["lengths"])
+    out["val"], out["test"] = np.array(val.indices), np.array(test.indices)
 
 
 def job_train(spec, data, out):

@@ -261,6 +261,13 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     if time_limit is not None and not time_limit > 0:
         raise ConfigError(f"--time-limit {time_limit!r}: give a positive number of seconds "
                           f"(e.g. --time-limit 3600 for an hour).")
+    if time_limit is not None and cfg.strategy == "multi_worker":
+        # Each worker would stop on its own clock, one step apart at worst, and the others
+        # would wait in their next all-reduce for it.
+        raise ConfigError(
+            "--time-limit with --strategy multi_worker: each worker would stop at its own "
+            "step and the others would wait for it. Use the cluster scheduler's limit (its "
+            "SIGTERM saves the run), or --time-limit with one process.")
     deadline = None if time_limit is None else time.monotonic() + time_limit
 
     # First: a multi-worker strategy and the logical CPU split configure the runtime.

@@ -1,4 +1,5 @@
-"""The PyTorch reference: ConvMixer / ConvMixer-XL as the paper's own code defines them.
+"""The PyTorch reference: ConvMixer / ConvMixer-XL transcribed from the reference
+repository's ``networks.py`` (its layers in its order; not a file of that repository).
 
 Same layer order as cmxl_keras/models.py (stem conv -> act -> BN; per layer a residual
 depthwise conv -> act -> BN, then pointwise conv -> act -> BN; ConvMixer-XL wraps groups

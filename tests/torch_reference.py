@@ -1,4 +1,5 @@
-"""The paper's PyTorch code, run as a separate process for tests/test_reference.py.
+"""PyTorch/torchvision with a transcription of the reference's network and training loop,
+run as a separate process for tests/test_reference.py.
 
 PyTorch and torchvision run here, never inside the test process: their CUDA builds
 load libraries (triton) that crash a process which has already loaded TensorFlow.

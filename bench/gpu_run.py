@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What the GPU host lacks (keras 3.15.1 as requirements.txt pins it; optree and namex, its
@@ -268,11 +269,17 @@ class Period:
                 except PhaseFailed as error:
                     status = f"failed: {error}"
                     log.write(f"\n{phase}: {status}\n")
+                except Exception as error:  # a fault of this script: the next phases still run
+                    status = f"failed: {type(error).__name__}: {error}"
+                    log.write(f"\n{phase}: {status}\n{traceback.format_exc()}")
             self.record(phase, status, time.monotonic() - began)
             if phase == "setup" and not status.startswith("ok"):
                 break  # nothing after it can run
         if "train" in wanted:
-            self.pack()
+            try:
+                self.pack()
+            except (OSError, tarfile.TarError) as error:
+                self.summary["pack"] = f"failed: {type(error).__name__}: {error}"
         self.summary["seconds"] = round(time.monotonic() - self.start, 1)
         self.write_summary()
         print(json.dumps(self.summary, indent=2))

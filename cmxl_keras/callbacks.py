@@ -97,9 +97,11 @@ class Guard(keras.callbacks.Callback):
                 and (self.total_steps is None or _step(self.model) < self.total_steps)):
             self.state.stop_reason = TIME_LIMIT
             self.model.stop_training = True
-        if self.state.stop_reason not in (None, "diverged"):
+        if (self.state.stop_reason not in (None, "diverged")
+                and _step(self.model) % self.state.steps_per_epoch):
             # A signal or the deadline came during this step: keep the finished steps,
-            # then stop.
+            # then stop. (At an epoch's last step, the epoch's end saves it, with its
+            # record, after validation.)
             self.checkpointer.save_last()
 
 
@@ -145,6 +147,9 @@ class Checkpointer(keras.callbacks.Callback):
                  "best_val_accuracy": self.state.best,
                  "weights": os.path.basename(self.paths["last"]),
                  "metrics": self.state.metrics}
+        if state["step_in_epoch"]:  # mid-epoch: the epoch's running training metrics too
+            state["epoch_metrics"] = [keras.ops.convert_to_numpy(v).tolist()
+                                      for v in self.model.metrics_variables]
         with self._reported(self.paths["last"]), runs.atomic_path(self.paths["last"]) as tmp:
             self.model.save_weights(tmp)
             runs.seal_checkpoint(tmp, state)  # the file says where it stands, and is checked
@@ -172,8 +177,11 @@ class Checkpointer(keras.callbacks.Callback):
         return self.good_state
 
     def on_train_batch_end(self, batch, logs=None):
+        step = _step(self.model)
+        # Not at an epoch's last step: a checkpoint there would commit a finished epoch
+        # before its record exists; the epoch's end saves it, with the record.
         if (self.every_steps and self.state.stop_reason is None
-                and _step(self.model) % self.every_steps == 0):
+                and step % self.every_steps == 0 and step % self.state.steps_per_epoch):
             self.save_last()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -197,6 +205,32 @@ class Checkpointer(keras.callbacks.Callback):
         if self.state.announce:
             self.log(self.state.announce)
             self.state.announce = None
+
+
+class ResumeEpochMetrics(keras.callbacks.Callback):
+    """Adds back the running training metrics that a mid-epoch checkpoint holds (loss,
+    accuracy, top-5: each a total and a count), so that the resumed epoch's record
+    averages all its steps, as an uninterrupted run's does, not only those after the
+    resume.
+
+    Keras builds the compiled metrics' variables at the first step, so they are merged
+    after it: ``saved + first step's``, the same float32 sum an uninterrupted run makes
+    (the compiled metrics are all means: their states add).
+    """
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.values is None:
+            return
+        variables = self.model.metrics_variables
+        if len(variables) == len(self.values):
+            for variable, value in zip(variables, self.values):
+                current = keras.ops.convert_to_numpy(variable)
+                variable.assign(np.asarray(value, dtype=current.dtype) + current)
+        self.values = None
 
 
 class EpochReport(keras.callbacks.Callback):

@@ -26,7 +26,8 @@ from cmxl_keras.errors import DataError
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 RECORD_BYTES = 1 + 32 * 32 * 3  # official CIFAR-10 binary record: label byte + R, G, B planes
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# What keras.utils.image_dataset_from_directory reads.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"  # the official CIFAR archives
 
 # Layout folder names, in the order they are preferred when several are present.
@@ -300,15 +301,36 @@ def channel_stats(images):
     return mean, np.sqrt(squares / count - mean ** 2)
 
 
+def rgb8(image):
+    """A PIL image of any mode as uint8 RGB ``[H, W, 3]``, as TensorFlow's decoders give it
+    (``tf.io.decode_image(channels=3)``). PIL's ``convert("RGB")`` is that conversion for
+    every mode but 16-bit grey, which it clips at 255 where TensorFlow's PNG decoder keeps
+    the high byte of each sample."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), np.uint8)
+
+
+def image_pixels(image, size):
+    """``rgb8(image)`` resized to ``size`` x ``size`` (bilinear): how training images from
+    a folder and the images handed to ``predict`` are both read."""
+    from PIL import Image
+
+    pixels = rgb8(image)
+    if pixels.shape[:2] != (size, size):
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR),
+                            np.uint8)
+    return pixels
+
+
 def _decode_image(data, where, size):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+            image.load()  # the first frame of an animation
+            return image_pixels(image, size)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise DataError(
             f"image {where!r} cannot be decoded ({type(error).__name__}: {error}"

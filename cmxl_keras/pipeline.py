@@ -1,8 +1,9 @@
-"""tf.data input pipelines over decoded arrays: shuffle, augment in parallel, batch, prefetch.
+"""tf.data input pipelines over decoded arrays: order, batch, augment in parallel, prefetch.
 
 The arrays are decoded once (``data.py``) and held in memory, so there is nothing to
-cache: ``from_tensor_slices`` hands out slices of the decoded arrays. Augmentation runs
-after ``batch`` because keras-cv's layers vectorize over a batch while drawing per image.
+cache: each training batch gathers its images from the arrays by the indices of
+``training_order``. Augmentation runs after ``batch`` because keras-cv's layers vectorize
+over a batch while drawing per image.
 """
 
 from cmxl_keras.augment import AugmentSpec, build_tf_augmenter
@@ -25,22 +26,45 @@ def _one_hot(num_classes):
     return convert
 
 
+def training_order(n, seed, start_step=0, batch_size=1):
+    """The training images' indices as one stream: pass ``k`` over the ``n`` images is
+    the permutation drawn from ``(seed, k)`` alone (a stateless shuffle), and the stream
+    starts ``start_step`` batches in.
+
+    A run resumed at step ``s`` therefore sees exactly the images an uninterrupted run
+    sees from its step ``s`` on, in the same order; whole passes are skipped by
+    arithmetic, not by drawing them. (``Dataset.shuffle`` would restart its draws on
+    every resume: an interrupted run would see the first epoch's order again.)
+    """
+    import tensorflow as tf
+
+    first, within = divmod(start_step * batch_size, n)
+
+    def one_pass(k):
+        key = tf.stack([tf.constant(seed, tf.int64), k])
+        return tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key))
+
+    return tf.data.Dataset.range(first, 2 ** 62).flat_map(one_pass).skip(within)
+
+
 def train_dataset(split, batch_size, spec: AugmentSpec, seed=0, deterministic=False,
-                  repeat=False, one_hot=False, num_classes=10):
-    """Shuffled, augmented batches of ``(float32 images in [0, 255], labels)``.
+                  repeat=False, one_hot=False, num_classes=10, start_step=0):
+    """Shuffled, augmented batches of ``(float32 images in [0, 255], labels)``, from
+    ``start_step`` batches into the ``training_order`` stream.
 
     Labels are one-hot where ``one_hot`` (label smoothing) or the spec mixes images.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    # With repeat() before batch() the stream has no epoch edges: every batch is full, and
-    # an epoch of ceil(N / batch) steps covers at least N images, as many steps as PyTorch's
-    # DataLoader with drop_last=False gives. Without repeat, the last batch is partial.
-    ds = ds.batch(batch_size)
+    images, labels = tf.constant(split.images), tf.constant(split.labels)
+    order = training_order(len(split), seed, start_step, batch_size)
+    # With repeat the stream has no epoch edges: every batch is full, and an epoch of
+    # ceil(N / batch) steps covers at least N images, as many steps as PyTorch's
+    # DataLoader with drop_last=False gives. Without repeat: one pass, the last batch
+    # partial.
+    ds = order.batch(batch_size) if repeat else order.take(len(split)).batch(batch_size)
+    ds = ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)))
     augment = _to_float if spec.is_identity else build_tf_augmenter(spec, seed=seed)
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if one_hot:

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from cmxl_keras.data import image_pixels
 from cmxl_keras.errors import DataError, RunError
 
 
@@ -23,23 +24,11 @@ def load_images(paths, size):
         try:
             with Image.open(path) as image:
                 image.load()  # the first frame of an animation
-                rgb = Image.fromarray(rgb8(image))
-                # Same bilinear resize as the image-folder reader uses for training.
-                batch.append(np.asarray(rgb.resize((size, size), Image.BILINEAR), np.uint8))
+                batch.append(image_pixels(image, size))  # as the image-folder reader does
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise DataError(f"{path!r} is not a readable image ({type(error).__name__}: "
                             f"{error}). Give PNG, JPEG, GIF or BMP files.") from None
     return np.stack(batch)
-
-
-def rgb8(image):
-    """A PIL image of any mode as uint8 RGB ``[H, W, 3]``. PIL's ``convert("RGB")`` is
-    TensorFlow's conversion for every mode but 16-bit grey, which it clips at 255 where
-    TensorFlow's PNG decoder keeps the high byte of each sample."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(image.convert("RGB"), np.uint8)
 
 
 def predict(model_dir, images, fmt="saved_model"):

@@ -344,7 +344,9 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
     spec = augment.AugmentSpec.from_config(cfg)
     one_hot = spec.one_hot_labels or cfg.label_smoothing > 0
     steps = steps_per_epoch(len(splits.train), cfg)
-    stages, data_args = _inputs(cfg, splits, spec, one_hot)
+    # device: the augmentation layers run inside the compiled training step
+    stages = (augment.keras_layers(spec, seed=cfg.seed)
+              if cfg.pipeline == "device" and not spec.is_identity else [])
 
     replicas = distribute.replicas(strategy)
     devices = max(replicas, distribute.data_parallel_devices())
@@ -374,6 +376,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
                 f.write(" ".join(argv) + "\n")
             runs.write_text(os.path.join(run_dir, "config.toml"), cfg.to_toml())
             runs.write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    data_args = _inputs(cfg, splits, spec, one_hot, stages)
     if resume and not restart:
         log(f"resuming {resume} at epoch {start_step // steps + 1}, step "
             f"{start_step % steps} of {steps} (optimizer step {start_step})")
@@ -410,11 +413,12 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
     started = time.time()
     epoch, skip = divmod(start_step, steps)
     if skip and epoch < cfg.epochs:  # finish the interrupted epoch first
-        model.fit(**data_args["fit"], epochs=epoch + 1, initial_epoch=epoch,
-                  steps_per_epoch=steps - skip, callbacks=cbs, verbose=verbose)
+        running = callbacks.ResumeEpochMetrics(restored.get("epoch_metrics"))
+        model.fit(**data_args["fit"](start_step), epochs=epoch + 1, initial_epoch=epoch,
+                  steps_per_epoch=steps - skip, callbacks=[running] + cbs, verbose=verbose)
         epoch += 1
     if state.stop_reason is None and epoch < cfg.epochs:
-        model.fit(**data_args["fit"], epochs=cfg.epochs, initial_epoch=epoch,
+        model.fit(**data_args["fit"](epoch * steps), epochs=cfg.epochs, initial_epoch=epoch,
                   steps_per_epoch=steps, callbacks=cbs, verbose=verbose)
     if writer is not None:
         writer.flush()
@@ -422,24 +426,27 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
                    log if chief else (lambda *a: None))
 
 
-def _inputs(cfg, splits, spec, one_hot):
-    """``(augmentation layers for the model, {"fit": model.fit's data arguments, "grid":
-    batches to draw the augmentation grid from})`` for the config's pipeline."""
+def _inputs(cfg, splits, spec, one_hot, stages):
+    """``{"fit": start step -> model.fit's data arguments, "grid": batches to draw the
+    augmentation grid from}`` for the config's pipeline. Each ``fit`` call iterates its
+    data afresh, so each gets the stream from the step it starts at."""
     import numpy as np
 
     from cmxl_keras import pipeline
 
     if cfg.pipeline == "tf.data":
-        train_ds = pipeline.train_dataset(splits.train, cfg.batch_size, spec, seed=cfg.seed,
+        def train_ds(start_step):
+            return pipeline.train_dataset(splits.train, cfg.batch_size, spec, seed=cfg.seed,
                                           deterministic=cfg.deterministic, repeat=True,
-                                          one_hot=one_hot, num_classes=cfg.num_classes)
+                                          one_hot=one_hot, num_classes=cfg.num_classes,
+                                          start_step=start_step)
+
         val_ds = pipeline.eval_dataset(splits.val, cfg.batch_size, one_hot=one_hot,
                                        num_classes=cfg.num_classes)
-        return [], {"fit": dict(x=train_ds, validation_data=val_ds, shuffle=False),
-                    "grid": train_ds}
-    # device: decoded arrays go to fit as they are; Keras batches and shuffles them, and
-    # the augmentation layers run inside the compiled training step.
-    stages = [] if spec.is_identity else augment.keras_layers(spec, seed=cfg.seed)
+        return {"fit": lambda start: dict(x=train_ds(start), validation_data=val_ds,
+                                          shuffle=False),
+                "grid": train_ds(0)}
+    # device: decoded arrays go to fit as they are; Keras batches and shuffles them.
 
     def labels(split):
         y = split.labels.astype(np.int32)
@@ -448,11 +455,10 @@ def _inputs(cfg, splits, spec, one_hot):
     x_train = splits.train.images.astype(np.float32)
     sample = x_train[:64]
     grid = [(augment.apply_keras_layers(stages, sample) if stages else sample, None)]
-    return stages, {"fit": dict(x=x_train, y=labels(splits.train), batch_size=cfg.batch_size,
-                                shuffle=True, validation_batch_size=cfg.batch_size,
-                                validation_data=(splits.val.images.astype(np.float32),
-                                                 labels(splits.val))),
-                    "grid": grid}
+    arrays = dict(x=x_train, y=labels(splits.train), batch_size=cfg.batch_size, shuffle=True,
+                  validation_batch_size=cfg.batch_size,
+                  validation_data=(splits.val.images.astype(np.float32), labels(splits.val)))
+    return {"fit": lambda start: arrays, "grid": grid}
 
 
 def _has_tensorflow():
@@ -525,6 +531,8 @@ def _restore(model, run_dir, steps, log, write=True):
              "best_val_accuracy": (sealed or {}).get("best_val_accuracy"),
              "weights": os.path.basename(paths["last"]),
              "metrics": (sealed or {}).get("metrics")}
+    if (sealed or {}).get("epoch_metrics") is not None:
+        state["epoch_metrics"] = sealed["epoch_metrics"]
     if not write:
         return state
     for bad_name, bad_path, why in problems:

@@ -74,6 +74,28 @@ def test_train_pipeline_is_deterministic_for_a_seed_in_deterministic_mode():
     assert sorted(np.concatenate(first)) == sorted(split.labels)  # every image once
 
 
+def test_a_resumed_training_stream_continues_the_uninterrupted_one():
+    """The order is a function of (seed, pass) alone: started at step s (a resume), the
+    stream gives the uninterrupted stream's batches from step s on, across pass edges
+    (10 images, batches of 4); each pass is a permutation, and passes differ."""
+    split = Split(random_images(10), np.arange(10, dtype=np.int32))
+    spec = AugmentSpec(**OFF)
+
+    def labels(start, count, seed=3):
+        ds = pipeline.train_dataset(split, 4, spec, seed=seed, repeat=True, start_step=start,
+                                    deterministic=True)
+        return [list(np.asarray(y)) for _, y in ds.take(count)]
+
+    whole = labels(0, 12)
+    for start in (1, 2, 3, 5, 7):
+        assert labels(start, 12 - start) == whole[start:], start
+    stream = np.concatenate(whole)
+    passes = [list(stream[i:i + 10]) for i in range(0, 40, 10)]
+    assert all(sorted(p) == list(range(10)) for p in passes)
+    assert len({tuple(p) for p in passes}) == 4
+    assert labels(0, 12, seed=4) != whole
+
+
 def _torchvision_erasing_reference(n, rng, height=32, width=32):
     """torchvision.transforms.RandomErasing.get_params, in numpy: the erased area fractions."""
     fractions = []

@@ -117,18 +117,43 @@ def test_export_killed_halfway_leaves_no_model_and_a_rerun_works(trained_run, tm
     assert (out / "smoke" / "model_fp32.tflite").is_file()
 
 
+def h5_arrays(path):
+    """Every array of a weights file by its name: the model's weights, BatchNorm
+    statistics and the optimizer's state (step count, moments)."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def assert_same_arrays(got, expected, what):
+    assert sorted(got) == sorted(expected), what
+    differ = [name for name in expected if not (got[name] == expected[name]).all()]
+    assert not differ, (what, differ[:5])
+
+
 def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cifar_dir,
                                                                               tmp_path):
     """Crash safety as storage engines prove it: the same run is killed at its first
     write, then (fresh) at its second, ..., at its last; after each kill, ``--resume``
     with the run's flags finishes it, every epoch recorded exactly once, and the final
     checkpoint is at the last step. A kill before the run's first checkpoint starts the
-    run over in its folder (before its config was written too: from the flags given)."""
+    run over in its folder (before its config was written too: from the flags given).
+
+    Resumed equals uninterrupted: with ``deterministic = true`` each resumed run ends
+    with the uninterrupted run's weights, BatchNorm statistics, optimizer state and
+    metrics, bit for bit, whether it was killed mid-epoch (a checkpoint every step) or
+    between epochs."""
     import concurrent.futures
 
     flags = ["--config", "smoke", "--data-dir", cifar_dir, "--epochs", "2",
              "--steps-per-epoch", "2", "--limit-train", "64", "--val-from-train", "32",
-             "--set", "aug=none", "--set", "deterministic=true"]
+             "--set", "batch_size=16",
+             "--set", "aug=none", "--set", "deterministic=true",
+             "--set", "checkpoint_every_steps=1"]
 
     def run(name, kill_at):
         run_dir = tmp_path / name
@@ -138,8 +163,10 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
                        "--run-dir", run_dir], env=dict(env, PYTHONPATH=ROOT))
         return run_dir, child.wait(600), open(env["WRITE_LOG"]).read().split()
 
-    _, whole, writes = run("whole", 0)
+    whole_dir, whole, writes = run("whole", 0)
     assert whole.returncode == 0, whole.stderr[-3000:]
+    final = h5_arrays(runs.checkpoint_paths(str(whole_dir))["last"])
+    whole_metrics = json.load(open(whole_dir / "metrics.json"))
     # The commit point comes first: a finished epoch's checkpoint before its record.
     assert writes.index("checkpoints/last.weights.h5") < writes.index("metrics.json")
     assert len(writes) >= 12, writes
@@ -152,8 +179,13 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
         assert resumed.returncode == 0, (k, writes[k - 1], resumed.stderr[-3000:])
         metrics = json.load(open(run_dir / "metrics.json"))
         assert [m["epoch"] for m in metrics] == [1, 2], (k, writes[k - 1], metrics)
-        state = runs.checkpoint_state(runs.checkpoint_paths(str(run_dir))["last"])
+        last = runs.checkpoint_paths(str(run_dir))["last"]
+        state = runs.checkpoint_state(last)
         assert state["step"] == 4 and [m["epoch"] for m in state["metrics"]] == [1, 2]
+        assert_same_arrays(h5_arrays(last), final, (k, writes[k - 1]))
+        timing = ("epoch_seconds", "train_images_per_second")
+        assert [{key: v for key, v in m.items() if key not in timing} for m in metrics] == [
+            {key: v for key, v in m.items() if key not in timing} for m in whole_metrics]
         assert os.path.exists(run_dir / "results.json") and os.path.exists(
             run_dir / "model.keras")
         return resumed.stdout

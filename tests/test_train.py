@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from cmxl_keras import config, train
+from cmxl_keras import config, runs, train
 from cmxl_keras.errors import RunError
 from cmxl_keras.schedules import one_cycle_lr
 from conftest import ROOT, Child, run_cli, run_process
@@ -135,13 +135,20 @@ SKIPPING = ["--precision", "mixed_float16", "--set", "loss_scale=1048576", "--se
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", [[], SKIPPING], ids=["float32", "mixed_float16-skips"])
-def test_sigkill_then_resume_finishes_every_epoch_and_continues_the_schedule(cifar_dir, tmp_path,
-                                                                             precision):
-    run_dir = str(tmp_path / "run")
-    args = ["--config", "smoke", "--data-dir", cifar_dir, "--run-dir", run_dir,
-            "--epochs", "3", "--set", "checkpoint_every_steps=2", *precision]
-    child = _train_process(*args)
+def test_sigkill_then_resume_under_mixed_precision_equals_the_run_left_alone(cifar_dir,
+                                                                            tmp_path):
+    """SIGKILL in mid-epoch 2 of a mixed_float16 run whose loss scale overflows (steps
+    skipped mid-epoch), then ``--resume``: every epoch once, the one-cycle schedule
+    continued, and with ``deterministic = true`` the same weights, optimizer state (loss
+    scale included) and metrics, bit for bit, as the same run left alone. (float32 kills
+    at every write: tests/test_crash.py.)"""
+    from test_crash import assert_same_arrays, h5_arrays
+
+    args = ["--config", "smoke", "--data-dir", cifar_dir, "--epochs", "3", "--set",
+            "checkpoint_every_steps=2", "--set", "deterministic=true", "--set", "aug=none",
+            *SKIPPING]
+    run_dir, alone = str(tmp_path / "run"), str(tmp_path / "alone")
+    child = _train_process(*args, "--run-dir", run_dir)
     _wait_for_step(run_dir, 10, child)  # mid epoch 2 (8 steps per epoch)
     child.kill()
     state = json.load(open(os.path.join(run_dir, "checkpoints", "state.json")))
@@ -160,11 +167,20 @@ def test_sigkill_then_resume_finishes_every_epoch_and_continues_the_schedule(cif
     for step, value in lr.items():  # before and after the kill: one cycle, not restarted
         assert value == pytest.approx(one_cycle_lr(step, 8, 3, 0.005), rel=1e-5, abs=1e-9)
     keras.saving.load_model(os.path.join(run_dir, "model.keras"))
-    if precision:  # steps were skipped in mid-epoch, and every one of them counted
-        scale = scalars["loss_scale"]
-        halved = [s for s in sorted(scale) if s - 1 in scale and scale[s] < scale[s - 1]]
-        assert len(halved) >= 5 and [s for s in halved if s % 8], halved
-        assert all(np.isfinite(m["loss"]) for m in metrics)
+    # steps were skipped in mid-epoch, and every one of them counted
+    scale = scalars["loss_scale"]
+    halved = [s for s in sorted(scale) if s - 1 in scale and scale[s] < scale[s - 1]]
+    assert len(halved) >= 5 and [s for s in halved if s % 8], halved
+    assert all(np.isfinite(m["loss"]) for m in metrics)
+
+    result = run_cli("train", *args, "--run-dir", alone)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = [runs.checkpoint_paths(d)["last"] for d in (run_dir, alone)]
+    assert_same_arrays(h5_arrays(last[0]), h5_arrays(last[1]), "resumed vs left alone")
+    timing = ("epoch_seconds", "train_images_per_second")
+    assert [{k: v for k, v in m.items() if k not in timing} for m in metrics] == [
+        {k: v for k, v in m.items() if k not in timing}
+        for m in json.load(open(os.path.join(alone, "metrics.json")))]
 
 
 @pytest.mark.slow

@@ -115,6 +115,32 @@ def two_epoch_run(cifar_dir, tmp_path_factory):
     return cfg.replace(epochs=2), run_dir
 
 
+@pytest.mark.slow
+def test_a_restore_puts_back_every_array_of_the_checkpoint(two_epoch_run, tmp_path):
+    """What ``--resume`` restores, checked against the checkpoint's own arrays: the
+    restored model, saved again, holds exactly the arrays of ``last`` (every weight,
+    BatchNorm statistic and optimizer variable, the step count included), and none of
+    them is what a fresh model holds."""
+    from test_crash import assert_same_arrays, h5_arrays
+
+    cfg, run_dir = two_epoch_run
+    steps = runs.checkpoint_state(runs.checkpoint_paths(run_dir)["last"])["steps_per_epoch"]
+    model = train.compile_model(train.build_model(cfg), cfg, steps)
+    model.optimizer.build(model.trainable_variables)
+    fresh = str(tmp_path / "fresh.weights.h5")
+    model.save_weights(fresh)
+    state = train._restore(model, run_dir, steps, log=lambda m: None, write=False)
+    assert state["step"] == 16
+    again = str(tmp_path / "restored.weights.h5")
+    model.save_weights(again)
+    saved = h5_arrays(runs.checkpoint_paths(run_dir)["last"])
+    assert_same_arrays(h5_arrays(again), saved, "restored vs checkpoint")
+    assert len(saved) == len(model.weights) + len(model.optimizer.variables)
+    before = h5_arrays(fresh)
+    changed = [name for name in saved if not (before[name] == saved[name]).all()]
+    assert len(changed) >= len(saved) * 0.9, sorted(set(saved) - set(changed))
+
+
 def _resume_copy(two_epoch_run, tmp_path, damage):
     cfg, template = two_epoch_run
     run_dir = str(tmp_path / "run")

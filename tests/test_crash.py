@@ -193,6 +193,9 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
     # Two at a time: each kill and resume is a fresh process on one of the two cores.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         outputs = list(pool.map(kill_then_resume, range(1, len(writes) + 1)))
+    # Both kinds of resume were among them: mid-epoch (step 1 or 3) and between epochs.
+    assert any(", step 1 of 2 (optimizer step" in out for out in outputs)
+    assert any(", step 0 of 2 (optimizer step 2)" in out for out in outputs)
     first_checkpoint = writes.index("checkpoints/last.weights.h5") + 1
     for k, out in enumerate(outputs, start=1):
         started_over = "stopped before its first checkpoint" in out

@@ -135,10 +135,9 @@ def _run(plan, overrides, out_dir, scale, seeds, argv, log):
         per_seed, train_seconds, folders = [], 0.0, []
         for seed, cfg, run_dir in plan[variant]:
             label = variant if seed is None else f"{variant} seed {seed}"
-            paths = runs.checkpoint_paths(run_dir)
             if os.path.isfile(os.path.join(run_dir, "results.json")):
                 log(f"ablation: {label} is finished; not redone")
-            elif any(os.path.isfile(paths[k]) for k in ("last", "good", "state")):
+            elif runs.has_checkpoint(run_dir):
                 log(f"ablation: resuming {label}")
                 train.train(cfg, resume=run_dir, argv=["ablation"], log=log)
                 trained += 1

@@ -97,12 +97,10 @@ class Guard(keras.callbacks.Callback):
                 and (self.total_steps is None or _step(self.model) < self.total_steps)):
             self.state.stop_reason = TIME_LIMIT
             self.model.stop_training = True
-        if (self.state.stop_reason not in (None, "diverged")
-                and _step(self.model) % self.state.steps_per_epoch):
+        if self.state.stop_reason not in (None, "diverged"):
             # A signal or the deadline came during this step: keep the finished steps,
-            # then stop. (At an epoch's last step, the epoch's end saves it, with its
-            # record, after validation.)
-            self.checkpointer.save_last()
+            # then stop.
+            self.checkpointer.save_step()
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -176,13 +174,17 @@ class Checkpointer(keras.callbacks.Callback):
         runs.write_json(self.paths["state"], self.good_state)
         return self.good_state
 
-    def on_train_batch_end(self, batch, logs=None):
-        step = _step(self.model)
-        # Not at an epoch's last step: a checkpoint there would commit a finished epoch
-        # before its record exists; the epoch's end saves it, with the record.
-        if (self.every_steps and self.state.stop_reason is None
-                and step % self.every_steps == 0 and step % self.state.steps_per_epoch):
+    def save_step(self):
+        """``save_last`` in mid-epoch. Not at an epoch's last step: a checkpoint there
+        would commit a finished epoch before its record exists; the epoch's end saves
+        it, with the record, after validation."""
+        if _step(self.model) % self.state.steps_per_epoch:
             self.save_last()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.every_steps and self.state.stop_reason is None
+                and _step(self.model) % self.every_steps == 0):
+            self.save_step()
 
     def on_epoch_end(self, epoch, logs=None):
         """After ``EpochReport`` has made the epoch's record: best.keras, then the commit

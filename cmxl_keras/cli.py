@@ -215,7 +215,8 @@ def info(config_file, overrides, variant, summary, as_json, **flags):
 @click.option("--limit-train", type=int,
               help="Train on N images only, drawn at random per class (split_seed).")
 @click.option("--steps-per-epoch", type=int, help="Cap the steps of each epoch.")
-@click.option("--seed", type=int, help="Random seed (paper: 1024).")
+@click.option("--seed", type=int,
+              help="Random seed (the paper configs: 1204, the reference code's).")
 @click.option("--name", type=str, help="Run name (the run folder is runs/<name>-<time>).")
 @click.option("--precision", type=click.Choice(CHOICES["precision"]),
               help="auto = mixed_float16 on a GPU, float32 on a CPU.")

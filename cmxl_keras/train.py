@@ -17,7 +17,7 @@ import time
 
 from cmxl_keras import augment, runs
 from cmxl_keras.errors import (  # noqa: F401  (re-exported for callers)
-    ConfigError, DamagedCheckpoint, RunError, RunInUse, TimeLimitReached, TrainingDiverged,
+    ConfigError, DamagedCheckpoint, RunError, TimeLimitReached, TrainingDiverged,
     TrainingInterrupted)
 
 # A resumed run must rebuild exactly the model it saved.
@@ -530,9 +530,9 @@ def _restore(model, run_dir, steps, log, write=True):
              "steps_per_epoch": steps,
              "best_val_accuracy": (sealed or {}).get("best_val_accuracy"),
              "weights": os.path.basename(paths["last"]),
-             "metrics": (sealed or {}).get("metrics")}
-    if (sealed or {}).get("epoch_metrics") is not None:
-        state["epoch_metrics"] = sealed["epoch_metrics"]
+             "metrics": (sealed or {}).get("metrics"),
+             # mid-epoch: the epoch's running training metrics (Checkpointer.save_last)
+             "epoch_metrics": (sealed or {}).get("epoch_metrics")}
     if not write:
         return state
     for bad_name, bad_path, why in problems:

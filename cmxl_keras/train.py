@@ -157,6 +157,10 @@ def compile_model(model, cfg, steps, one_hot=False):
                    keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   jit_compile=resolve_jit_compile(cfg.jit_compile))
+    # Built here, not in the first step: on TensorFlow without a distribution strategy,
+    # Keras defers the build into the traced step, and a step that creates variables is
+    # traced twice (a second full trace of the model, its gradients and the optimizer).
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -502,7 +506,8 @@ def _restore(model, run_dir, steps, log, write=True):
         candidates.append((name, path, sealed))
     # Newest first; an unsealed copy of unknown step is tried after the sealed ones.
     candidates.sort(key=lambda c: -(c[2] or {}).get("step", -1))
-    model.optimizer.build(model.trainable_variables)
+    if not model.optimizer.built:  # a second build would add a loss scale's variables again
+        model.optimizer.build(model.trainable_variables)
     chosen = None
     for name, path, sealed in candidates:
         if sealed is not None and sealed.get("steps_per_epoch") not in (None, steps):

@@ -126,7 +126,6 @@ def test_a_restore_puts_back_every_array_of_the_checkpoint(two_epoch_run, tmp_pa
     cfg, run_dir = two_epoch_run
     steps = runs.checkpoint_state(runs.checkpoint_paths(run_dir)["last"])["steps_per_epoch"]
     model = train.compile_model(train.build_model(cfg), cfg, steps)
-    model.optimizer.build(model.trainable_variables)
     fresh = str(tmp_path / "fresh.weights.h5")
     model.save_weights(fresh)
     state = train._restore(model, run_dir, steps, log=lambda m: None, write=False)

@@ -37,6 +37,15 @@ class TrainState:
         self.metrics = list(metrics or [])  # the finished epochs' records
         self.best = best  # best val_accuracy so far
         self.announce = None  # the finished epoch's line, printed once it is saved
+        self.epoch_first_step = 0  # the optimizer step the current epoch started at
+
+    def step_after(self, batch):
+        """The optimizer's step count once batch ``batch`` (0-based in this epoch) is done,
+        counted on the host. Per-step callbacks use it instead of ``self.model``: under
+        JAX, Keras keeps the variables inside the compiled step's state during an epoch,
+        and reading ``self.model`` copies every one of them back (``jax_state_sync``),
+        which takes longer than a GPU training step."""
+        return self.epoch_first_step + batch + 1
 
     def epoch_finished(self, model):
         """Whether the epoch that just ended ran all its steps (a signal may arrive during
@@ -183,7 +192,7 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if (self.every_steps and self.state.stop_reason is None
-                and _step(self.model) % self.every_steps == 0):
+                and self.state.step_after(batch) % self.every_steps == 0):
             self.save_step()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -239,31 +248,44 @@ class EpochReport(keras.callbacks.Callback):
     """Times each epoch and makes its record (``state.metrics``) and summary line, which
     ``Checkpointer`` saves and prints after it: it must come before it in the list."""
 
-    def __init__(self, state, batch_size, epochs, writer=None):
+    def __init__(self, state, batch_size, epochs, writer=None, lr_at=None):
         super().__init__()
         self.state = state
         self.batch_size = batch_size
         self.epochs = epochs
         self.writer = writer
+        # step -> the learning rate of the step after it, computed on the host (the
+        # schedule's own formula); None: read from the optimizer.
+        self.lr_at = lr_at
         self._start = self._train_end = None
         self._first_step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self._train_end = None
-        self._first_step = _step(self.model)
+        self._first_step = self.state.epoch_first_step = _step(self.model)
+
+    def _lr(self, step):
+        return self.lr_at(step) if self.lr_at is not None else current_lr(self.model)
+
+    def _log_loss_scale(self, step):
+        scale = getattr(self.model.optimizer, "dynamic_scale", None)
+        if scale is not None:  # mixed_float16: the loss scale, halved at each skip
+            self.writer.scalar("loss_scale", float(keras.ops.convert_to_numpy(scale)), step)
 
     def on_test_begin(self, logs=None):
         if self._start is not None and self._train_end is None:
             self._train_end = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.writer is not None:
-            step = _step(self.model)
-            self.writer.scalar("learning_rate", current_lr(self.model), step)
-            scale = getattr(self.model.optimizer, "dynamic_scale", None)
-            if scale is not None:  # mixed_float16: the loss scale, halved at each skip
-                self.writer.scalar("loss_scale", float(keras.ops.convert_to_numpy(scale)), step)
+        if self.writer is None:
+            return
+        step = self.state.step_after(batch)
+        self.writer.scalar("learning_rate", self._lr(step), step)
+        # The loss scale lives in the optimizer: read every step where that is free
+        # (TensorFlow), at each epoch's end under JAX (see TrainState.step_after).
+        if keras.backend.backend() != "jax":
+            self._log_loss_scale(step)
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.state.epoch_finished(self.model):
@@ -274,12 +296,14 @@ class EpochReport(keras.callbacks.Callback):
         images = steps * self.batch_size  # the training stream repeats: every batch is full
         entry = {"epoch": epoch + 1}
         entry.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
-        entry.update(lr=current_lr(self.model), epoch_seconds=now - self._start,
+        entry.update(lr=self._lr(_step(self.model)), epoch_seconds=now - self._start,
                      train_images_per_second=images / max(train_seconds, 1e-9),
                      step=_step(self.model))
         self.state.metrics = [m for m in self.state.metrics if m["epoch"] < epoch + 1]
         self.state.metrics.append(entry)
         if self.writer is not None:
+            if keras.backend.backend() == "jax":
+                self._log_loss_scale(entry["step"])
             self.writer.scalar("images_per_second", entry["train_images_per_second"], epoch + 1)
             self.writer.scalar("epoch_seconds", entry["epoch_seconds"], epoch + 1)
             if isinstance(self.writer, EventFileSummaryWriter):  # no Keras TensorBoard

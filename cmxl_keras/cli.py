@@ -25,8 +25,8 @@ from cmxl_keras.config import CHOICES
 # machines without a GPU) out of the user's terminal; set it to 0 to debug.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# Exit codes, so that scripts and schedulers can tell outcomes apart (README, "When
-# things go wrong"). 2 is also what click uses for a usage error.
+# Exit codes, so that scripts and schedulers can tell outcomes apart
+# (docs/troubleshooting.md). 2 is also what click uses for a usage error.
 EXIT_OK = 0
 EXIT_USER_ERROR = 2  # a bad flag, config value, run folder or checkpoint
 EXIT_DATA_ERROR = 3  # a missing, partial or unreadable dataset
@@ -111,9 +111,9 @@ def _echo_json(data):
     """One JSON object on stdout (numpy scalars and arrays as plain numbers and lists)."""
     import json
 
-    from cmxl_keras.runs import _json_default
+    from cmxl_keras.runs import json_default
 
-    click.echo(json.dumps(data, indent=2, default=_json_default))
+    click.echo(json.dumps(data, indent=2, default=json_default))
 
 
 def _importable(module):
@@ -154,7 +154,7 @@ def resolve_config(config_file, overrides, base=None, **flags):
 
 @cli.command()
 @model_options
-@click.option("--variant", help="A Table-1 model: cm_vanilla, cm_xl, ... (see README).")
+@click.option("--variant", help="A Table-1 model: cm_vanilla, cm_xl, ... (see docs/fidelity.md).")
 @click.option("--summary/--no-summary", default=False, help="Print the layer-by-layer summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @user_errors

@@ -15,7 +15,6 @@ import os
 import tomllib
 
 from cmxl_keras import architecture
-from cmxl_keras.distribute import STRATEGIES
 from cmxl_keras.errors import ConfigError
 
 
@@ -116,6 +115,9 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+# The device strategies distribute.py makes (see its ``make_strategy``).
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 # Closed sets of values for string fields.
 CHOICES = {

@@ -27,9 +27,9 @@ run folder, the other workers write into a scratch folder that is removed at the
 import json
 import os
 
+from cmxl_keras.config import STRATEGIES
 from cmxl_keras.errors import ConfigError
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 # Splits the CPU into N logical devices before TensorFlow starts, so that the
 # mirrored strategy can be tried (and tested) on a machine without GPUs.
@@ -70,8 +70,8 @@ def _check_tf_config():
     raw = os.environ.get("TF_CONFIG")
     fix = ('Set it on every machine, for example TF_CONFIG=\'{"cluster": {"worker": '
            '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\' '
-           '(index 1 on the second machine). See README, "Training on several GPUs or '
-           'machines".')
+           '(index 1 on the second machine). '
+           'See docs/gpus.md, "Training on several GPUs or machines".')
     if not raw:
         raise ConfigError(f"--strategy multi_worker needs the TF_CONFIG environment variable, "
                           f"which is not set. {fix}")

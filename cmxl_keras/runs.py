@@ -95,7 +95,7 @@ def copy_atomic(source, destination):
 def write_json(path, data):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+            json.dump(data, f, indent=2, sort_keys=False, default=json_default)
             f.write("\n")
 
 
@@ -112,7 +112,9 @@ def read_json(path, default=None):
         return json.load(f)
 
 
-def _json_default(value):
+def json_default(value):
+    """``json.dump``'s ``default``: numpy arrays and scalars as lists and numbers, anything
+    else as its string."""
     if hasattr(value, "tolist"):
         return value.tolist()
     if hasattr(value, "item"):

@@ -317,7 +317,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
                   verbose, chief, replan, deadline):
     import keras
 
-    from cmxl_keras import callbacks, data, distribute, models
+    from cmxl_keras import callbacks, data, distribute, models, schedules
 
     if resume and chief and os.path.isdir(resume):  # a missing folder: check_resumable says so
         held.enter_context(runs.RunLock(resume, argv))  # before reading what it may write
@@ -408,7 +408,9 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
             writer.image("augmentations", grid)
             writer.hparams(_hparams(cfg))
             writer.flush()
-    report = callbacks.EpochReport(state, cfg.batch_size, cfg.epochs, writer)
+    report = callbacks.EpochReport(
+        state, cfg.batch_size, cfg.epochs, writer,
+        lr_at=lambda step: schedules.one_cycle_lr(step, steps, cfg.epochs, cfg.lr_max))
     guard = callbacks.Guard(state, checkpointer, deadline, total_steps=cfg.epochs * steps)
     cbs = [guard, report, checkpointer] + extra + distribute.collective_callbacks()
     if verbose is None:

@@ -3,12 +3,30 @@ augmentation as Keras layers on the device; the model it saves serves under Tens
 
 import json
 import os
+import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli, run_process
 
 JAX = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+
+# `cli.py` counting the times Keras copies the compiled step's state back into the model's
+# variables (``jax_state_sync`` with the state out of date): what reading ``self.model``
+# in a callback costs under JAX, at every step if a per-step callback does it.
+COUNT_SYNCS = """
+import atexit, sys
+from keras.src.backend.jax import trainer
+_sync, syncs = trainer.JAXTrainer.jax_state_sync, [0]
+def jax_state_sync(self):
+    syncs[0] += bool(getattr(self, "_jax_state", None) and not self._jax_state_synced)
+    return _sync(self)
+trainer.JAXTrainer.jax_state_sync = jax_state_sync
+atexit.register(lambda: print("SYNCS", syncs[0], flush=True))
+sys.argv = ["cli.py"] + sys.argv[1:]
+import cli
+cli.main()
+"""
 
 
 def _json(path):
@@ -20,10 +38,16 @@ def _json(path):
 def test_jax_backend_trains_resumes_and_its_model_evaluates_under_tensorflow(cifar_dir,
                                                                             tmp_path):
     run_dir = str(tmp_path / "run")
-    first = run_cli("--backend", "jax", "train", "--config", "smoke", "--data-dir", cifar_dir,
-                    "--run-dir", run_dir, "--epochs", "2", "--steps-per-epoch", "4",
-                    env=JAX, timeout=900)
+    first = run_process([sys.executable, "-c", COUNT_SYNCS, "--backend", "jax", "train",
+                         "--config", "smoke", "--data-dir", cifar_dir, "--run-dir", run_dir,
+                         "--epochs", "2", "--steps-per-epoch", "8", "--precision",
+                         "mixed_float16"], env=dict(JAX, PYTHONPATH=ROOT), timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
+    # The per-step callbacks (learning rate and step logs, step checkpoints) never read
+    # the model: the state is copied back at epoch ends only (measured 4, two at each),
+    # not at each of the 16 steps.
+    syncs = int(first.stdout.split("SYNCS ")[-1])
+    assert syncs < 8, first.stdout[-2000:]
     assert "(device, Keras layers in front of the model)" in first.stdout
     assert "compiled step (jit_compile)" in first.stdout
     env = _json(os.path.join(run_dir, "env.json"))
@@ -41,7 +65,7 @@ def test_jax_backend_trains_resumes_and_its_model_evaluates_under_tensorflow(cif
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = _json(os.path.join(run_dir, "metrics.json"))
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
-    assert _json(os.path.join(run_dir, "checkpoints", "state.json"))["step"] == 3 * 4
+    assert _json(os.path.join(run_dir, "checkpoints", "state.json"))["step"] == 3 * 8
 
     # Trained under JAX, evaluated under TensorFlow: the same validation accuracy.
     result = run_cli("evaluate", os.path.join(run_dir, "model.keras"), "--out",

@@ -1,6 +1,9 @@
 """The Markdown files render as written: code fences open and close on lines of their own,
-and every relative link or image resolves to a file of the repository."""
+every relative link or image resolves to a file of the repository (and a heading, where it
+names one), and every section cited by name exists; the README stays short; and the
+module map of docs/architecture.md is the one the code follows."""
 
+import ast
 import glob
 import os
 import re
@@ -11,6 +14,29 @@ from conftest import ROOT
 
 DOCS = sorted(os.path.relpath(p, ROOT) for p in
               glob.glob(os.path.join(ROOT, "*.md")) + glob.glob(os.path.join(ROOT, "*", "*.md")))
+
+
+# A named section of a page, as code, configs and pages cite it: docs/gpus.md, "Title".
+SECTION_REF = re.compile(r'(README|docs/[\w-]+\.md|bench/RESULTS\.md)(?:\.md)?, "([^"]+)"')
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def headings(path):
+    found, fenced = [], False
+    for line in read(path).splitlines():
+        fenced ^= line.lstrip().startswith("```")
+        if not fenced and re.match(r"#{1,6} ", line):
+            found.append(line.lstrip("#").strip())
+    return found
+
+
+def slug(heading):
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
 
 
 def fence_problems(text):
@@ -42,8 +68,12 @@ def test_fences_are_balanced_and_links_resolve(doc):
     for target in re.findall(r"\]\(([^)\s]+)\)", prose):
         if re.match(r"[a-z]+://|#|mailto:", target):
             continue
-        path = os.path.join(ROOT, os.path.dirname(doc), target.split("#")[0])
+        file, _, anchor = target.partition("#")
+        path = os.path.join(ROOT, os.path.dirname(doc), file) if file else os.path.join(ROOT, doc)
         assert os.path.exists(path), f"{doc}: the link {target!r} leads nowhere"
+        if anchor:
+            assert anchor in [slug(h) for h in headings(path)], (
+                f"{doc}: the link {target!r} names no heading of {file or doc}")
 
 
 def test_the_checks_catch_what_they_look_for():
@@ -51,3 +81,76 @@ def test_the_checks_catch_what_they_look_for():
         "line 3: text after a closing fence: '``` The'"]
     assert fence_problems("```\nx\n") == ["line 1: a fence never closed"]
     assert fence_problems("```bash\nx\n```\n") == []
+
+
+def test_the_readme_is_short():
+    assert len(read(os.path.join(ROOT, "README.md")).splitlines()) <= 200
+
+
+def test_every_cited_section_exists():
+    """Messages, comments, configs and pages cite sections as ``docs/x.md, "Title"``."""
+    files = [os.path.join(ROOT, d) for d in DOCS] + glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py")) + glob.glob(
+        os.path.join(ROOT, "configs", "**", "*.toml"), recursive=True) + glob.glob(
+        os.path.join(ROOT, "bench", "*.py"))
+    cited = 0
+    for path in files:
+        for page, title in SECTION_REF.findall(read(path)):
+            page = "README.md" if page == "README" else page
+            assert title in headings(os.path.join(ROOT, page)), (path, page, title)
+            cited += 1
+    assert cited >= 3
+
+
+def module_layers():
+    """docs/architecture.md's table: module -> layer."""
+    layers, layer = {}, None
+    for line in read(os.path.join(ROOT, "docs", "architecture.md")).splitlines():
+        match = re.match(r"\| (\d+)?[^|]*\| `(\w+)\.py` \|", line)
+        if match:
+            layer = int(match.group(1)) if match.group(1) else layer
+            layers[match.group(2)] = layer
+    return layers
+
+
+def imports(path):
+    """(module, name) of every ``cmxl_keras`` import and attribute use in one file."""
+    tree = ast.parse(read(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
+                "cmxl_keras"):
+            for alias in node.names:
+                if node.module == "cmxl_keras":
+                    found.append((alias.name, None))
+                else:
+                    found.append((node.module.split(".")[1], alias.name))
+        elif isinstance(node, ast.Import):
+            found += [(a.name.split(".")[1], None) for a in node.names
+                      if a.name.startswith("cmxl_keras.")]
+    return tree, found
+
+
+def test_each_module_imports_only_its_layer_and_below():
+    layers = module_layers()
+    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py"))}
+    assert set(layers) == modules - {"__init__"}, "docs/architecture.md lists every module"
+    upward = []
+    for module in sorted(set(layers)):
+        _, found = imports(os.path.join(ROOT, "cmxl_keras", f"{module}.py"))
+        upward += [(module, other) for other, _ in found
+                   if other in layers and layers[other] > layers[module]]
+    assert not upward, upward
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py"))}
+    crossing = []
+    for path in glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py")) + [os.path.join(ROOT, "cli.py")]:
+        tree, found = imports(path)
+        crossing += [(path, f"{m}.{name}") for m, name in found
+                     if name and name.startswith("_") and not name.startswith("__")]
+        crossing += [(path, f"{node.value.id}.{node.attr}") for node in ast.walk(tree)
+                     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                     and node.value.id in modules and node.attr.startswith("_")
+                     and not node.attr.startswith("__")]
+    assert not crossing, crossing

@@ -89,9 +89,10 @@ def test_the_readme_is_short():
 
 def test_every_cited_section_exists():
     """Messages, comments, configs and pages cite sections as ``docs/x.md, "Title"``."""
-    files = [os.path.join(ROOT, d) for d in DOCS] + glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py")) + glob.glob(
-        os.path.join(ROOT, "configs", "**", "*.toml"), recursive=True) + glob.glob(
-        os.path.join(ROOT, "bench", "*.py"))
+    files = ([os.path.join(ROOT, d) for d in DOCS]
+             + glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py"))
+             + glob.glob(os.path.join(ROOT, "configs", "**", "*.toml"), recursive=True)
+             + glob.glob(os.path.join(ROOT, "bench", "*.py")))
     cited = 0
     for path in files:
         for page, title in SECTION_REF.findall(read(path)):
@@ -99,6 +100,9 @@ def test_every_cited_section_exists():
             assert title in headings(os.path.join(ROOT, page)), (path, page, title)
             cited += 1
     assert cited >= 3
+
+
+MODULES = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py"))}
 
 
 def module_layers():
@@ -113,7 +117,8 @@ def module_layers():
 
 
 def imports(path):
-    """(module, name) of every ``cmxl_keras`` import and attribute use in one file."""
+    """One file's syntax tree, and (module, name) of each of its ``cmxl_keras`` imports
+    (name None for a module imported whole)."""
     tree = ast.parse(read(path))
     found = []
     for node in ast.walk(tree):
@@ -132,8 +137,7 @@ def imports(path):
 
 def test_each_module_imports_only_its_layer_and_below():
     layers = module_layers()
-    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py"))}
-    assert set(layers) == modules - {"__init__"}, "docs/architecture.md lists every module"
+    assert set(layers) == MODULES - {"__init__"}, "docs/architecture.md lists every module"
     upward = []
     for module in sorted(set(layers)):
         _, found = imports(os.path.join(ROOT, "cmxl_keras", f"{module}.py"))
@@ -143,14 +147,14 @@ def test_each_module_imports_only_its_layer_and_below():
 
 
 def test_no_private_name_crosses_a_module_boundary():
-    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py"))}
     crossing = []
-    for path in glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py")) + [os.path.join(ROOT, "cli.py")]:
+    for path in glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py")) + [
+            os.path.join(ROOT, "cli.py")]:
         tree, found = imports(path)
         crossing += [(path, f"{m}.{name}") for m, name in found
                      if name and name.startswith("_") and not name.startswith("__")]
         crossing += [(path, f"{node.value.id}.{node.attr}") for node in ast.walk(tree)
                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                     and node.value.id in modules and node.attr.startswith("_")
+                     and node.value.id in MODULES and node.attr.startswith("_")
                      and not node.attr.startswith("__")]
     assert not crossing, crossing

@@ -59,11 +59,6 @@ def _step(model):
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
-def current_lr(model):
-    """The learning rate of the next step (Keras evaluates the schedule at iterations)."""
-    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-
-
 class Guard(keras.callbacks.Callback):
     """Stops on a non-finite loss, and on SIGINT/SIGTERM or at ``deadline`` (a
     ``time.monotonic`` value: ``--time-limit``) after saving the current step. The
@@ -248,25 +243,22 @@ class EpochReport(keras.callbacks.Callback):
     """Times each epoch and makes its record (``state.metrics``) and summary line, which
     ``Checkpointer`` saves and prints after it: it must come before it in the list."""
 
-    def __init__(self, state, batch_size, epochs, writer=None, lr_at=None):
+    def __init__(self, state, batch_size, epochs, lr_at, writer=None):
         super().__init__()
         self.state = state
         self.batch_size = batch_size
         self.epochs = epochs
         self.writer = writer
-        # step -> the learning rate of the step after it, computed on the host (the
-        # schedule's own formula); None: read from the optimizer.
+        # step -> the learning rate of the step after it, computed on the host with the
+        # schedule's own formula: reading the optimizer's would copy the model's state
+        # out of JAX's compiled step (see TrainState.step_after).
         self.lr_at = lr_at
         self._start = self._train_end = None
-        self._first_step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self._train_end = None
-        self._first_step = self.state.epoch_first_step = _step(self.model)
-
-    def _lr(self, step):
-        return self.lr_at(step) if self.lr_at is not None else current_lr(self.model)
+        self.state.epoch_first_step = _step(self.model)
 
     def _log_loss_scale(self, step):
         scale = getattr(self.model.optimizer, "dynamic_scale", None)
@@ -281,7 +273,7 @@ class EpochReport(keras.callbacks.Callback):
         if self.writer is None:
             return
         step = self.state.step_after(batch)
-        self.writer.scalar("learning_rate", self._lr(step), step)
+        self.writer.scalar("learning_rate", self.lr_at(step), step)
         # The loss scale lives in the optimizer: read every step where that is free
         # (TensorFlow), at each epoch's end under JAX (see TrainState.step_after).
         if keras.backend.backend() != "jax":
@@ -292,13 +284,13 @@ class EpochReport(keras.callbacks.Callback):
             return
         now = time.perf_counter()
         train_seconds = (self._train_end or now) - self._start
-        steps = _step(self.model) - self._first_step
-        images = steps * self.batch_size  # the training stream repeats: every batch is full
+        step = _step(self.model)
+        # The training stream repeats across epochs: every batch is full.
+        images = (step - self.state.epoch_first_step) * self.batch_size
         entry = {"epoch": epoch + 1}
         entry.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
-        entry.update(lr=self._lr(_step(self.model)), epoch_seconds=now - self._start,
-                     train_images_per_second=images / max(train_seconds, 1e-9),
-                     step=_step(self.model))
+        entry.update(lr=self.lr_at(step), epoch_seconds=now - self._start,
+                     train_images_per_second=images / max(train_seconds, 1e-9), step=step)
         self.state.metrics = [m for m in self.state.metrics if m["epoch"] < epoch + 1]
         self.state.metrics.append(entry)
         if self.writer is not None:

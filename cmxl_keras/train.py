@@ -409,8 +409,8 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
             writer.hparams(_hparams(cfg))
             writer.flush()
     report = callbacks.EpochReport(
-        state, cfg.batch_size, cfg.epochs, writer,
-        lr_at=lambda step: schedules.one_cycle_lr(step, steps, cfg.epochs, cfg.lr_max))
+        state, cfg.batch_size, cfg.epochs,
+        lambda step: schedules.one_cycle_lr(step, steps, cfg.epochs, cfg.lr_max), writer)
     guard = callbacks.Guard(state, checkpointer, deadline, total_steps=cfg.epochs * steps)
     cbs = [guard, report, checkpointer] + extra + distribute.collective_callbacks()
     if verbose is None:

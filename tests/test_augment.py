@@ -369,5 +369,7 @@ def test_every_stage_draws_per_image_on_its_own(stage, form):
         assert 3 <= changed <= 30 and distinct == changed + 1, (distinct, changed)
     elif stage == "randaugment":  # 2 of 14 ops per image (some pairs coincide)
         assert distinct >= 32, distinct
+    elif stage == "crop":  # 55 boxes in whole pixels: about 31 distinct in 64 draws (fewer
+        assert distinct >= 20, distinct  # than 21 in none of 20,000 simulated batches)
     else:  # continuous draws: every image its own
         assert distinct >= 62, distinct

@@ -96,6 +96,27 @@ def job_randaugment(spec, data, out):
     out["table"] = np.array(json.dumps(table))
 
 
+def job_crop(spec, data, out):
+    """torchvision's crop: each image cropped at its given box (side, top, left) and
+    resized as RandomResizedCrop does (PIL, bilinear); and ``draws`` boxes drawn by
+    RandomResizedCrop itself (its ``get_params``) after ``torch.manual_seed(seed)``."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode, RandomResizedCrop
+    from torchvision.transforms import functional as F
+
+    images, size = data["images"], data["images"].shape[1]
+    out["cropped"] = np.stack([
+        np.asarray(F.resized_crop(Image.fromarray(image), int(top), int(left), int(side),
+                                  int(side), [size, size], InterpolationMode.BILINEAR,
+                                  antialias=True))
+        for image, (side, top, left) in zip(images, data["boxes"])])
+    torch.manual_seed(spec["seed"])
+    image = Image.fromarray(images[0])
+    draws = [RandomResizedCrop.get_params(image, spec["scale"], [1.0, 1.0])
+             for _ in range(spec["draws"])]
+    out["draws"] = np.array([(h, i, j) for i, j, h, w in draws])  # side, top, left
+
+
 def job_model(spec, data, out):
     model = build(spec)
     if "p0000" in data:

@@ -29,8 +29,15 @@ returns what it finished (at most 8 files come back: these):
     train.txt     ``cli.py train --config cm_vanilla`` (100 epochs, the real one-cycle) on
                   the training images less 1,000 carved for monitoring, checkpointing every
                   epoch, stopped by ``--time-limit`` before the command's time is up
-    run.tgz       the run folder, packed (``run.tgz.00``, ``.01``, ... past 15 MiB)
-    summary.json  every phase's status and seconds; the run's epochs so far
+    equivalence.txt  ``bench/equivalence.py`` on the same images: ours (JAX) against the
+                  reference's training loop (torchvision transforms in a DataLoader, fp16
+                  autocast), CM-Vanilla itself, two seeds of a 10-epoch one-cycle each
+                  (``--equivalence-args``); it takes what the run leaves
+    run.tgz       the run folder, packed (``run.tgz.00``, ``.01``, ... past 15 MiB), in as
+                  many parts as the files above leave room for
+    summary.json  every phase's status and seconds; the run's epochs so far; the
+                  equivalence runs' results and machine (``--collect`` writes them as
+                  ``bench/equivalence.py`` does, figure included, under the period's folder)
 
 The next period continues the run: ``--collect`` puts the packed run in
 ``results/gpu/<run name>/run.tgz`` (commit it), and the same command, given that file in
@@ -61,11 +68,16 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
              "manylinux2014_x86_64", "manylinux1_x86_64")
 TRANSFER_LIMIT = 64 * 2**20  # what travels to the GPU host: the repository and the carry
 PART_SIZE = 15 * 2**20  # a file that comes back holds at most 16 MiB
-MAX_PARTS = 3  # 8 files come back: 5 phase files and the run's parts
-PHASES = ("setup", "smoke", "bench", "train")
+FILES_BACK = 8  # files that come back: the phases' logs, summary.json and the run's parts
+PHASES = ("setup", "smoke", "bench", "train", "equivalence")
 CAPS = {"setup": 120, "smoke": 150, "bench": 300}  # seconds; train takes the rest
 # The bench's time by model: CM-XL's 66 layers take longer to compile and to step.
 BENCH_SHARE = {"vanilla": 2, "xl": 3}
+# The equivalence phase: CM-Vanilla itself, ours (JAX) against the reference's loop
+# (DataLoader, 8 workers, fp16 autocast), two seeds of a 10-epoch one-cycle: about 205 s
+# a seed on an H200 (ours 118 s with its compilation and start, the reference 84 s).
+EQUIVALENCE_ARGS = ("--width 256 --depth 8 --patch-size 2 --train 45000 --val 5000 "
+                    "--epochs 10 --seeds 1204,1205 --workers 8")
 PACK_MARGIN = 30  # seconds kept after training to pack the run folder and exit
 EXIT_TIME_LIMIT = 7  # cli.py train: stopped at --time-limit, saved (cmxl_keras/cli.py)
 EXIT_INTERRUPTED = 130  # ... stopped by SIGTERM, saved
@@ -112,6 +124,8 @@ def main():
     parser.add_argument("--bench-models", default="vanilla,xl")
     parser.add_argument("--bench-args", default="--steps 20 --infer-batches 20",
                         help="more bench_train.py arguments (default: %(default)s)")
+    parser.add_argument("--equivalence-args", default=EQUIVALENCE_ARGS,
+                        help="bench/equivalence.py's arguments (default: %(default)s)")
     parser.add_argument("--arch", default="",
                         help="architecture keys replacing the smoke step's and the bench's "
                              "(e.g. width=32,depth=2: a rehearsal on a CPU)")
@@ -255,7 +269,7 @@ class Period:
             if phase not in wanted:
                 self.record(phase, "skipped (not asked for)", 0)
                 continue
-            if phase == "train":
+            if phase in ("train", "equivalence"):  # these take what is left
                 cap = self.left() - PACK_MARGIN
             else:
                 cap = min(CAPS[phase], self.left() - PACK_MARGIN)
@@ -479,6 +493,35 @@ class Period:
         raise PhaseFailed("training " + ("ran past its cap" if code is None
                                          else f"exited with {code}: see train.txt"))
 
+    def phase_equivalence(self, log, until):
+        if self.data_dir is None:
+            raise PhaseFailed("setup did not run, so there are no images")
+        # Its files travel inside summary.json (few files come back); --collect writes them.
+        out = os.path.join(self.args.work, "equivalence-out")
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, os.path.join("bench", "equivalence.py"), "--data",
+                   self.data_dir, "--backend", "jax", "--device", "auto", "--out", out,
+                   "--work", os.path.join(self.args.work, "equivalence"),
+                   "--timeout", f"{max(until - time.monotonic(), 1):.0f}"]
+        command += self.args.equivalence_args.split()
+        code = self.child(command, log, until, "the equivalence runs")
+        try:
+            with open(os.path.join(out, "results.json")) as f:
+                results = json.load(f)
+        except (OSError, ValueError):
+            results = None
+        if results is None:
+            raise PhaseFailed("no run finished " + ("before the phase's cap" if code is None
+                                                     else f"(exit {code}): see equivalence.txt"))
+        with open(os.path.join(out, "machine.json")) as f:
+            self.summary["equivalence"] = {"results": results, "machine": json.load(f)}
+        done = {side: len(runs) for side, runs in results["runs"].items()}
+        status = ", ".join(f"{n} {side}" for side, n in done.items()) + " runs"
+        if code == 0:
+            return f"ok: {status}"
+        return f"ok: cut off with {status} finished" if code is None else \
+            f"failed (exit {code}) after {status}: see equivalence.txt"
+
     def run_name(self):
         command = [sys.executable, "cli.py", "train", "--config", self.args.config,
                    "--dry-run"] + [x for item in self.args.overrides for x in ("--set", item)]
@@ -506,8 +549,10 @@ class Period:
         parts = max(1, -(-size // PART_SIZE))
         for old in glob.glob(os.path.join(self.out, "run.tgz*")):
             os.remove(old)
-        if parts > MAX_PARTS:
-            self.summary["pack"] = f"failed: {size} bytes would need {parts} parts"
+        room = FILES_BACK - len(os.listdir(self.out))
+        if parts > room:
+            self.summary["pack"] = (f"failed: {size} bytes would need {parts} parts, and "
+                                    f"{room} more files can come back")
             return
         names = []
         with open(target, "rb") as f:
@@ -609,6 +654,17 @@ def collect(args):
     for name in ("summary.json",) + tuple(f"{p}.txt" for p in PHASES):
         if os.path.exists(os.path.join(back, name)):
             shutil.copyfile(os.path.join(back, name), os.path.join(period, name))
+    if "equivalence" in summary:  # bench/equivalence.py's files, from summary.json
+        folder = os.path.join(period, "equivalence")
+        os.makedirs(folder, exist_ok=True)
+        for name, data in summary["equivalence"].items():
+            with open(os.path.join(folder, f"{name}.json"), "w") as f:
+                json.dump(data, f, indent=1)
+        if os.path.exists(os.path.join(back, "equivalence.txt")):
+            shutil.copyfile(os.path.join(back, "equivalence.txt"),
+                            os.path.join(folder, "log.txt"))
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "equivalence.py"),
+                        "--redraw", folder], check=True, timeout=120)
     pack = summary.get("pack")
     if isinstance(pack, dict):
         target = os.path.join(args.results, pack["run"], "run.tgz")

@@ -34,9 +34,10 @@ class Residual(nn.Module):
 
 class ConvMixer(nn.Module):
     def __init__(self, width, depth, patch_size=2, kernel_size=5, num_classes=10,
-                 activation="gelu", skip_period=0):
+                 activation="gelu", skip_period=0, normalize=True):
         super().__init__()
         act = ACTIVATIONS[activation]
+        self.normalize = normalize  # False: inputs come normalized, as torchvision's give them
         self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1) * 255.0)
 
@@ -58,14 +59,14 @@ class ConvMixer(nn.Module):
             nn.BatchNorm2d(width), *body,
             nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(width, num_classes))
 
-    def forward(self, x):  # x: raw pixels in [0, 255], NCHW
-        return self.net((x - self.mean) / self.std)
+    def forward(self, x):  # x: raw pixels in [0, 255], NCHW (normalize=False: normalized)
+        return self.net((x - self.mean) / self.std if self.normalize else x)
 
 
 def build(width, depth, patch_size=2, kernel_size=5, num_classes=10, activation="gelu",
-          skip_period=0):
+          skip_period=0, normalize=True):
     model = ConvMixer(width, depth, patch_size, kernel_size, num_classes, activation,
-                      skip_period)
+                      skip_period, normalize)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     expected = count_params(width, depth, patch_size, kernel_size, num_classes)
     assert trainable == expected, f"PyTorch model has {trainable:,} parameters, expected {expected:,}"

@@ -250,13 +250,19 @@ def git_commit():
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def environment():
+def package_versions(packages=PACKAGES):
+    """``{package: installed version, or None}``."""
     versions = {}
-    for package in PACKAGES:
+    for package in packages:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
+    return versions
+
+
+def environment():
+    versions = package_versions()
     import keras
 
     return {"git_commit": git_commit(), "python": sys.version.split()[0],

@@ -18,7 +18,9 @@ GPU_HOST = {"PYTHONPATH": os.path.join(ROOT, "tests", "gpu_host")}
 # A rehearsal's sizes: the smoke config, 2 epochs of 3 steps; a two-layer bench model.
 TINY = ["--config", "smoke", "--set", "epochs=2", "--set", "steps_per_epoch=3",
         "--val-from-train", "50", "--bench-models", "vanilla", "--arch", "width=32,depth=2",
-        "--bench-args", "--batch 16 --steps 2 --infer-batches 2 --workers 2"]
+        "--bench-args", "--batch 16 --steps 2 --infer-batches 2 --workers 2",
+        "--equivalence-args", "--width 16 --depth 2 --patch-size 4 --train 150 --val 60 "
+                              "--epochs 2 --seeds 1,2 --workers 0 --batch-size 32"]
 
 
 def gpu_run(*args, env=None, timeout=600):
@@ -68,8 +70,8 @@ def test_rehearsal_every_phase_then_resume_then_cut_off(tiny_images, tmp_path):
     phases = summary(out1)["phases"]
     assert all(phases[p]["status"].startswith("ok") for p in phases), phases
     assert "stopped at its time limit" in phases["train"]["status"]
-    assert sorted(os.listdir(out1)) == ["bench.txt", "run.tgz", "setup.txt", "smoke.txt",
-                                        "summary.json", "train.txt"]
+    assert sorted(os.listdir(out1)) == ["bench.txt", "equivalence.txt", "run.tgz", "setup.txt",
+                                        "smoke.txt", "summary.json", "train.txt"]
     machine = summary(out1)["machine"]
     assert machine["tensorflow"] is None and machine["keras"] == "3.15.1", machine
     smoke = open(out1 / "smoke.txt").read()
@@ -80,10 +82,26 @@ def test_rehearsal_every_phase_then_resume_then_cut_off(tiny_images, tmp_path):
         assert f"train_first_call_seconds_vanilla_{form}=" in bench, bench[-3000:]
     assert summary(out1)["run"]["step"] == 1 and summary(out1)["run"]["epochs_done"] == 0
 
+    # bench/equivalence.py, both sides, each seed: our run under JAX against the
+    # reference's loop, on the images and split it drew.
+    equivalence = summary(out1)["equivalence"]
+    assert phases["equivalence"]["status"] == "ok: 2 ours, 2 reference runs", phases
+    assert equivalence["results"]["config"]["backend"] == "jax"
+    for side in ("ours", "reference"):
+        runs = equivalence["results"]["runs"][side]
+        assert [r["seed"] for r in runs] == [1, 2]
+        assert all([e["epoch"] for e in r["epochs"]] == [1, 2] for r in runs), runs
+    assert "standard_error" in equivalence["results"]["summary"]
+    assert "training step: jax" in open(out1 / "equivalence.txt").read()
+
     collected = gpu_run("--collect", out1, "--results", results)
     assert collected.returncode == 0, collected.stderr[-3000:]
     assert "checkpoint at optimizer step 1" in collected.stdout, collected.stdout
     assert os.path.exists(results / "smoke" / "run.tgz")
+    filed = [p for p in (results / "periods").iterdir()][0] / "equivalence"
+    assert sorted(os.listdir(filed)) == ["curves.png", "log.txt", "machine.json",
+                                         "results.json"]
+    assert open(filed / "curves.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     # Period 2, another fresh machine: the committed run resumes mid-epoch and finishes.
     out2, work2 = tmp_path / "out2", tmp_path / "work2"

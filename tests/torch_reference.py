@@ -117,6 +117,20 @@ def job_crop(spec, data, out):
     out["draws"] = np.array([(h, i, j) for i, j, h, w in draws])  # side, top, left
 
 
+def job_chain(spec, data, out):
+    """The reference's whole training transform (``bench/ref_torch.py``), ``copies`` times
+    on each image: the per-pixel mean and standard deviation in pixel units."""
+    from PIL import Image
+
+    torch.manual_seed(spec["seed"])
+    transform = ref_torch.paper_train_transform()
+    mean, std = np.array(ref_torch.CIFAR_MEAN) * 255, np.array(ref_torch.CIFAR_STD) * 255
+    outs = np.stack([np.stack([transform(Image.fromarray(image)).numpy().transpose(1, 2, 0)
+                               for _ in range(spec["copies"])]) for image in data["images"]])
+    outs = outs * std + mean
+    out["mean"], out["std"] = outs.mean(1), outs.std(1)
+
+
 def job_model(spec, data, out):
     model = build(spec)
     if "p0000" in data:

@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+"""Whole training runs, ours against the reference's, on the same images and split.
+
+    python bench/equivalence.py --data cifar-10-python.tar.gz            # about 60 min here
+
+For each seed, trains the same model twice on the same training images and scores it each
+epoch on the same validation images:
+
+- **ours**: ``cli.py train`` (the configs' recipe: AdamW, the one-cycle per step, the
+  paper's augmentation chain in our pipeline), as a user runs it;
+- **the reference**: the training loop of the paper's ``train.py`` transcribed step for
+  step (the reference network of ``bench/ref_torch.py``, torchvision's transforms on PIL
+  images in a ``DataLoader``, AdamW, the learning rate set before every step to
+  ``np.interp(epoch + (i + 1) / len(loader), [0, 2E//5, 4E//5, E], [0, lr, lr/20, 0])``,
+  fp16 autocast and GradScaler on a GPU only, the seeds set as it sets them).
+
+The split is drawn once by ``cmxl_keras.data.make_splits`` (``--train`` images drawn
+stratified at random and ``--val`` carved out, with ``--split-seed``); the script checks
+that our run's ``split.json`` names the same images by their digests. The seeds vary the
+initialization, the order and the augmentation draws, on both sides alike.
+
+Writes to ``--out`` (default ``results/equivalence``): ``results.json`` (every run's
+curves, each side's final top-1 mean and sample standard deviation, the difference and
+its standard error, the reading), ``curves.png`` (the validation curves of both sides),
+``log.txt`` (everything printed) and ``machine.json`` (host, versions, time), all of them
+again after every run, so a command cut off keeps the runs it finished. The final top-1 is
+the last epoch's (the reference scores its runs with the last weights). ``--redraw DIR``
+draws ``curves.png`` again from ``DIR/results.json`` (a host without matplotlib).
+Needs ``pip install -r bench/requirements.txt`` (torch, torchvision).
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cmxl_keras.architecture import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from cmxl_keras.data import make_splits, read_data_dir  # noqa: E402
+from cmxl_keras.runs import package_versions  # noqa: E402
+from runner import run_or_exit  # noqa: E402
+
+# The paper's training augmentation, stage by stage: our config keys that turn each off,
+# and the reference transform's class.
+STAGES = ("crop", "flip", "randaugment", "jitter", "erase")
+OFF = {"crop": {"crop_scale_min": 1.0}, "flip": {"flip": "false"},
+       "randaugment": {"randaugment_ops": 0},
+       "jitter": {"jitter_brightness": 0, "jitter_contrast": 0, "jitter_saturation": 0},
+       "erase": {"erase_prob": 0}}
+TORCHVISION = {"crop": "RandomResizedCrop", "flip": "RandomHorizontalFlip",
+               "randaugment": "RandAugment", "jitter": "ColorJitter", "erase": "RandomErasing"}
+PACKAGES = ("numpy", "keras", "tensorflow", "jax", "torch", "torchvision", "pillow")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--redraw", metavar="DIR",
+                        help="only draw DIR/curves.png again from DIR/results.json")
+    parser.add_argument("--data",
+                        help="the images: what cli.py's --data-dir takes (official CIFAR-10 "
+                             "files or archive, or train/<class>/ images, or their .tar.gz)")
+    parser.add_argument("--train", type=int, default=5000, help="training images")
+    parser.add_argument("--val", type=int, default=2500, help="validation images")
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--seeds", default="1204,1205,1206",
+                        help="comma-separated; each trains both sides once")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.005, help="the one-cycle's peak")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--patch-size", type=int, default=4)
+    parser.add_argument("--kernel-size", type=int, default=5)
+    parser.add_argument("--activation", default="gelu")
+    parser.add_argument("--skip-period", type=int, default=0)
+    parser.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax"),
+                        help="ours: the Keras backend")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                        help="the reference: where it trains (fp16 autocast on cuda; auto: "
+                             "cuda where there is one)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the reference's DataLoader workers (its script: 8)")
+    parser.add_argument("--drop", default="",
+                        help="augmentation stages left out on both sides, comma-separated: "
+                             f"{', '.join(STAGES)} (all: no augmentation); to find which "
+                             "stage a difference comes from")
+    parser.add_argument("--sides", default="ours,reference")
+    parser.add_argument("--out", default=os.path.join("results", "equivalence"))
+    parser.add_argument("--work", default=os.path.join(".equivalence"),
+                        help="our runs' folders (kept; git-ignored)")
+    parser.add_argument("--timeout", type=float, default=3600,
+                        help="seconds one run of ours may take")
+    args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    args.drop = STAGES if args.drop.strip() == "all" else [
+        s.strip() for s in args.drop.split(",") if s.strip()]
+    if set(args.drop) - set(STAGES):
+        parser.error(f"--drop takes {', '.join(STAGES)} or all (got {args.drop})")
+    unknown = set(args.sides) - {"ours", "reference"}
+    if not args.data and not args.redraw:
+        parser.error("--data is required: the images both sides train on")
+    if unknown or not args.seeds:
+        parser.error(f"--sides takes ours and/or reference (got {sorted(unknown)}); "
+                     f"--seeds takes at least one integer")
+    return args
+
+
+class Log:
+    """Prints and keeps every line, for ``log.txt``."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __call__(self, text):
+        print(text, flush=True)
+        self.lines.append(text)
+
+
+# ----------------------------------------------------------------------------- ours
+def train_ours(args, seed, splits, log):
+    """One ``cli.py train`` run; its per-epoch records (``metrics.json``)."""
+    run_dir = os.path.abspath(os.path.join(args.work, f"ours-{seed}"))
+    sets = {"width": args.width, "depth": args.depth, "patch_size": args.patch_size,
+            "kernel_size": args.kernel_size, "activation": args.activation,
+            "skip_period": args.skip_period, "epochs": args.epochs,
+            "batch_size": args.batch_size, "lr_max": args.lr, "seed": seed,
+            "split_seed": args.split_seed, "val_from_train": args.val,
+            "limit_train": args.train}
+    for stage in args.drop:
+        sets.update(OFF[stage])
+    command = [sys.executable, os.path.join(ROOT, "cli.py"), "--backend", args.backend,
+               "train", "--config", "cm_vanilla", "--data-dir", os.path.abspath(args.data),
+               "--run-dir", run_dir, "--overwrite"]
+    for key, value in sets.items():
+        command += ["--set", f"{key}={value}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    out = run_or_exit(command, args.timeout, f"ours, seed {seed}", env=env, cwd=ROOT)
+    log("\n".join("  " + line for line in out.stdout.splitlines()
+                  if line.startswith(("epoch ", "model:", "augmentation:", "training step:"))))
+    with open(os.path.join(run_dir, "split.json")) as f:
+        split = json.load(f)
+    for key in ("train_indices_sha256", "val_indices_sha256"):
+        if split.get(key) != splits.info[key]:
+            sys.exit(f"ours, seed {seed}: split.json's {key} {split.get(key)} is not the "
+                     f"split this script drew ({splits.info[key]}): the two sides would "
+                     f"not train on the same images")
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    return [{"epoch": m["epoch"], "loss": m["loss"], "accuracy": m["accuracy"],
+             "val_loss": m["val_loss"], "val_accuracy": m["val_accuracy"],
+             "seconds": m["epoch_seconds"]} for m in metrics]
+
+
+# ----------------------------------------------------------------------------- reference
+def train_reference(args, seed, splits, log):
+    """The paper's ``train.py`` loop, on ``splits``' images; its per-epoch records."""
+    import torch
+    from PIL import Image
+    from torch import nn
+    from torchvision import transforms
+
+    import ref_torch
+
+    # train.py seeds first, then builds its transforms, data and model.
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+    class Images(torch.utils.data.Dataset):  # torchvision's CIFAR10 dataset, from arrays
+        def __init__(self, split, transform):
+            self.split, self.transform = split, transform
+
+        def __len__(self):
+            return len(self.split.labels)
+
+        def __getitem__(self, i):
+            return (self.transform(Image.fromarray(self.split.images[i])),
+                    int(self.split.labels[i]))
+
+    test_transform = transforms.Compose([transforms.ToTensor(),
+                                         transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    dropped = {TORCHVISION[stage] for stage in args.drop}
+    train_transform = ref_torch.paper_train_transform()
+    train_transform.transforms = [t for t in train_transform.transforms
+                                  if type(t).__name__ not in dropped]
+    log("  transforms: " + " -> ".join(type(t).__name__ for t in train_transform.transforms))
+    trainloader = torch.utils.data.DataLoader(
+        Images(splits.train, train_transform), batch_size=args.batch_size,
+        shuffle=True, num_workers=args.workers)
+    valloader = torch.utils.data.DataLoader(
+        Images(splits.val, test_transform), batch_size=args.batch_size, shuffle=False,
+        num_workers=args.workers)
+    device = torch.device(args.device)
+    model = ref_torch.build(args.width, args.depth, args.patch_size, args.kernel_size,
+                            len(splits.class_names), args.activation, args.skip_period,
+                            normalize=False).to(device)
+    epochs, lr_max = args.epochs, args.lr
+
+    def lr_schedule(t):
+        return np.interp([t], [0, epochs * 2 // 5, epochs * 4 // 5, epochs],
+                         [0, lr_max, lr_max / 20.0, 0])[0]
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr_max, weight_decay=0.01)
+    criterion = nn.CrossEntropyLoss()
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    records = []
+    for epoch in range(epochs):
+        start = time.time()
+        train_loss, train_acc, n = 0.0, 0, 0
+        for i, (x, y) in enumerate(trainloader):
+            model.train()
+            x, y = x.to(device), y.to(device)
+            opt.param_groups[0].update(lr=lr_schedule(epoch + (i + 1) / len(trainloader)))
+            opt.zero_grad()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                output = model(x)
+                loss = criterion(output, y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            train_loss += loss.item() * y.size(0)
+            train_acc += (output.max(1)[1] == y).sum().item()
+            n += y.size(0)
+        model.eval()
+        val_loss, val_acc, m = 0.0, 0, 0
+        with torch.no_grad():
+            for x, y in valloader:
+                x, y = x.to(device), y.to(device)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    output = model(x)
+                val_loss += criterion(output.float(), y).item() * y.size(0)
+                val_acc += (output.max(1)[1] == y).sum().item()
+                m += y.size(0)
+        records.append({"epoch": epoch + 1, "loss": train_loss / n, "accuracy": train_acc / n,
+                        "val_loss": val_loss / m, "val_accuracy": val_acc / m,
+                        "seconds": time.time() - start})
+        log(f"  epoch {epoch + 1}/{epochs}: loss {train_loss / n:.4f} acc {train_acc / n:.4f}"
+            f" | val loss {val_loss / m:.4f} acc {val_acc / m:.4f} | "
+            f"{time.time() - start:.1f} s")
+    del model, opt
+    if amp:
+        torch.cuda.empty_cache()  # our next run's JAX takes most of the GPU's memory at start
+    return records
+
+
+# ----------------------------------------------------------------------------- reading
+def summarize(finals):
+    """Each side's mean and sample standard deviation of the final top-1, the difference
+    (ours - reference) with its standard error, and whether it lies within two."""
+    sides = {}
+    for side, values in finals.items():
+        values = np.asarray(values, np.float64)
+        sd = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+        sides[side] = {"runs": len(values), "mean": float(values.mean()), "sd": sd,
+                       "values": values.tolist()}
+    summary = {"sides": sides}
+    if set(sides) == {"ours", "reference"} and min(len(v) for v in finals.values()) > 1:
+        a, b = sides["ours"], sides["reference"]
+        se = math.sqrt(a["sd"] ** 2 / a["runs"] + b["sd"] ** 2 / b["runs"])
+        diff = a["mean"] - b["mean"]
+        summary.update(difference=diff, standard_error=se,
+                       within_two_standard_errors=bool(abs(diff) <= 2 * se))
+    return summary
+
+
+def reading(summary):
+    lines = [f"{side}: final top-1 {s['mean'] * 100:.2f} % mean, {s['sd'] * 100:.2f} sd over "
+             f"{s['runs']} seeds ({', '.join(f'{v * 100:.2f}' for v in s['values'])})"
+             for side, s in summary["sides"].items()]
+    if "difference" in summary:
+        d, se = summary["difference"] * 100, summary["standard_error"] * 100
+        lines.append(f"difference (ours - reference): {d:+.2f} points, standard error "
+                     f"{se:.2f}: " + ("within two standard errors"
+                                      if summary["within_two_standard_errors"] else
+                                      f"outside two standard errors ({abs(d) / se:.1f} SE)"
+                                      if se > 0 else "no spread to judge it by"))
+    return lines
+
+
+def draw(results, path):
+    """The validation curves of every run, both sides on one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    colors = {"ours": "tab:blue", "reference": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for side, runs in results["runs"].items():
+        if not runs:
+            continue
+        curves = np.array([[r["val_accuracy"] for r in run["epochs"]] for run in runs])
+        epochs = np.arange(1, curves.shape[1] + 1)
+        for curve in curves:
+            ax.plot(epochs, curve * 100, color=colors[side], alpha=0.3, linewidth=0.8)
+        ax.plot(epochs, curves.mean(0) * 100, color=colors[side], linewidth=2,
+                label=f"{side} (mean of {len(curves)})")
+    c = results["config"]
+    ax.set(xlabel="epoch", ylabel="validation top-1 (%)",
+           title=f"ConvMixer-{c['width']}/{c['depth']}, patch {c['patch_size']}: "
+                 f"{c['train']:,} training, {c['val']:,} validation images")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def machine(args, seconds):
+    gpu = None
+    if args.device == "cuda":
+        import torch
+
+        gpu = torch.cuda.get_device_name(0)
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "cpus": os.cpu_count(), "gpu": gpu, "packages": package_versions(PACKAGES),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"), "seconds": round(seconds, 1),
+            "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.redraw:
+        return redraw(args.redraw)
+    started = time.time()
+    log = Log()
+    raw = read_data_dir(args.data)
+    splits = make_splits(raw, val_from_train=args.val, limit_train=args.train,
+                         seed=args.split_seed, log=log)
+    log(f"data: {raw.description}; {len(splits.train.labels):,} training and "
+        f"{len(splits.val.labels):,} validation images (split seed {args.split_seed})")
+    config = {k: getattr(args, k) for k in (
+        "train", "val", "split_seed", "seeds", "epochs", "batch_size", "lr", "width", "depth",
+        "patch_size", "kernel_size", "activation", "skip_period", "backend", "device",
+        "workers", "drop")}
+    config.update(data=raw.description, train_indices_sha256=splits.info["train_indices_sha256"],
+                  val_indices_sha256=splits.info["val_indices_sha256"])
+    trainers = {"ours": train_ours, "reference": train_reference}
+    runs = {side: [] for side in args.sides}
+    results = {"config": config, "runs": runs}
+    for seed in args.seeds:  # the sides alternate, so a drift in the machine meets both
+        for side in args.sides:
+            log(f"{side}, seed {seed}:")
+            t0 = time.time()
+            epochs = trainers[side](args, seed, splits, log)
+            runs[side].append({"seed": seed, "epochs": epochs,
+                               "seconds": round(time.time() - t0, 1)})
+            log(f"{side}, seed {seed}: final top-1 {epochs[-1]['val_accuracy'] * 100:.2f} % "
+                f"({time.time() - t0:.0f} s)")
+            write(args, results, log, started)  # a run cut off keeps the finished ones
+    for line in reading(results["summary"]):
+        log(line)
+    write(args, results, log, started)
+    print(f"wrote {args.out}/: results.json, curves.png, log.txt, machine.json")
+    return results
+
+
+def write(args, results, log, started):
+    """``results.json`` (with the summary of the runs finished so far), the figure, the
+    log and the machine record, each replaced whole."""
+    results["summary"] = summarize({side: [r["epochs"][-1]["val_accuracy"] for r in runs]
+                                    for side, runs in results["runs"].items() if runs})
+    os.makedirs(args.out, exist_ok=True)
+    texts = {"results.json": json.dumps(results, indent=1),
+             "machine.json": json.dumps(machine(args, time.time() - started), indent=1),
+             "log.txt": "\n".join(log.lines) + "\n"}
+    for name, text in texts.items():
+        path = os.path.join(args.out, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    try:
+        draw(results, os.path.join(args.out, "curves.png"))
+    except ImportError:  # a host without matplotlib: --redraw draws it from results.json
+        pass
+
+
+def redraw(folder):
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    draw(results, os.path.join(folder, "curves.png"))
+    for line in reading(results["summary"]):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

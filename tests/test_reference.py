@@ -3,9 +3,11 @@ of the reference's network and training loop (bench/ref_torch.py, tests/torch_re
 
 The reference runs in its own process (tests/torch_reference.py; PyTorch's CUDA build
 cannot load into a process that holds TensorFlow) on the same inputs as ours, and the
-numbers are compared: torchvision's RandAugment op by op on real CIFAR images, the
-network's logits with the same weights, PyTorch's default initialization, and five
-optimizer steps of the reference training loop against five steps of ``model.fit``.
+numbers are compared: torchvision's RandAugment op by op and its RandomResizedCrop box by
+box on real CIFAR images, the crop's draws against its own, the whole augmentation chain
+in per-pixel mean and spread, the network's logits with the same weights, PyTorch's
+default initialization, and five optimizer steps of the reference training loop against
+five steps of ``model.fit``.
 """
 
 import json

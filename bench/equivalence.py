@@ -52,7 +52,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cmxl_keras.architecture import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from cmxl_keras.data import make_splits, read_data_dir  # noqa: E402
-from cmxl_keras.runs import package_versions  # noqa: E402
+from cmxl_keras.runs import package_versions, write_text  # noqa: E402
 from runner import run_or_exit  # noqa: E402
 
 # The paper's training augmentation, stage by stage: our config keys that turn each off,
@@ -392,10 +392,7 @@ def write(args, results, log, started):
              "machine.json": json.dumps(machine(args, time.time() - started), indent=1),
              "log.txt": "\n".join(log.lines) + "\n"}
     for name, text in texts.items():
-        path = os.path.join(args.out, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        write_text(os.path.join(args.out, name), text)
     try:
         draw(results, os.path.join(args.out, "curves.png"))
     except ImportError:  # a host without matplotlib: --redraw draws it from results.json

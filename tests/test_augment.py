@@ -265,8 +265,11 @@ def test_forms_agree_on_crop_scale_and_flip_rate():
         assert abs(area.mean() - 0.875) < 0.012  # uniform on (0.75, 1): mean 0.875
         assert abs(flipped.mean() - 0.5) < 0.07
     (area_a, flip_a), (area_b, flip_b) = forms
-    np.testing.assert_allclose(np.quantile(area_a, [0.1, 0.5, 0.9]),
-                               np.quantile(area_b, [0.1, 0.5, 0.9]), atol=0.025)
+    # The crop's side is whole pixels (28 to 32): the area's distribution has steps, at
+    # cumulative 0.17, 0.40, 0.63, 0.88. Quantiles inside the steps, 0.05 or more from an
+    # edge (over 3.5 standard errors of 600 draws), are the same for the same draws.
+    np.testing.assert_allclose(np.quantile(area_a, [0.1, 0.5, 0.95]),
+                               np.quantile(area_b, [0.1, 0.5, 0.95]), atol=0.025)
     assert abs(flip_a.mean() - flip_b.mean()) < 0.09
 
 

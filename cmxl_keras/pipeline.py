@@ -64,8 +64,11 @@ def train_dataset(split, batch_size, spec: AugmentSpec, seed=0, deterministic=Fa
     # DataLoader with drop_last=False gives. Without repeat: one pass, the last batch
     # partial.
     ds = order.batch(batch_size) if repeat else order.take(len(split)).batch(batch_size)
-    ds = ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)))
-    augment = _to_float if spec.is_identity else build_tf_augmenter(spec, seed=seed)
+    # Each batch carries its training step: the augmentation's draws are keyed by it.
+    ds = ds.enumerate(start_step).map(
+        lambda step, index: (tf.gather(images, index), tf.gather(labels, index), step))
+    augment = (lambda x, y, step: _to_float(x, y)) if spec.is_identity else (
+        build_tf_augmenter(spec, seed=seed))
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if one_hot:
         ds = ds.map(_one_hot(num_classes))

@@ -8,9 +8,9 @@ strength of ``magnitude`` of 31 levels, with a random sign where the op is signe
 ``OPS`` below is torchvision's op table (``RandAugment._augmentation_space``): the
 strength at the top level and whether it is signed. ``strengths`` evaluates it at a level
 as torchvision does, and ``apply`` computes the ops on a batch with one op and sign per
-image. Both pipeline forms are built from these two functions: the keras-cv layer of the
-tf.data pipeline (``augment.TorchvisionRandAugment``) and the Keras layer that runs on the
-device (``augment.keras_layers``); they differ only in where the random draws come from.
+image. Both pipeline forms are built from these two functions (``augment.Stage``): the
+keras-cv layer of the tf.data pipeline and the Keras layer that runs on the device; they
+differ only in where the random draws come from.
 
 Why the ops are written here rather than taken from keras-cv or Keras: keras-cv's
 ``RandAugment`` is another policy (no rotate, posterize or sharpness; additive
@@ -19,8 +19,8 @@ its geometric layers fill by reflection and interpolate bilinearly; Keras core's
 ``RandAugment`` picks its ops once per batch. torchvision's ops act on 8-bit PIL images,
 with PIL's integer arithmetic (blends truncate, the grayscale of ``Color`` and
 ``Contrast`` is PIL's rounded luma, ``Sharpness`` keeps the border pixels), so the
-functions below keep pixels integral and reproduce that arithmetic; the tests compare
-each op with torchvision's own on real CIFAR images.
+functions below keep pixels integral and reproduce that arithmetic (``pil.py``); the
+tests compare each op with torchvision's own on real CIFAR images.
 
 Every function takes the op namespace ``ops`` (``keras.ops`` on the device, the
 TensorFlow ops of keras-cv's tf.data scope in the input pipeline) and float32 images in
@@ -28,6 +28,8 @@ TensorFlow ops of keras-cv's tf.data scope in the input pipeline) and float32 im
 """
 
 import math
+
+from cmxl_keras import pil
 
 LEVELS = 31  # torchvision's num_magnitude_bins: levels 0..30
 
@@ -103,19 +105,6 @@ def _affine_params(ops, name, m, size):
     centre = size / 2.0
     return _pil_to_sampling(cos, -sin, centre - centre * cos + centre * sin,
                             sin, cos, centre - centre * sin - centre * cos)
-
-
-def _blend(ops, degenerate, images, factor):
-    """PIL's ``Image.blend(degenerate, images, factor)`` on 8-bit pixels: computed in
-    float, clipped to [0, 255] and truncated."""
-    return ops.floor(ops.clip(degenerate + factor * (images - degenerate), 0.0, 255.0))
-
-
-def _luma(ops, images):
-    """PIL's ``convert("L")``: ``(19595 R + 38470 G + 7471 B + 2**15) >> 16`` (exact in
-    float32 for 8-bit pixels)."""
-    weights = ops.convert_to_tensor([19595.0, 38470.0, 7471.0], "float32")
-    return ops.floor((ops.sum(images * weights, axis=-1, keepdims=True) + 32768.0) / 65536.0)
 
 
 def _smooth(ops, images):
@@ -211,17 +200,14 @@ def apply(ops, images, op_index, sign, level, image_size):
                                    fill_mode="constant", fill_value=0.0)
 
     factor = lambda name: (1.0 + signed(name))[:, None, None, None]  # noqa: E731
-    gray = _luma(ops, images)
-    mean = ops.floor(ops.mean(gray, axis=(1, 2, 3), keepdims=True) + 0.5)
     bits = table["Posterize"][0]
     step = float(2 ** (8 - int(bits)))
     threshold = table["Solarize"][0]
     results = {
-        "Brightness": lambda: _blend(ops, ops.zeros_like(images), images,
-                                     factor("Brightness")),
-        "Color": lambda: _blend(ops, gray, images, factor("Color")),
-        "Contrast": lambda: _blend(ops, mean, images, factor("Contrast")),
-        "Sharpness": lambda: _blend(ops, _smooth(ops, images), images, factor("Sharpness")),
+        "Brightness": lambda: pil.brightness(ops, images, factor("Brightness")),
+        "Color": lambda: pil.saturation(ops, images, factor("Color")),
+        "Contrast": lambda: pil.contrast(ops, images, factor("Contrast")),
+        "Sharpness": lambda: pil.blend(ops, _smooth(ops, images), images, factor("Sharpness")),
         "Posterize": lambda: ops.floor(images / step) * step,
         "Solarize": lambda: ops.where(images < threshold, images, 255.0 - images),
         "AutoContrast": lambda: _autocontrast(ops, images),
@@ -237,7 +223,7 @@ def run(ops, images, op_u, sign_u, level, image_size):
     [num_ops, B] in [0, 1) (torchvision's ``randint(14)`` for the op and ``randint(2)``
     for the sign, per image and round). Pixels are rounded to whole numbers first: the
     reference's PIL image is 8-bit."""
-    x = ops.clip(ops.round(ops.cast(images, "float32")), 0.0, 255.0)
+    x = pil.to_8bit(ops, images)
     for i in range(op_u.shape[0]):
         op_index, sign = choices(ops, op_u[i], sign_u[i])
         x = apply(ops, x, op_index, sign, level, image_size)

@@ -1,13 +1,12 @@
 """Augmentation behaviour, Keras-style, and the mapping onto torchvision's parameters."""
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cmxl_keras import augment, pipeline
+from cmxl_keras import augment, erasing, jitter, pipeline
 from cmxl_keras.augment import AugmentSpec
 from cmxl_keras.config import Config
 from cmxl_keras.data import Split
@@ -41,12 +40,23 @@ def test_everything_off_is_identity_and_aug_none_is_off():
 
 
 def test_probability_zero_stages_are_identity():
+    """Erasing at p = 0 and the jitter at strength 0 keep 8-bit images exactly, in the
+    op namespace of either form."""
+    import keras
+
     images = random_images(256).astype(np.float32)
-    erased, mask = augment.random_erasing(tf.constant(images), 0.0)
+    draws = {name: np.random.default_rng(1).uniform(size=shape).astype(np.float32)
+             for name, shape in erasing.draw_shapes(256).items()}
+    erased = erasing.run(keras.ops, images, draws, 0.0, (1.0, 2.0, 3.0))
     np.testing.assert_array_equal(np.asarray(erased), images)
-    assert float(tf.reduce_sum(mask)) == 0.0
-    jittered = augment.color_jitter(tf.constant(images), 0.0, 0.0, 0.0)
-    np.testing.assert_allclose(np.asarray(jittered), images, atol=1e-3)
+    top, left, height, width = erasing.boxes(keras.ops, draws, 0.0, 32, 32)
+    assert not np.any(np.asarray(height)) and not np.any(np.asarray(width))
+    factor_u, order_u = np.full((3, 256), 0.9, np.float32), np.full(256, 0.5, np.float32)
+    jittered = jitter.run(keras.ops, images, factor_u, order_u, (0.0, 0.0, 0.0))
+    np.testing.assert_array_equal(np.asarray(jittered), images)
+    # The control: the same draws at the paper's strengths change the images.
+    assert np.any(np.asarray(jitter.run(keras.ops, images, factor_u, order_u,
+                                        (0.2, 0.2, 0.2))) != images)
 
 
 def test_images_in_a_batch_get_different_draws():
@@ -96,38 +106,25 @@ def test_a_resumed_training_stream_continues_the_uninterrupted_one():
     assert labels(0, 12, seed=4) != whole
 
 
-def _torchvision_erasing_reference(n, rng, height=32, width=32):
-    """torchvision.transforms.RandomErasing.get_params, in numpy: the erased area fractions."""
-    fractions = []
-    for _ in range(n):
-        for _ in range(augment.ERASE_TRIES):
-            area = height * width * rng.uniform(*augment.ERASE_AREA)
-            ratio = math.exp(rng.uniform(math.log(augment.ERASE_ASPECT[0]),
-                                         math.log(augment.ERASE_ASPECT[1])))
-            h = int(round(math.sqrt(area * ratio)))
-            w = int(round(math.sqrt(area / ratio)))
-            if h < height and w < width:
-                fractions.append(h * w / (height * width))
-                break
-    return np.array(fractions)
+def test_a_resumed_stream_is_augmented_as_the_uninterrupted_one():
+    """With the paper's augmentation, the batches from step s on of a stream started at
+    s (a resume) are the uninterrupted stream's, pixel for pixel: every draw is keyed by
+    (seed, step). The control: another seed gives other batches."""
+    split = Split(random_images(24), np.arange(24, dtype=np.int32) % 10)
 
+    def images(start, count, seed=3):
+        ds = pipeline.train_dataset(split, 8, AugmentSpec(), seed=seed, repeat=True,
+                                    start_step=start, deterministic=True)
+        return [np.asarray(x) for x, _ in ds.take(count)]
 
-def test_random_erasing_matches_torchvision_rate_and_area():
-    tf.random.set_seed(0)
-    n = 20000
-    images = tf.fill([n, 32, 32, 3], 7.0)
-    out, mask = augment.random_erasing(images, 0.2)
-    area = np.asarray(tf.reduce_mean(mask, axis=[1, 2, 3]))
-    erased = area > 0
-    assert abs(erased.mean() - 0.2) < 0.012
-    reference = _torchvision_erasing_reference(20000, np.random.default_rng(0))
-    assert abs(area[erased].mean() - reference.mean()) < 0.006
-    # Rounded box sides take the area slightly past 0.02..0.33, as in torchvision.
-    assert area[erased].min() >= reference.min() - 0.005
-    assert area[erased].max() <= reference.max() + 0.005
-    # Filled with the mean colour: 0 after the model's normalization, as torchvision's value=0.
-    filled = np.asarray(out)[erased][np.asarray(mask)[erased][..., 0] > 0]
-    np.testing.assert_allclose(filled[0], [255 * m for m in augment.CIFAR_MEAN], rtol=1e-6)
+    whole = images(0, 6)
+    assert not np.array_equal(whole[0], split.images[:8])  # augmented
+    for start in (1, 4):
+        resumed = images(start, 6 - start)
+        for step, batch in enumerate(resumed, start):
+            np.testing.assert_array_equal(batch, whole[step])
+    other = images(0, 1, seed=4)[0]
+    assert not np.array_equal(other, whole[0])
 
 
 def test_crop_scale_bounds():
@@ -137,8 +134,8 @@ def test_crop_scale_bounds():
     images = np.repeat(ramp[None], 1000, axis=0)
     spec = AugmentSpec(**dict(OFF, crop_scale=(0.75, 1.0)))
     out, _ = _run(spec, images)
-    # crop_and_resize samples the box's edges at x1*(W-1) and x2*(W-1), so the value span
-    # of the 0..255 ramp over the output row is the width fraction times 255.
+    # The crop samples output column x at left + (x + 0.5) * side / 32 - 0.5, so the
+    # 0..255 ramp's span over the output row is side / 32 (the width fraction) x 255.
     width_fraction = (out[:, 16, -1, 0] - out[:, 16, 0, 0]) / 255
     area = width_fraction ** 2
     assert area.min() >= 0.75 - 0.05 and area.max() <= 1.0 + 1e-3
@@ -155,34 +152,16 @@ def test_flip_rate_is_one_half():
         flipped.sum(), axis=0))
 
 
-def test_color_jitter_factors_follow_torchvision():
-    gray = np.full((4000, 32, 32, 3), 100.0, np.float32)
-    tf.random.set_seed(1)
-    bright = np.asarray(augment.color_jitter(tf.constant(gray), 0.2, 0.0, 0.0))
-    factor = bright[:, 0, 0, 0] / 100.0
-    assert factor.min() >= 0.8 - 1e-4 and factor.max() <= 1.2 + 1e-4
-    assert factor.min() < 0.81 and factor.max() > 1.19
-    # Saturation of a gray image and contrast of a flat image change nothing.
-    flat = np.asarray(augment.color_jitter(tf.constant(gray[:16]), 0.0, 0.2, 0.2))
-    np.testing.assert_allclose(flat, gray[:16], atol=1e-3)
-    # Contrast keeps the grayscale mean (the point it blends towards).
-    images = random_images(64).astype(np.float32) * 0.5 + 60
-    out = augment.color_jitter(tf.constant(images), 0.0, 0.2, 0.0)
-    before = np.asarray(augment._grayscale(tf.constant(images))).mean(axis=(1, 2, 3))
-    after = np.asarray(augment._grayscale(out)).mean(axis=(1, 2, 3))
-    np.testing.assert_allclose(after, before, rtol=1e-4)
-
-
 def test_randaugment_is_torchvisions_by_default_and_keras_cv_on_request():
     spec = AugmentSpec()
     assert spec.randaugment == "torchvision"
-    layer = augment.keras_cv_stages(spec)[-1]
-    assert type(layer).__name__ == "TorchvisionRandAugment"
-    assert (layer.num_ops, layer.magnitude) == (2, 12)
+    layer = augment.keras_cv_stages(spec)[2]  # crop, flip, RandAugment, ...
+    assert type(layer).__name__ == "TorchvisionStage" and layer.stage.name == "randaugment"
+    assert (layer.stage.params["num_ops"], layer.stage.params["magnitude"]) == (2, 12)
     assert "RandAugment(torchvision, 2 ops, magnitude 12/30)" in spec.describe()
     # keras-cv's own policy stays available, at torchvision's magnitude fraction.
     old = AugmentSpec.from_config(Config(randaugment="keras_cv"))
-    layer = augment.keras_cv_stages(old)[-1]
+    layer = augment.keras_cv_stages(old)[2]
     assert type(layer).__name__ == "RandAugment"
     assert layer.augmentations_per_image == 2
     assert layer.magnitude == pytest.approx(0.4) and layer.magnitude_stddev == 0.0
@@ -309,7 +288,8 @@ def test_forms_agree_on_erase_rate_and_area():
 
 def test_forms_agree_on_colour_ranges():
     spec = AugmentSpec(**dict(OFF, jitter=(0.2, 0.2, 0.2)))
-    images = random_images(800, seed=3).astype(np.float32) * 0.6 + 40  # room both ways
+    # 4,000 images: the 5 % quantiles of 800 differed by 0.041 between the forms' draws
+    images = random_images(4000, seed=3).astype(np.float32) * 0.6 + 40  # room both ways
     summaries = []
     for out in _both_forms(spec, images):
         assert out.min() >= 0.0 and out.max() <= 255.0
@@ -322,7 +302,7 @@ def test_forms_agree_on_colour_ranges():
                                    for v in (brightness, spread, saturation)]))
     # brightness alone spans 0.8..1.2; the three together a little wider
     assert summaries[0][0, 0] < 0.85 and summaries[0][0, 2] > 1.15
-    np.testing.assert_allclose(summaries[0], summaries[1], atol=0.04)
+    np.testing.assert_allclose(summaries[0], summaries[1], atol=0.03)
 
 
 def test_keras_layer_form_is_identity_at_inference_and_draws_per_image():

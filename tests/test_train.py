@@ -140,13 +140,13 @@ def test_sigkill_then_resume_under_mixed_precision_equals_the_run_left_alone(cif
     """SIGKILL in mid-epoch 2 of a mixed_float16 run whose loss scale overflows (steps
     skipped mid-epoch), then ``--resume``: every epoch once, the one-cycle schedule
     continued, and with ``deterministic = true`` the same weights, optimizer state (loss
-    scale included) and metrics, bit for bit, as the same run left alone. (float32 kills
-    at every write: tests/test_crash.py.)"""
+    scale included) and metrics, bit for bit, as the same run left alone, with every
+    augmentation stage on (the smoke config's: drawn from the seed and the step). (float32
+    kills at every write: tests/test_crash.py.)"""
     from test_crash import assert_same_arrays, h5_arrays
 
     args = ["--config", "smoke", "--data-dir", cifar_dir, "--epochs", "3", "--set",
-            "checkpoint_every_steps=2", "--set", "deterministic=true", "--set", "aug=none",
-            *SKIPPING]
+            "checkpoint_every_steps=2", "--set", "deterministic=true", *SKIPPING]
     run_dir, alone = str(tmp_path / "run"), str(tmp_path / "alone")
     child = _train_process(*args, "--run-dir", run_dir)
     _wait_for_step(run_dir, 10, child)  # mid epoch 2 (8 steps per epoch)

@@ -13,6 +13,8 @@ Jobs:
 - ``model``: the paper's network (bench/ref_torch.py: the layout of the paper's
   networks.py) with PyTorch's default initialization for ``seed``, or with the given
   parameters; its logits in eval and in train mode.
+- ``flip``, ``jitter``, ``erasing``: torchvision's transforms on given draws (boxes,
+  factors and orders), and the draws of the transforms themselves.
 - ``split``: the reference's ``random_split(testvalset, [5000, 5000])`` on the default
   generator right after ``torch.manual_seed(seed)``: the two halves' indices.
 - ``train``: the reference training loop (AdamW, the one-cycle ``lr_schedule`` set before
@@ -115,6 +117,78 @@ def job_crop(spec, data, out):
     draws = [RandomResizedCrop.get_params(image, spec["scale"], [1.0, 1.0])
              for _ in range(spec["draws"])]
     out["draws"] = np.array([(h, i, j) for i, j, h, w in draws])  # side, top, left
+
+
+def job_flip(spec, data, out):
+    """torchvision's horizontal flip of each image (PIL), and which of ``draws`` flips of
+    one image ``RandomHorizontalFlip(p)`` itself made after ``torch.manual_seed(seed)``."""
+    from PIL import Image
+    from torchvision.transforms import RandomHorizontalFlip
+    from torchvision.transforms import functional as F
+
+    out["flipped"] = np.stack([np.asarray(F.hflip(Image.fromarray(image)))
+                               for image in data["images"]])
+    torch.manual_seed(spec["seed"])
+    flip, image = RandomHorizontalFlip(spec["p"]), Image.fromarray(data["images"][0])
+    mirrored = np.asarray(F.hflip(image))
+    out["draws"] = np.array([np.array_equal(np.asarray(flip(image)), mirrored)
+                             for _ in range(spec["draws"])])
+
+
+def job_jitter(spec, data, out):
+    """torchvision's ColorJitter adjustments (``functional.adjust_*`` on PIL images, as
+    ``ColorJitter.forward`` calls them) with each image's given factors (brightness,
+    contrast, saturation) in its given order; and ``draws`` draws of
+    ``ColorJitter(*strengths).get_params`` after ``torch.manual_seed(seed)``: the order
+    of the three and their factors."""
+    from PIL import Image
+    from torchvision.transforms import ColorJitter
+    from torchvision.transforms import functional as F
+
+    adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    jittered = []
+    for image, factors, order in zip(data["images"], data["factors"], data["orders"]):
+        image = Image.fromarray(image)
+        for k in order:
+            image = adjust[k](image, float(factors[k]))
+        jittered.append(np.asarray(image))
+    out["jittered"] = np.stack(jittered)
+    torch.manual_seed(spec["seed"])
+    jitter = ColorJitter(*spec["strengths"])
+    draws = [jitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation,
+                               jitter.hue) for _ in range(spec["draws"])]
+    out["orders"] = np.array([[int(k) for k in order if k < 3] for order, *_ in draws])
+    out["factors"] = np.array([factors[:3] for _, *factors in draws], np.float32)
+
+
+def job_erasing(spec, data, out):
+    """torchvision's erase (``functional.erase``, value 0) of each image's given box (top,
+    left, height, width; height 0: none) after ToTensor and Normalize, back in pixel
+    units; and the boxes of ``draws`` calls of ``RandomErasing(p, scale, ratio)`` itself
+    after ``torch.manual_seed(seed)``, read off what it erased (height 0: nothing)."""
+    from torchvision.transforms import RandomErasing
+    from torchvision.transforms import functional as F
+
+    mean = torch.tensor(ref_torch.CIFAR_MEAN)[:, None, None]
+    std = torch.tensor(ref_torch.CIFAR_STD)[:, None, None]
+    erased = []
+    for image, (top, left, height, width) in zip(data["images"], data["boxes"]):
+        x = (F.to_tensor(image) - mean) / std  # the reference's ToTensor and Normalize
+        if height:
+            x = F.erase(x, int(top), int(left), int(height), int(width), torch.tensor(0.0))
+        erased.append(((x * std + mean) * 255.0).numpy().transpose(1, 2, 0))
+    out["erased"] = np.stack(erased)
+    torch.manual_seed(spec["seed"])
+    erase = RandomErasing(spec["p"], spec["scale"], spec["ratio"], value=0)
+    boxes = []
+    for _ in range(spec["draws"]):
+        hit = np.argwhere(erase(torch.ones(3, *data["images"].shape[1:3]))[0].numpy() == 0)
+        if len(hit):
+            (top, left), (bottom, right) = hit.min(0), hit.max(0)
+            boxes.append((top, left, bottom - top + 1, right - left + 1))
+        else:
+            boxes.append((0, 0, 0, 0))
+    out["draws"] = np.array(boxes)
 
 
 def job_chain(spec, data, out):

@@ -2,9 +2,9 @@
 same split, for one or several training seeds, and tabulates them (``results.json``,
 ``results.md``, the curves).
 
-Two scales: ``paper`` (``configs/cm_*.toml``, the paper's models and recipe) and ``cpu``
-(``configs/cpu_table1/``, the same seven contrasts scaled down to run on a laptop CPU in
-about an hour). Resumable: a finished run is not redone, an interrupted one resumes from
+Two scales: ``paper`` (``architecture.VARIANTS``, which ``configs/cm_*.toml`` hold: the
+paper's models and recipe) and ``cpu`` (``CPU_SCALE``, the same seven contrasts scaled down
+alike to run on a laptop CPU in about an hour). Resumable: a finished run is not redone, an interrupted one resumes from
 its checkpoint. Figures are drawn by ``report``.
 """
 
@@ -16,15 +16,19 @@ import time
 
 import numpy as np
 
-from cmxl_keras import report, runs
-from cmxl_keras.architecture import ARCH_KEYS
+from cmxl_keras import config, report, runs
+from cmxl_keras.architecture import ARCH_KEYS, VARIANTS
 from cmxl_keras.errors import ConfigError, RunError
 
-# Table 1's order.
-TABLE1 = ("cm_vanilla_noaug", "cm_vanilla", "cm_vanilla_relu", "cm_vanilla_silu",
-          "cm_xl_noskip", "cm_xl_skip", "cm_xl")
-# Where each scale's seven configs live, under configs/ (a name for config.load).
-SCALES = {"paper": "{variant}", "cpu": "cpu_table1/{variant}"}
+TABLE1 = tuple(VARIANTS)  # Table 1's rows, in its order
+SCALES = ("paper", "cpu")
+# The CPU scale: the one change made to every Table-1 row, so that the seven run on a
+# laptop CPU in about an hour; the recipe, the seed and the split stay the paper's.
+# ConvMixer-64 with 4x4 patches (8x8 tokens), 20 epochs on 5,000 training images with
+# 2,500 validation images carved from train; the deep rows at half the paper's depth
+# (33 = 3 groups of 11 layers, against 66 = 3 x 22), the vanilla rows keep their 8.
+CPU_SCALE = dict(width=64, patch_size=4, epochs=20, limit_train=5000, val_from_train=2500)
+CPU_DEPTH = {66: 33}
 # The paper's three findings, as (what, better row, worse row): the better row's top-1
 # minus the worse row's is the finding's gap.
 FINDINGS = (
@@ -52,6 +56,19 @@ def parse_seeds(text):
     return seeds
 
 
+def scaled_config(variant, scale):
+    """Table 1's row ``variant`` (``architecture.VARIANTS`` with the reference's seed and
+    split: ``config.variant_config``, which ``configs/<variant>.toml`` holds) at ``scale``."""
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
+    cfg = config.variant_config(variant)
+    if scale == "cpu":
+        cfg = config.merge(cfg, dict(CPU_SCALE, name=f"cpu_{variant}",
+                                     depth=CPU_DEPTH.get(cfg.depth, cfg.depth)),
+                           source="the CPU scale")
+    return cfg
+
+
 def run_folder(out_dir, variant, seed=None):
     """``<out>/<variant>`` for the config's own seed, ``<out>/<variant>-seed<seed>`` for each
     seed of ``--seeds``."""
@@ -61,8 +78,6 @@ def run_folder(out_dir, variant, seed=None):
 def check_finished(run_dir, cfg):
     """Refuses to reuse a finished run made with other settings (say an earlier ablation
     with other --epochs in the same --out): it is neither counted nor overwritten."""
-    from cmxl_keras import config
-
     saved = config.load_saved(run_dir)
     diffs = [f"{key} {was!r} (asked: {now!r})"
              for key, was, now in config.differing(saved, cfg, RUN_KEYS)]
@@ -104,14 +119,10 @@ def run(overrides, out_dir="ablation", scale="paper", seeds=None, argv=(), log=p
 
 def planned_runs(overrides, out_dir, scale, seeds):
     """``{variant: [(seed or None, config, run folder), ...]}`` in Table 1's order. Every
-    config file is read, and every finished run checked, before the first run starts."""
-    from cmxl_keras import config
-
-    if scale not in SCALES:
-        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
+    config is made, and every finished run checked, before the first run starts."""
     plan = {}
     for variant in TABLE1:
-        base = config.merge(config.load(SCALES[scale].format(variant=variant)), overrides,
+        base = config.merge(scaled_config(variant, scale), overrides,
                             source="the ablation options")
         plan[variant] = []
         for seed in seeds or (None,):
@@ -159,7 +170,7 @@ def _run(plan, overrides, out_dir, scale, seeds, argv, log):
         top1, std = mean_std(per_seed)
         paper = architecture.VARIANTS[variant]["paper_top1"]
         rows.append({
-            "name": variant, "config": SCALES[scale].format(variant=variant),
+            "name": variant, "config": cfg.name,
             "params": architecture.count_params(cfg.width, cfg.depth, cfg.patch_size,
                                                 cfg.kernel_size, cfg.num_classes),
             "width": cfg.width, "depth": cfg.depth, "skip_period": cfg.skip_period,

@@ -35,9 +35,12 @@ def test_mean_and_sample_std_of_the_seeds():
 
 
 def test_every_scale_has_the_seven_rows_and_the_cpu_scale_shrinks_them_alike():
+    assert ablation.TABLE1 == ("cm_vanilla_noaug", "cm_vanilla", "cm_vanilla_relu",
+                               "cm_vanilla_silu", "cm_xl_noskip", "cm_xl_skip", "cm_xl")
     for variant in ablation.TABLE1:
-        paper = config.load(ablation.SCALES["paper"].format(variant=variant))
-        cpu = config.load(ablation.SCALES["cpu"].format(variant=variant))
+        paper = ablation.scaled_config(variant, "paper")
+        assert paper == config.load(variant)  # configs/<variant>.toml
+        cpu = ablation.scaled_config(variant, "cpu")
         spec = architecture.VARIANTS[variant]
         assert {key: getattr(paper, key) for key in architecture.ARCH_KEYS} == {
             key: spec[key] for key in architecture.ARCH_KEYS} and paper.aug == spec["aug"]
@@ -85,7 +88,7 @@ DEPTH = 3
 
 def row_activation(name):
     """Each Table-1 row's activation, from its CPU-scale config."""
-    return config.load(ablation.SCALES["cpu"].format(variant=name)).activation
+    return ablation.scaled_config(name, "cpu").activation
 
 
 @pytest.mark.slow

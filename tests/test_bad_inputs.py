@@ -69,11 +69,11 @@ def _bare_run(root):
 
 def _finished_ablation(root):
     """An ablation folder whose first run finished with other epochs than the CPU scale's."""
-    from cmxl_keras import config
+    from cmxl_keras import ablation
 
     run = root / "ablation" / "cm_vanilla_noaug"
     run.mkdir(parents=True)
-    cfg = config.load("cpu_table1/cm_vanilla_noaug").replace(epochs=1)
+    cfg = ablation.scaled_config("cm_vanilla_noaug", "cpu").replace(epochs=1)
     (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     (run / "results.json").write_text("{}")
     return root / "ablation"

@@ -159,3 +159,47 @@ def test_no_private_name_crosses_a_module_boundary():
                      and node.value.id in MODULES and node.attr.startswith("_")
                      and not node.attr.startswith("__")]
     assert not crossing, crossing
+
+
+def _literal(text):
+    """A default as docs/configuration.md writes it (`gelu`, "", true, 0.75) -> a value."""
+    text = text.strip().strip("`")
+    if text in ('""', "''"):
+        return ""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def test_the_configuration_page_lists_every_config_field_with_its_default():
+    """docs/configuration.md's table against ``Config`` itself: every field a row, no row
+    without a field, and each default as the dataclass has it (a row of several keys
+    lists their defaults in order, or one value and "each")."""
+    import dataclasses
+
+    from cmxl_keras.config import Config
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    documented = {}
+    for line in read(os.path.join(ROOT, "docs", "configuration.md")).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        keys = re.findall(r"`(\w+)`", cells[0]) if len(cells) >= 3 else []
+        if not keys or cells[0] == "key":
+            continue
+        values = cells[1].split(", ")
+        if cells[1].endswith(" each"):
+            values = [cells[1][:-len(" each")]] * len(keys)
+        for key, value in zip(keys, values if len(values) == len(keys) else [None] * len(keys)):
+            documented[key] = value
+    assert set(documented) == set(defaults), set(documented) ^ set(defaults)
+    # `name`'s default is written as the rule that names a run ("from the architecture").
+    for key, value in documented.items():
+        if key != "name":
+            assert value is not None, key
+            expected = defaults[key]
+            expected = float(expected) if isinstance(expected, (int, float)) and not isinstance(
+                expected, bool) else expected
+            assert _literal(value) == expected, (key, value, defaults[key])

@@ -160,29 +160,14 @@ def resolve_config(config_file, overrides, base=None, **flags):
 @user_errors
 def info(config_file, overrides, variant, summary, as_json, **flags):
     """Model summary, parameter counts and FLOPs of a config or Table-1 variant."""
-    from cmxl_keras import architecture, config
+    from cmxl_keras import config
 
-    if variant:
-        if variant not in architecture.VARIANTS:
-            raise config.ConfigError(
-                f"unknown variant {variant!r}; choose one of "
-                f"{', '.join(architecture.VARIANTS)}.")
-        base = config.variant_config(variant)
-        changes = {k: v for k, v in flags.items() if v is not None}
-        for text in overrides:
-            key, value = config.parse_override(text)
-            changes[key] = value
-        cfg = config.merge(base, changes, source="the command line")
-    else:
-        cfg = resolve_config(config_file, overrides, **flags)
+    base = config.variant_config(variant) if variant else None  # checks the name
+    cfg = resolve_config(None if variant else config_file, overrides, base=base, **flags)
 
     from cmxl_keras import models
 
-    model = models.build_convmixer(
-        width=cfg.width, depth=cfg.depth, patch_size=cfg.patch_size,
-        kernel_size=cfg.kernel_size, num_classes=cfg.num_classes, activation=cfg.activation,
-        skip_period=cfg.skip_period, input_shape=(cfg.image_size, cfg.image_size, 3),
-        name=cfg.name)
+    model = models.from_config(cfg)
     if summary:
         model.summary(line_length=110)
     trainable = models.trainable_param_count(model)
@@ -467,11 +452,8 @@ def ablation(scale, seeds, epochs, limit_train, data_dir, val_from_train, overri
     """Train the seven Table-1 configurations; resumable; writes results.md/json."""
     from cmxl_keras import ablation as ablation_lib, config
 
-    changes = {k: v for k, v in dict(epochs=epochs, limit_train=limit_train, data_dir=data_dir,
-                                     val_from_train=val_from_train).items() if v is not None}
-    for text in overrides:
-        key, value = config.parse_override(text)
-        changes[key] = value
+    changes = config.command_line_changes(overrides, epochs=epochs, limit_train=limit_train,
+                                          data_dir=data_dir, val_from_train=val_from_train)
     config.merge(config.Config(), changes, source="the ablation options")  # fail fast
     seed_list = ablation_lib.parse_seeds(seeds) if seeds is not None else None
     if seed_list and "seed" in changes:

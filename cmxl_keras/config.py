@@ -364,6 +364,14 @@ def from_dict(data, source="a saved config"):
     return merge(Config(), data, source=source)
 
 
+def command_line_changes(overrides=(), **flags):
+    """The flags given (not None), then the ``--set key=value`` overrides over them, as
+    one dict of typed values (unchecked: ``merge`` checks them)."""
+    changes = {key: value for key, value in flags.items() if value is not None}
+    changes.update(parse_override(text) for text in overrides)
+    return changes
+
+
 def resolve(config_file=None, overrides=(), base=None, **flags):
     """The CLI's view: base (defaults) <- config file <- flags (not None) <- ``--set``.
 
@@ -375,10 +383,7 @@ def resolve(config_file=None, overrides=(), base=None, **flags):
         path, data = read_toml(config_file)
         config = merge(config, data, source=f"config file {path!r}")
         named = named or "name" in data
-    changes = {key: value for key, value in flags.items() if value is not None}
-    for text in overrides:
-        key, value = parse_override(text)
-        changes[key] = value
+    changes = command_line_changes(overrides, **flags)
     config = merge(config, changes, source="the command line")
     if not (named or "name" in changes):
         config = config.replace(name=architecture_name(config))
@@ -442,6 +447,7 @@ def variant_config(variant):
     return merge(Config(), changes)
 
 
-__all__ = ["Config", "ConfigError", "architecture_name", "load", "load_saved", "merge",
+__all__ = ["Config", "ConfigError", "architecture_name", "command_line_changes", "load",
+           "load_saved", "merge",
            "parse_override", "read_toml", "resolve", "validate", "variant_config",
            "from_dict"]

@@ -23,8 +23,8 @@ import keras
 from keras import layers
 
 from cmxl_keras.architecture import (  # noqa: F401  (re-exported: one place to import from)
-    ACTIVATIONS, ARCH_KEYS, CIFAR_MEAN, CIFAR_STD, VARIANTS, check_architecture, count_macs,
-    count_params)
+    ACTIVATIONS, ARCH_KEYS, CIFAR_MEAN, CIFAR_STD, DATASETS, VARIANTS, check_architecture,
+    count_macs, count_params)
 
 # PyTorch's BatchNorm2d defaults. PyTorch's momentum 0.1 weighs the *new* batch
 # statistic; Keras' momentum weighs the *old* moving value, so 0.1 there is 0.9
@@ -232,6 +232,17 @@ def build_convmixer(width=256, depth=8, patch_size=2, kernel_size=5, num_classes
     else:
         outputs = x
     return keras.Model(inputs, outputs, name=name or f"convmixer_{width}_{depth}")
+
+
+def from_config(cfg, sync_bn=False):
+    """The model a run's config (``config.Config``) describes: its architecture, its
+    initialization and its dataset's normalization."""
+    stats = DATASETS[cfg.dataset]
+    return build_convmixer(
+        width=cfg.width, depth=cfg.depth, patch_size=cfg.patch_size,
+        kernel_size=cfg.kernel_size, num_classes=cfg.num_classes, activation=cfg.activation,
+        skip_period=cfg.skip_period, input_shape=(cfg.image_size, cfg.image_size, 3),
+        name=cfg.name, sync_bn=sync_bn, init=cfg.init, mean=stats["mean"], std=stats["std"])
 
 
 def build_variant(variant, num_classes=10, input_shape=(32, 32, 3), **overrides):

@@ -92,14 +92,9 @@ def build_model(cfg, sync_bn=False, augmentation=()):
     are the model's, in the same order)."""
     import keras
 
-    from cmxl_keras import architecture, models
+    from cmxl_keras import models
 
-    stats = architecture.DATASETS[cfg.dataset]
-    model = models.build_convmixer(
-        width=cfg.width, depth=cfg.depth, patch_size=cfg.patch_size,
-        kernel_size=cfg.kernel_size, num_classes=cfg.num_classes, activation=cfg.activation,
-        skip_period=cfg.skip_period, input_shape=(cfg.image_size, cfg.image_size, 3),
-        name=cfg.name, sync_bn=sync_bn, init=cfg.init, mean=stats["mean"], std=stats["std"])
+    model = models.from_config(cfg, sync_bn=sync_bn)
     if not augmentation:
         return model
     inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")

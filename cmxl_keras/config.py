@@ -447,7 +447,6 @@ def variant_config(variant):
     return merge(Config(), changes)
 
 
-__all__ = ["Config", "ConfigError", "architecture_name", "command_line_changes", "load",
-           "load_saved", "merge",
-           "parse_override", "read_toml", "resolve", "validate", "variant_config",
-           "from_dict"]
+__all__ = ["Config", "ConfigError", "architecture_name", "command_line_changes", "from_dict",
+           "load", "load_saved", "merge", "parse_override", "read_toml", "resolve", "validate",
+           "variant_config"]

@@ -109,14 +109,25 @@ def cases(cifar_images):
     return _cases(len(cifar_images))
 
 
+# Each stage's own random draws, for the draw tests: name -> (AugmentSpec fields, images).
+DRAWN = {"randaugment": (dict(OFF, randaugment_ops=2), 4000),
+         "crop": (dict(OFF, crop_scale=CROP_SCALE), 20000),
+         "flip": (dict(OFF, flip=True), 20000),
+         "jitter": (dict(OFF, jitter=JITTER), 20000),
+         "erasing": (dict(OFF, erase_prob=0.2), 20000)}
+
+
 @pytest.fixture(scope="module")
 def jax_outputs(cifar_images, cases, tmp_path_factory):
-    """Every case through the device form under the JAX backend, in one process."""
+    """Every case through the device form under the JAX backend, and every stage's own
+    draws there, in one process: ``{"pixels": {case: images}, "draws": {stage: draws}}``."""
     folder = tmp_path_factory.mktemp("jax")
     arrays, listed = {"images": cifar_images}, []
     for k, (name, (fields, draws)) in enumerate(cases.items()):
         listed.append({"fields": fields, "images": "images", "draws": list(draws), "seed": 3})
         arrays.update({f"{k}-{d}": v for d, v in draws.items()})
+    listed += [{"fields": fields, "count": count, "seed": 3}
+               for fields, count in DRAWN.values()]
     np.savez(folder / "in.npz", cases=np.array(json.dumps(listed)), **arrays)
     done = run_process([sys.executable, os.path.join(ROOT, "tests", "keras_stages.py"),
                         folder / "in.npz", folder / "out.npz"],
@@ -124,14 +135,18 @@ def jax_outputs(cifar_images, cases, tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(folder / "out.npz") as loaded:
         assert str(loaded["backend"]) == "jax"
-        return {name: loaded[f"out{k}"] for k, name in enumerate(cases)}
+        pixels = {name: loaded[f"out{k}"] for k, name in enumerate(cases)}
+        draws = {stage: {key.split("-", 1)[1]: loaded[key] for key in loaded.files
+                         if key.startswith(f"out{k}-")}
+                 for k, stage in enumerate(DRAWN, start=len(cases))}
+    return {"pixels": pixels, "draws": draws}
 
 
 def _stage(form, name, images, cases, request):
     """Case ``name`` (forced draws) on ``images`` through the stage of ``form``."""
     fields, draws = cases[name]
     if form == "jax":
-        return request.getfixturevalue("jax_outputs")[name]
+        return request.getfixturevalue("jax_outputs")["pixels"][name]
     run = _tf_data_stage if form == "tf.data" else keras_stages.device_stage
     return run(fields, images, draws, seed=3)
 
@@ -175,26 +190,24 @@ def test_every_op_matches_torchvision_on_real_images(form, cifar_images, torchvi
                 assert np.any(theirs != cifar_images), name
 
 
-def _stage_layer(form, fields, seed=3):
-    spec = AugmentSpec(**fields)
-    return (augment.keras_cv_stages(spec, seed=seed) if form == "tf.data"
-            else augment.keras_layers(spec, seed=seed))[0]
-
-
-def _draws(form, fields, count):
-    """``count`` images' draws from the stage's own random generator in ``form``."""
-    layer = _stage_layer(form, fields)
-    drawn = (layer.get_random_transformation_batch(count) if form == "tf.data"
-             else layer.draws(count))
+def _draws(form, stage, request):
+    """The draws of ``DRAWN[stage]`` from the stage's own random generator in ``form``."""
+    if form == "jax":
+        return request.getfixturevalue("jax_outputs")["draws"][stage]
+    fields, count = DRAWN[stage]
+    if form == "device":
+        return keras_stages.device_draws(fields, count, seed=3)
+    (layer,) = augment.keras_cv_stages(AugmentSpec(**fields), seed=3)
+    drawn = layer.get_random_transformation_batch(count)
     return {name: np.asarray(value) for name, value in drawn.items()}
 
 
-@pytest.mark.parametrize("form", ["tf.data", "device"])
-def test_ops_and_signs_are_drawn_per_image_uniformly(form):
+@pytest.mark.parametrize("form", FORMS)
+def test_ops_and_signs_are_drawn_per_image_uniformly(form, request):
     """The draws of each form, through the mapping ``randaugment.run`` uses: every op
     (Identity among them) 1/14 of the time, both signs 1/2, on 2 x 4,000 draws."""
-    n = 4000
-    drawn = _draws(form, dict(OFF, randaugment_ops=2), n)
+    n = DRAWN["randaugment"][1]
+    drawn = _draws(form, "randaugment", request)
     op, sign = (np.asarray(v) for v in randaugment.choices(keras.ops, drawn["op"],
                                                            drawn["sign"]))
     assert op.shape == (2, n)
@@ -264,13 +277,13 @@ def test_the_crop_equals_torchvisions_for_the_same_box(form, cifar_images, torch
     assert np.all(np.abs(cropped[~whole] - x[~whole]).max(axis=(1, 2, 3)) > 10)
 
 
-@pytest.mark.parametrize("form", ["tf.data", "device"])
-def test_the_crop_is_drawn_as_torchvision_draws_it(form, torchvision_crops):
+@pytest.mark.parametrize("form", FORMS)
+def test_the_crop_is_drawn_as_torchvision_draws_it(form, torchvision_crops, request):
     """Boxes (side, top, left) from each form's own random draws against 20,000 drawn by
     torchvision's RandomResizedCrop: the 55 possible boxes equally frequent on both sides
     (two-sample chi-square, 54 degrees of freedom, p = 0.001)."""
-    n = 20000
-    u = _draws(form, dict(OFF, crop_scale=CROP_SCALE), n)
+    n = DRAWN["crop"][1]
+    u = _draws(form, "crop", request)
     ours = np.stack([np.asarray(v) for v in crop.boxes(keras.ops, u["area"], u["top"],
                                                        u["left"], CROP_SCALE, 32)], 1)
     theirs = torchvision_crops["draws"]
@@ -302,11 +315,11 @@ def test_the_flip_is_torchvisions_mirror(form, cifar_images, torchvision_flips, 
                                                  torchvision_flips["flipped"], cifar_images))
 
 
-@pytest.mark.parametrize("form", ["tf.data", "device"])
-def test_the_flip_is_drawn_at_torchvisions_rate(form, torchvision_flips):
+@pytest.mark.parametrize("form", FORMS)
+def test_the_flip_is_drawn_at_torchvisions_rate(form, torchvision_flips, request):
     """Each form's own 20,000 draws against RandomHorizontalFlip's own 20,000."""
-    n = 20000
-    rate = np.mean(_draws(form, dict(OFF, flip=True), n)["flip"] < 0.5)
+    n = DRAWN["flip"][1]
+    rate = np.mean(_draws(form, "flip", request)["flip"] < 0.5)
     theirs = torchvision_flips["draws"].mean()
     assert abs(theirs - 0.5) < 0.02  # the reference itself, as a check
     assert abs(rate - theirs) < 4.5 * np.sqrt(0.25 / n * 2), (rate, theirs)
@@ -338,15 +351,15 @@ def test_the_jitter_equals_torchvisions_for_the_same_factors_and_order(
     assert np.abs(theirs - cifar_images).mean() > 3  # the jitter changed these images
 
 
-@pytest.mark.parametrize("form", ["tf.data", "device"])
-def test_the_jitter_is_drawn_as_torchvision_draws_it(form, torchvision_jitter):
+@pytest.mark.parametrize("form", FORMS)
+def test_the_jitter_is_drawn_as_torchvision_draws_it(form, torchvision_jitter, request):
     """Each form's own draws against 20,000 of ColorJitter.get_params: the 6 orders
     equally frequent on both sides (chi-square), each factor's distribution the same
     (two-sample Kolmogorov-Smirnov), at p = 0.001."""
     from scipy import stats
 
-    n = 20000
-    drawn = _draws(form, dict(OFF, jitter=JITTER), n)
+    n = DRAWN["jitter"][1]
+    drawn = _draws(form, "jitter", request)
     orders = np.asarray(jitter.orders(keras.ops, drawn["order"]))
     theirs = [jitter.ORDERS.index(tuple(o)) for o in torchvision_jitter["orders"].tolist()]
     assert set(theirs) == set(range(6)) and set(orders.tolist()) == set(range(6))
@@ -384,13 +397,14 @@ def test_erasing_equals_torchvisions_for_the_same_boxes(form, cifar_images,
     assert np.all(np.any(ours != cifar_images, axis=(1, 2, 3)) == erased)
 
 
-@pytest.mark.parametrize("form", ["tf.data", "device"])
-def test_erasing_is_drawn_as_torchvision_draws_it(form, torchvision_erasing):
+@pytest.mark.parametrize("form", FORMS)
+def test_erasing_is_drawn_as_torchvision_draws_it(form, torchvision_erasing, request):
     """Boxes from each form's own draws (p = 0.2) against 20,000 of RandomErasing's own:
-    the erase rate, and the boxes' heights, widths, tops and lefts distributed alike
-    (chi-square, p = 0.001)."""
-    n = 20000
-    drawn = _draws(form, dict(OFF, erase_prob=0.2), n)
+    the erase rate; the boxes' tops, lefts, heights and widths, their area (height x
+    width) and aspect (height / width), and the (height, width) pairs distributed alike
+    (two-sample chi-square, rare cells pooled, p = 0.001)."""
+    n = DRAWN["erasing"][1]
+    drawn = _draws(form, "erasing", request)
     ours = np.stack([np.asarray(v) for v in erasing.boxes(keras.ops, drawn, 0.2, 32, 32)],
                     1).astype(np.int64)
     theirs = torchvision_erasing[1]["draws"]
@@ -400,6 +414,10 @@ def test_erasing_is_drawn_as_torchvision_draws_it(form, torchvision_erasing):
     ours, theirs = ours[ours[:, 2] > 0], theirs[theirs[:, 2] > 0]
     for k, part in enumerate(("top", "left", "height", "width")):
         assert _same_distribution(ours[:, k], theirs[:, k]) > 0.001, part
+    for part, of in {"area": lambda b: b[:, 2] * b[:, 3],
+                     "aspect": lambda b: b[:, 2] / b[:, 3],  # equal ratios: equal floats
+                     "height and width": lambda b: b[:, 2] * 100 + b[:, 3]}.items():
+        assert _same_distribution(of(ours), of(theirs)) > 0.001, part
     assert ours[:, 2].min() <= 3 and ours[:, 2].max() >= 30  # the whole range of sides
 
 

@@ -57,6 +57,8 @@ import contextlib
 import dataclasses
 import functools
 
+import numpy as np
+
 from cmxl_keras import randaugment, transforms
 from cmxl_keras.architecture import CIFAR_MEAN, DATASETS
 
@@ -88,11 +90,16 @@ class AugmentSpec:
     num_classes: int = 10
 
     @classmethod
+    def none(cls, image_size=32, num_classes=10):
+        """Every stage off."""
+        return cls(image_size=image_size, crop_scale=None, flip=False, randaugment_ops=0,
+                   jitter=(0.0, 0.0, 0.0), erase_prob=0.0, cutmix_prob=0.0, mixup_prob=0.0,
+                   num_classes=num_classes)
+
+    @classmethod
     def from_config(cls, cfg):
         if cfg.aug == "none":
-            return cls(image_size=cfg.image_size, crop_scale=None, flip=False,
-                       randaugment_ops=0, jitter=(0.0, 0.0, 0.0), erase_prob=0.0,
-                       cutmix_prob=0.0, mixup_prob=0.0, num_classes=cfg.num_classes)
+            return cls.none(cfg.image_size, cfg.num_classes)
         crop = (cfg.crop_scale_min, cfg.crop_scale_max)
         mean = DATASETS[cfg.dataset]["mean"]
         return cls(image_size=cfg.image_size, erase_fill=tuple(255.0 * m for m in mean),
@@ -266,8 +273,9 @@ def build_tf_augmenter(spec, seed=None):
 # The same stages as Keras layers, for backends without tf.data (JAX, PyTorch) or to
 # augment on the accelerator: they sit in front of the model during training only
 # (``train`` saves models without them) and draw per image from Keras' seeded RNG. The
-# stages are the same ``Stage`` functions as the tf.data form's. tests/test_augment.py measures how the two forms agree stage
-# by stage, and tests/test_reference.py compares both with torchvision.
+# stages are the same ``Stage`` functions as the tf.data form's. tests/test_augment.py
+# measures how the two forms agree stage by stage, and tests/test_reference.py compares
+# both with torchvision.
 @functools.cache
 def _device_stage_layer():
     import keras
@@ -283,9 +291,20 @@ def _device_stage_layer():
             self.seed_generator = keras.random.SeedGenerator(seed)
 
         def draws(self, batch):
-            """This batch's uniform draws in [0, 1), by name."""
+            """This batch's uniform draws in [0, 1), by name: one draw of the seed
+            generator each."""
             return {name: keras.random.uniform(shape, 0.0, 1.0, seed=self.seed_generator)
                     for name, shape in self.stage.shapes(batch).items()}
+
+        def start_at(self, step):
+            """Makes the next batch draw what training step ``step`` draws in a run that
+            started at 0: each step draws the generator once per name, so after ``step``
+            steps its state is ``[seed, step x names]``. (Set before every ``fit``, as
+            the generator's state is not in a checkpoint.)"""
+            state = self.seed_generator.state
+            seed = keras.ops.convert_to_numpy(state.value)[0]
+            names = len(self.stage.shapes(1))
+            state.assign(np.array([seed, step * names], dtype=state.dtype))
 
         def call(self, images, training=None):
             if not training:
@@ -313,6 +332,12 @@ def keras_layers(spec, seed=None):
     layer = _device_stage_layer()
     return [layer(written[name], seed=transforms.stage_seed(seed, name), name=f"aug_{name}")
             for name in transforms.ORDER if name in written]
+
+
+def start_keras_layers(stages, step):
+    """Sets every layer of ``keras_layers`` to draw training step ``step``'s draws next."""
+    for stage in stages:
+        stage.start_at(step)
 
 
 def apply_keras_layers(stages, images):

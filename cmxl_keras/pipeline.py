@@ -1,10 +1,16 @@
-"""tf.data input pipelines over decoded arrays: order, batch, augment in parallel, prefetch.
+"""Input pipelines over decoded arrays: the order of the training images, batches, and
+(in tf.data) augmentation in parallel and prefetch.
 
 The arrays are decoded once (``data.py``) and held in memory, so there is nothing to
 cache: each training batch gathers its images from the arrays by the indices of
 ``training_order``. Augmentation runs after ``batch`` because keras-cv's layers vectorize
-over a batch while drawing per image.
+over a batch while drawing per image. Backends without tf.data (JAX, PyTorch) get the
+training batches from ``ArrayBatches``, a Keras ``PyDataset`` with an order of the same
+kind drawn by NumPy.
 """
+
+import keras
+import numpy as np
 
 from cmxl_keras.augment import AugmentSpec, build_tf_augmenter
 
@@ -84,3 +90,48 @@ def eval_dataset(split, batch_size, one_hot=False, num_classes=10):
     if one_hot:
         ds = ds.map(_one_hot(num_classes))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class NumpyOrder:
+    """``training_order`` drawn by NumPy (for hosts without TensorFlow): pass ``k`` over
+    the ``n`` images is the permutation of ``default_rng((seed, k))``, so the batch of a
+    step depends on (seed, step) alone. (Not the same permutations as TensorFlow's.)"""
+
+    def __init__(self, n, seed):
+        self.n, self.seed, self._pass = n, seed, (None, None)
+
+    def permutation(self, k):
+        if self._pass[0] != k:  # steps come in order: one pass held at a time
+            self._pass = (k, np.random.default_rng((self.seed, k)).permutation(self.n))
+        return self._pass[1]
+
+    def batch(self, step, batch_size):
+        """The image indices of training step ``step``: every batch full, running on
+        into the next pass where one ends."""
+        start, parts = step * batch_size, []
+        while start < (step + 1) * batch_size:
+            k, within = divmod(start, self.n)
+            part = self.permutation(k)[within:within + (step + 1) * batch_size - start]
+            parts.append(part)
+            start += len(part)
+        return np.concatenate(parts)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """``steps`` training batches ``(float32 images, labels)`` from step ``start_step``
+    on, in ``NumpyOrder``: a run resumed at step ``s`` gets the batches an uninterrupted
+    run gets from ``s`` on. Pass ``shuffle=False`` to ``fit`` (Keras would shuffle the
+    batches)."""
+
+    def __init__(self, images, labels, batch_size, seed, start_step, steps):
+        super().__init__()
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.start_step, self.steps = start_step, steps
+        self.order = NumpyOrder(len(images), seed)
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, i):
+        index = self.order.batch(self.start_step + i, self.batch_size)
+        return self.images[index].astype(np.float32), self.labels[index]

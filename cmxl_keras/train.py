@@ -415,10 +415,12 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
     epoch, skip = divmod(start_step, steps)
     if skip and epoch < cfg.epochs:  # finish the interrupted epoch first
         running = callbacks.ResumeEpochMetrics(restored.get("epoch_metrics"))
+        augment.start_keras_layers(stages, start_step)
         model.fit(**data_args["fit"](start_step), epochs=epoch + 1, initial_epoch=epoch,
                   steps_per_epoch=steps - skip, callbacks=[running] + cbs, verbose=verbose)
         epoch += 1
     if state.stop_reason is None and epoch < cfg.epochs:
+        augment.start_keras_layers(stages, epoch * steps)
         model.fit(**data_args["fit"](epoch * steps), epochs=cfg.epochs, initial_epoch=epoch,
                   steps_per_epoch=steps, callbacks=cbs, verbose=verbose)
     if writer is not None:
@@ -430,36 +432,46 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
 def _inputs(cfg, splits, spec, one_hot, stages):
     """``{"fit": start step -> model.fit's data arguments, "grid": batches to draw the
     augmentation grid from}`` for the config's pipeline. Each ``fit`` call iterates its
-    data afresh, so each gets the stream from the step it starts at."""
+    data afresh, so each gets the stream from the step it starts at: a resumed run sees
+    the batches an uninterrupted one sees. The device pipeline's batches come
+    unaugmented (its stages are in the model): from tf.data on TensorFlow, else from
+    ``pipeline.ArrayBatches``."""
+    import keras
     import numpy as np
 
     from cmxl_keras import pipeline
 
-    if cfg.pipeline == "tf.data":
+    if cfg.pipeline == "tf.data" or keras.backend.backend() == "tensorflow":
+        fed = spec if cfg.pipeline == "tf.data" else augment.AugmentSpec.none(
+            cfg.image_size, cfg.num_classes)
+
         def train_ds(start_step):
-            return pipeline.train_dataset(splits.train, cfg.batch_size, spec, seed=cfg.seed,
+            return pipeline.train_dataset(splits.train, cfg.batch_size, fed, seed=cfg.seed,
                                           deterministic=cfg.deterministic, repeat=True,
                                           one_hot=one_hot, num_classes=cfg.num_classes,
                                           start_step=start_step)
 
         val_ds = pipeline.eval_dataset(splits.val, cfg.batch_size, one_hot=one_hot,
                                        num_classes=cfg.num_classes)
-        return {"fit": lambda start: dict(x=train_ds(start), validation_data=val_ds,
-                                          shuffle=False),
-                "grid": train_ds(0)}
-    # device: decoded arrays go to fit as they are; Keras batches and shuffles them.
+        fit = lambda start: dict(x=train_ds(start), validation_data=val_ds,  # noqa: E731
+                                 shuffle=False)
+        if cfg.pipeline == "tf.data":
+            return {"fit": fit, "grid": train_ds(0)}
+    else:
+        def labels(split):
+            y = split.labels.astype(np.int32)
+            return np.eye(cfg.num_classes, dtype=np.float32)[y] if one_hot else y
 
-    def labels(split):
-        y = split.labels.astype(np.int32)
-        return np.eye(cfg.num_classes, dtype=np.float32)[y] if one_hot else y
-
-    x_train = splits.train.images.astype(np.float32)
-    sample = x_train[:64]
+        total = cfg.epochs * steps_per_epoch(len(splits.train), cfg)
+        train_labels, val = labels(splits.train), (splits.val.images.astype(np.float32),
+                                                   labels(splits.val))
+        fit = lambda start: dict(  # noqa: E731
+            x=pipeline.ArrayBatches(splits.train.images, train_labels, cfg.batch_size,
+                                    cfg.seed, start, total - start),
+            validation_data=val, validation_batch_size=cfg.batch_size, shuffle=False)
+    sample = splits.train.images[:64].astype(np.float32)
     grid = [(augment.apply_keras_layers(stages, sample) if stages else sample, None)]
-    arrays = dict(x=x_train, y=labels(splits.train), batch_size=cfg.batch_size, shuffle=True,
-                  validation_batch_size=cfg.batch_size,
-                  validation_data=(splits.val.images.astype(np.float32), labels(splits.val)))
-    return {"fit": lambda start: arrays, "grid": grid}
+    return {"fit": fit, "grid": grid}
 
 
 def _has_tensorflow():

@@ -84,14 +84,20 @@ def test_train_pipeline_is_deterministic_for_a_seed_in_deterministic_mode():
     assert sorted(np.concatenate(first)) == sorted(split.labels)  # every image once
 
 
-def test_a_resumed_training_stream_continues_the_uninterrupted_one():
+@pytest.mark.parametrize("form", ["tf.data", "ArrayBatches"])
+def test_a_resumed_training_stream_continues_the_uninterrupted_one(form):
     """The order is a function of (seed, pass) alone: started at step s (a resume), the
     stream gives the uninterrupted stream's batches from step s on, across pass edges
-    (10 images, batches of 4); each pass is a permutation, and passes differ."""
+    (10 images, batches of 4); each pass is a permutation, and passes differ. In both
+    forms: tf.data's, and the ``PyDataset`` of backends without tf.data."""
     split = Split(random_images(10), np.arange(10, dtype=np.int32))
     spec = AugmentSpec(**OFF)
 
     def labels(start, count, seed=3):
+        if form == "ArrayBatches":
+            ds = pipeline.ArrayBatches(split.images, split.labels, 4, seed, start, count)
+            assert len(ds) == count and ds[0][0].dtype == np.float32
+            return [list(ds[i][1]) for i in range(count)]
         ds = pipeline.train_dataset(split, 4, spec, seed=seed, repeat=True, start_step=start,
                                     deterministic=True)
         return [list(np.asarray(y)) for _, y in ds.take(count)]
@@ -125,6 +131,24 @@ def test_a_resumed_stream_is_augmented_as_the_uninterrupted_one():
             np.testing.assert_array_equal(batch, whole[step])
     other = images(0, 1, seed=4)[0]
     assert not np.array_equal(other, whole[0])
+
+
+def test_device_layers_started_at_a_step_draw_as_the_uninterrupted_run():
+    """The device form's stages set to step s draw what they draw at step s of a run
+    from step 0 (each step's draws come from the seed generator at [seed, s x names]):
+    a resumed run's batches are augmented as the uninterrupted run's."""
+    images = random_images(8).astype(np.float32)
+    stages = augment.keras_layers(AugmentSpec(), seed=3)
+    augment.start_keras_layers(stages, 0)
+    whole = [augment.apply_keras_layers(stages, images) for _ in range(5)]
+    assert not np.array_equal(whole[3], whole[4])
+    for start in (1, 4):
+        resumed = augment.keras_layers(AugmentSpec(), seed=3)
+        augment.apply_keras_layers(resumed, images)  # draws before: the augmentation grid
+        augment.start_keras_layers(resumed, start)
+        for step in range(start, 5):
+            np.testing.assert_array_equal(augment.apply_keras_layers(resumed, images),
+                                          whole[step])
 
 
 def test_crop_scale_bounds():

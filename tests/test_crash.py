@@ -135,6 +135,17 @@ def assert_same_arrays(got, expected, what):
     assert not differ, (what, differ[:5])
 
 
+def _killed_at_write(tmp_path, name, kill_at, args, env=None):
+    """``cli.py ARGS --run-dir tmp_path/name`` SIGKILLed at its ``kill_at``-th write (0:
+    never): (the run folder, the finished process, the writes it made in order)."""
+    run_dir = tmp_path / name
+    log = {"WRITE_LOG": str(tmp_path / f"{name}.writes"), "RUN_DIR": str(run_dir),
+           "KILL_AT": str(kill_at)}
+    child = Child([sys.executable, "-c", KILL_AT_WRITE + CLI_MAIN, *args, "--run-dir",
+                   run_dir], env=dict(env or {}, **log, PYTHONPATH=ROOT))
+    return run_dir, child.wait(600), open(log["WRITE_LOG"]).read().split()
+
+
 def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cifar_dir,
                                                                               tmp_path):
     """Crash safety as storage engines prove it: the same run is killed at its first
@@ -156,12 +167,7 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
              "--set", "checkpoint_every_steps=1"]
 
     def run(name, kill_at):
-        run_dir = tmp_path / name
-        env = {"WRITE_LOG": str(tmp_path / f"{name}.writes"), "RUN_DIR": str(run_dir),
-               "KILL_AT": str(kill_at)}
-        child = Child([sys.executable, "-c", KILL_AT_WRITE + CLI_MAIN, "train", *flags,
-                       "--run-dir", run_dir], env=dict(env, PYTHONPATH=ROOT))
-        return run_dir, child.wait(600), open(env["WRITE_LOG"]).read().split()
+        return _killed_at_write(tmp_path, name, kill_at, ["train", *flags])
 
     whole_dir, whole, writes = run("whole", 0)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -200,3 +206,38 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
     for k, out in enumerate(outputs, start=1):
         started_over = "stopped before its first checkpoint" in out
         assert started_over == (k <= first_checkpoint), (k, writes[k - 1], out[-2000:])
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_the_device_pipeline_resumed_mid_epoch_equals_the_run_left_alone(cifar_dir, tmp_path,
+                                                                          backend):
+    """``pipeline = device`` (every augmentation stage as a layer in front of the model)
+    with ``deterministic = true``, killed just after its checkpoint at step 2 of a 3-step
+    epoch and resumed: the same weights, BatchNorm statistics, optimizer state and metrics
+    as the run left alone, bit for bit. The batches continue from the step (tf.data's
+    order on TensorFlow, ``pipeline.ArrayBatches`` under JAX) and so do the stages' draws
+    (their generators set to the step), across the edges of epochs and of passes over
+    the 64 images (4 batches a pass, 3 steps an epoch)."""
+    env = {"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    args = ["--backend", backend, "train", "--config", "smoke", "--data-dir", cifar_dir,
+            "--epochs", "2", "--steps-per-epoch", "3", "--limit-train", "64",
+            "--val-from-train", "32", "--set", "batch_size=16", "--set", "pipeline=device",
+            "--set", "deterministic=true", "--set", "checkpoint_every_steps=1"]
+    whole_dir, whole, writes = _killed_at_write(tmp_path, "whole", 0, args, env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "(device, Keras layers in front of the model)" in whole.stdout
+    saves = [k for k, name in enumerate(writes, 1) if name == "checkpoints/last.weights.h5"]
+    run_dir, killed, _ = _killed_at_write(tmp_path, "killed", saves[1] + 1, args, env)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = run_cli("--backend", backend, "train", "--resume", run_dir, env=env,
+                      timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at epoch 1, step 2 of 3 (optimizer step 2)" in resumed.stdout
+    last = [runs.checkpoint_paths(str(d))["last"] for d in (run_dir, whole_dir)]
+    assert runs.checkpoint_state(last[0])["step"] == 6
+    assert_same_arrays(h5_arrays(last[0]), h5_arrays(last[1]), "resumed vs left alone")
+    timing = ("epoch_seconds", "train_images_per_second")
+    assert [{k: v for k, v in m.items() if k not in timing}
+            for m in json.load(open(run_dir / "metrics.json"))] == [
+        {k: v for k, v in m.items() if k not in timing}
+        for m in json.load(open(whole_dir / "metrics.json"))]

@@ -282,7 +282,6 @@ def test_the_crop_is_drawn_as_torchvision_draws_it(form, torchvision_crops, requ
     """Boxes (side, top, left) from each form's own random draws against 20,000 drawn by
     torchvision's RandomResizedCrop: the 55 possible boxes equally frequent on both sides
     (two-sample chi-square, 54 degrees of freedom, p = 0.001)."""
-    n = DRAWN["crop"][1]
     u = _draws(form, "crop", request)
     ours = np.stack([np.asarray(v) for v in crop.boxes(keras.ops, u["area"], u["top"],
                                                        u["left"], CROP_SCALE, 32)], 1)
@@ -358,7 +357,6 @@ def test_the_jitter_is_drawn_as_torchvision_draws_it(form, torchvision_jitter, r
     (two-sample Kolmogorov-Smirnov), at p = 0.001."""
     from scipy import stats
 
-    n = DRAWN["jitter"][1]
     drawn = _draws(form, "jitter", request)
     orders = np.asarray(jitter.orders(keras.ops, drawn["order"]))
     theirs = [jitter.ORDERS.index(tuple(o)) for o in torchvision_jitter["orders"].tolist()]

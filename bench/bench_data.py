@@ -65,9 +65,9 @@ def train_rate(cfg, batch, steps):
     import numpy as np
     import tensorflow as tf
 
-    from cmxl_keras import train
+    from cmxl_keras import recipe
 
-    model = train.compile_model(train.build_model(cfg), cfg, steps=1000)
+    model = recipe.compile_model(recipe.build_model(cfg), cfg, steps=1000)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, batch).astype("int32")

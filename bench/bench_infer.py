@@ -44,7 +44,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    from cmxl_keras import export
+    from cmxl_keras import inference
 
     meta = json.load(open(os.path.join(args.export_dir, "metadata.json")))
     size = meta["input"]["shape"][1]
@@ -58,10 +58,10 @@ def main():
         "keras": lambda x: keras_graph(tf.constant(x)).numpy(),
         "saved_model": lambda x: serve(images=tf.constant(x))["probabilities"].numpy(),
     }
-    for kind, name in export.TFLITE_FILES.items():
+    for kind, name in inference.TFLITE_FILES.items():
         path = os.path.join(args.export_dir, name)
         if os.path.isfile(path):
-            forms[kind] = export.TFLiteRunner(path)
+            forms[kind] = inference.TFLiteRunner(path)
     rng = np.random.default_rng(0)
     rows = []
     for form, fn in forms.items():

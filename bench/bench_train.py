@@ -2,7 +2,7 @@
 """Training and inference speed side by side: our Keras/TensorFlow path vs the paper's
 PyTorch model (bench/ref_torch.py), CM-Vanilla and CM-XL, batch 128, in one run.
 
-Ours is the real training step: ``train.build_model`` + ``train.compile_model`` through
+Ours is the real training step: ``recipe.build_model`` + ``recipe.compile_model`` through
 ``model.fit`` (train_step, AdamW on the one-cycle schedule, loss, top-1/top-5 metrics,
 the project's thread settings), fed the batch as arrays; inference is ``model.predict``. Theirs is
 the paper script's step (AdamW, cross-entropy, ``loss.backward()``) and an
@@ -89,10 +89,10 @@ def keras_model(arch, batch, convs_only=False):
     ``ref_torch.convs_only`` does to the reference."""
     import keras
 
-    from cmxl_keras import config, train
+    from cmxl_keras import config, recipe
 
     cfg = config.Config(**arch, batch_size=batch, aug="none")
-    model = train.build_model(cfg)
+    model = recipe.build_model(cfg)
     if convs_only:
         class Skipped(keras.layers.Layer):
             def call(self, inputs, **kwargs):  # takes the call arguments of what it replaces
@@ -117,14 +117,14 @@ class Keras:
     augment = False
 
     def __init__(self, arch, batch, x, y, convs_only=False):
-        from cmxl_keras import augment, train
+        from cmxl_keras import augment, recipe
 
         cfg, model = keras_model(arch, batch, convs_only)
         if self.augment:
             cfg = cfg.replace(aug="paper")
             layers = augment.keras_layers(augment.AugmentSpec.from_config(cfg), seed=0)
-            model = train.build_model(cfg, augmentation=layers)
-        self.model = train.compile_model(model, cfg, steps=1000)
+            model = recipe.build_model(cfg, augmentation=layers)
+        self.model = recipe.compile_model(model, cfg, steps=1000)
         self.batch = batch
         self.x, self.y = x, y
 
@@ -150,7 +150,7 @@ class KerasAugmented(Keras):
 
 
 class KerasTFLite:
-    """Our model as deployed for inference: ``export.inference_graph`` (BatchNorm and
+    """Our model as deployed for inference: ``folding.inference_graph`` (BatchNorm and
     the input normalization folded), written as the SavedModel ``cli.py export`` writes
     and converted to the fp32 TFLite file, run by LiteRT (XNNPACK, one thread per core)
     on uint8 images. Inference only; the weights are the freshly built model's."""
@@ -158,16 +158,16 @@ class KerasTFLite:
     def __init__(self, arch, batch, x, y, convs_only=False):
         import tempfile
 
-        from cmxl_keras import export
+        from cmxl_keras import folding, inference, savedmodel, tflite
 
-        folded = export.inference_graph(keras_model(arch, batch, convs_only)[1])
+        folded = folding.inference_graph(keras_model(arch, batch, convs_only)[1])
         self.folder = tempfile.TemporaryDirectory(prefix="bench-tflite-")
         saved = os.path.join(self.folder.name, "saved_model")
-        export.write_saved_model(folded, saved, serving=False)
-        path = os.path.join(self.folder.name, export.TFLITE_FILES["tflite"])
+        savedmodel.write_saved_model(folded, saved, serving=False)
+        path = os.path.join(self.folder.name, inference.TFLITE_FILES["tflite"])
         with open(path, "wb") as f:
-            f.write(export.convert_tflite(saved, "tflite"))
-        self.run = export.TFLiteRunner(path)
+            f.write(tflite.convert_tflite(saved, "tflite"))
+        self.run = inference.TFLiteRunner(path)
         self.x = x.astype("uint8")
 
     def train(self, steps):

@@ -613,12 +613,12 @@ def smoke_step(args):
     import numpy as np
 
     from bench_train import parse_arch
-    from cmxl_keras import augment, config, train
+    from cmxl_keras import augment, config, recipe
 
     keras.mixed_precision.set_global_policy(args.precision)
     cfg = config.variant_config("cm_vanilla").replace(**parse_arch(args.arch))
     layers = augment.keras_layers(augment.AugmentSpec.from_config(cfg), seed=0)
-    model = train.compile_model(train.build_model(cfg, augmentation=layers), cfg, steps=390)
+    model = recipe.compile_model(recipe.build_model(cfg, augmentation=layers), cfg, steps=390)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (cfg.batch_size, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, cfg.batch_size).astype("int32")

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from cmxl_keras import config, report, runs
+from cmxl_keras import checkpoints, config, report, runs
 from cmxl_keras.architecture import ARCH_KEYS, VARIANTS
 from cmxl_keras.errors import ConfigError, RunError
 
@@ -148,7 +148,7 @@ def _run(plan, overrides, out_dir, scale, seeds, argv, log):
             label = variant if seed is None else f"{variant} seed {seed}"
             if os.path.isfile(os.path.join(run_dir, "results.json")):
                 log(f"ablation: {label} is finished; not redone")
-            elif runs.has_checkpoint(run_dir):
+            elif checkpoints.has_checkpoint(run_dir):
                 log(f"ablation: resuming {label}")
                 train.train(cfg, resume=run_dir, argv=["ablation"], log=log)
                 trained += 1

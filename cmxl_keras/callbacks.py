@@ -1,16 +1,8 @@
-"""Callbacks of a training run: checkpoints and resume state, NaN and signal guards,
-per-epoch records, and TensorBoard extras (learning rate per step, images/s, hparams).
-
-Keras' BackupAndRestore is not used because it writes its weights and its metadata
-in place (a kill mid-write leaves a half-written file that it then loads), and it
-restarts an interrupted epoch from its first step. Here every write is atomic
-(``runs.atomic_path``), and the position of a checkpoint is the optimizer's own step
-count stored inside it, so weights and position can never disagree; each checkpoint is
-sealed with its state and a digest (``runs.seal_checkpoint``), so a resume can tell a
-damaged file from a whole one and fall back to the newest whole checkpoint.
+"""Callbacks of a training run: NaN, signal and time-limit guards, per-epoch records, and
+TensorBoard extras (learning rate per step, images/s, hparams). The checkpoints' callback
+is ``checkpoints.Checkpointer``.
 """
 
-import contextlib
 import math
 import os
 import signal
@@ -19,8 +11,7 @@ import time
 import keras
 import numpy as np
 
-from cmxl_keras import runs
-from cmxl_keras.errors import RunError
+from cmxl_keras.checkpoints import optimizer_step
 
 
 # TrainState.stop_reason when --time-limit stopped the run.
@@ -52,11 +43,7 @@ class TrainState:
         validation, after the last step: that epoch is finished and is kept)."""
         if self.stop_reason is None:
             return True
-        return self.stop_reason != "diverged" and _step(model) % self.steps_per_epoch == 0
-
-
-def _step(model):
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        return self.stop_reason != "diverged" and optimizer_step(model) % self.steps_per_epoch == 0
 
 
 class Guard(keras.callbacks.Callback):
@@ -93,124 +80,18 @@ class Guard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.state.stop_reason = "diverged"
-            self.state.diverged_at = (_step(self.model) - 1) // self.state.steps_per_epoch, batch
+            self.state.diverged_at = (optimizer_step(self.model) - 1) // self.state.steps_per_epoch, batch
             self.model.stop_training = True
             return
         if (self.deadline is not None and self.state.stop_reason is None
                 and time.monotonic() >= self.deadline
-                and (self.total_steps is None or _step(self.model) < self.total_steps)):
+                and (self.total_steps is None or optimizer_step(self.model) < self.total_steps)):
             self.state.stop_reason = TIME_LIMIT
             self.model.stop_training = True
         if self.state.stop_reason not in (None, "diverged"):
             # A signal or the deadline came during this step: keep the finished steps,
             # then stop.
             self.checkpointer.save_step()
-
-
-class Checkpointer(keras.callbacks.Callback):
-    """Atomic ``last`` checkpoint every epoch (and every N steps), ``best`` by val accuracy.
-
-    It also keeps a ``good`` copy: the checkpoint this session started from, then each
-    finished epoch's. Steps just before a NaN often hold finite but already exploding
-    weights, so after a divergence ``rollback`` makes the good copy the one to resume.
-    """
-
-    def __init__(self, run_dir, state, every_steps=0, portable=None, log=print):
-        super().__init__()
-        self.portable = portable  # model -> the model to save as best.keras (or None)
-        self.log = log
-        self.run_dir = run_dir
-        self.metrics_path = os.path.join(run_dir, "metrics.json")
-        self.paths = runs.checkpoint_paths(run_dir)
-        self.state = state
-        self.every_steps = every_steps
-        self.good_state = None
-
-    @contextlib.contextmanager
-    def _reported(self, path):
-        """A failed write (disk full, permissions) becomes a clear error; the atomic write
-        has already left the previous file in place."""
-        try:
-            yield
-        except OSError as error:
-            raise RunError(
-                f"cannot write {path!r} ({error.strerror or error}). The previous checkpoint "
-                f"is intact. Free disk space (or fix the folder's permissions) and continue "
-                f"with: python cli.py train --resume {self.run_dir}") from None
-
-    def save_last(self):
-        """The commit point: the weights, the optimizer and where they stand, sealed in
-        one atomic file with the records of every finished epoch (metrics.json is
-        written from them after it, and rebuilt from them on resume)."""
-        step = _step(self.model)
-        state = {"step": step, "epoch": step // self.state.steps_per_epoch,
-                 "step_in_epoch": step % self.state.steps_per_epoch,
-                 "steps_per_epoch": self.state.steps_per_epoch,
-                 "best_val_accuracy": self.state.best,
-                 "weights": os.path.basename(self.paths["last"]),
-                 "metrics": self.state.metrics}
-        if state["step_in_epoch"]:  # mid-epoch: the epoch's running training metrics too
-            state["epoch_metrics"] = [keras.ops.convert_to_numpy(v).tolist()
-                                      for v in self.model.metrics_variables]
-        with self._reported(self.paths["last"]), runs.atomic_path(self.paths["last"]) as tmp:
-            self.model.save_weights(tmp)
-            runs.seal_checkpoint(tmp, state)  # the file says where it stands, and is checked
-        with self._reported(self.paths["state"]):
-            runs.write_json(self.paths["state"], state)
-
-    def _mark_good(self):
-        if os.path.exists(self.paths["last"]) and os.path.exists(self.paths["state"]):
-            runs.copy_atomic(self.paths["last"], self.paths["good"])
-            self.good_state = runs.read_json(self.paths["state"])
-
-    def on_train_begin(self, logs=None):
-        if self.good_state is None:
-            self._mark_good()
-
-    def rollback(self):
-        """Makes the last good checkpoint the one to resume; returns its state or None."""
-        if self.good_state is None:
-            for path in (self.paths["last"], self.paths["state"]):
-                if os.path.exists(path):
-                    os.remove(path)
-            return None
-        runs.copy_atomic(self.paths["good"], self.paths["last"])
-        runs.write_json(self.paths["state"], self.good_state)
-        return self.good_state
-
-    def save_step(self):
-        """``save_last`` in mid-epoch. Not at an epoch's last step: a checkpoint there
-        would commit a finished epoch before its record exists; the epoch's end saves
-        it, with the record, after validation."""
-        if _step(self.model) % self.state.steps_per_epoch:
-            self.save_last()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.every_steps and self.state.stop_reason is None
-                and self.state.step_after(batch) % self.every_steps == 0):
-            self.save_step()
-
-    def on_epoch_end(self, epoch, logs=None):
-        """After ``EpochReport`` has made the epoch's record: best.keras, then the commit
-        point (``save_last``, with the record), then metrics.json and the good copy, and
-        only then the epoch's line. A kill before the commit retrains the epoch; after it,
-        the epoch counts once, whatever else was written."""
-        if not self.state.epoch_finished(self.model):
-            return  # an unfinished or diverged epoch is never saved as finished
-        logs = logs or {}
-        val = logs.get("val_accuracy")
-        if val is not None and (self.state.best is None or val > self.state.best):
-            self.state.best = float(val)
-            with self._reported(self.paths["best"]), runs.atomic_path(self.paths["best"]) as tmp:
-                (self.portable(self.model) if self.portable else self.model).save(tmp)
-        self.save_last()
-        with self._reported(self.metrics_path):
-            runs.write_json(self.metrics_path, self.state.metrics)
-        with self._reported(self.paths["good"]):
-            self._mark_good()
-        if self.state.announce:
-            self.log(self.state.announce)
-            self.state.announce = None
 
 
 class ResumeEpochMetrics(keras.callbacks.Callback):
@@ -258,7 +139,7 @@ class EpochReport(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self._train_end = None
-        self.state.epoch_first_step = _step(self.model)
+        self.state.epoch_first_step = optimizer_step(self.model)
 
     def _log_loss_scale(self, step):
         scale = getattr(self.model.optimizer, "dynamic_scale", None)
@@ -284,7 +165,7 @@ class EpochReport(keras.callbacks.Callback):
             return
         now = time.perf_counter()
         train_seconds = (self._train_end or now) - self._start
-        step = _step(self.model)
+        step = optimizer_step(self.model)
         # The training stream repeats across epochs: every batch is full.
         images = (step - self.state.epoch_first_step) * self.batch_size
         entry = {"epoch": epoch + 1}

@@ -235,7 +235,7 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
             raise RunError(
                 f"--resume {resume!r}: no such run folder. Give a folder made by "
                 f"'python cli.py train' (look under {runs_dir}/).")
-        from cmxl_keras import runs
+        from cmxl_keras import checkpoints
         from cmxl_keras.errors import RunError
 
         try:
@@ -243,7 +243,7 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
         except RunError:
             # Killed before it wrote its config: with no checkpoint either, no step was
             # finished, and the run starts over from the config given here.
-            if runs.has_checkpoint(resume):
+            if checkpoints.has_checkpoint(resume):
                 raise
             if not (config_file or overrides or any(v is not None for v in flags.values())):
                 raise RunError(
@@ -323,7 +323,7 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
     """Export a run (or .keras file) to SavedModel and TFLite, with parity checks.
 
     SOURCE defaults to the newest finished run in --runs-dir."""
-    from cmxl_keras import export as export_lib, runs
+    from cmxl_keras import export as export_lib, inference, runs
 
     formats = export_lib.check_formats(tuple(f.strip() for f in formats.split(",") if f.strip()))
     if not source and not checkpoint:
@@ -338,7 +338,7 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
         click.echo(f"export: no run given; taking the newest finished run in {runs_dir}/: "
                    f"{source}", err=True)
     _quiet_tensorflow()
-    loaded = export_lib.load_source(source, checkpoint)
+    loaded = inference.load_keras(source, checkpoint)
     model, cfg, _ = loaded
     calibration, images, class_names = _export_images(cfg, data_dir, parity_images,
                                                       model.input_shape[1])
@@ -403,9 +403,9 @@ def predict(images, model_dir, top_k, fmt, as_json):
 
     if fmt == "saved_model":  # --format tflite runs on LiteRT alone: no TensorFlow import
         _quiet_tensorflow()
-    from cmxl_keras import export as export_lib, serving
+    from cmxl_keras import inference, serving
 
-    metadata = export_lib.read_metadata(model_dir)
+    metadata = inference.read_metadata(model_dir)
     size = metadata["input"]["shape"][1]
     batch = serving.load_images(images, size)
     probabilities = serving.predict(model_dir, batch, fmt)

@@ -1,8 +1,9 @@
 """Evaluation: top-1, top-5, loss, per-class accuracy and the confusion matrix, with figures.
 
-The same numbers come from any of the three forms of a model: a run folder, a ``.keras``
-file, or an exported SavedModel (all three compute softmax probabilities from the same
-weights; the loss is the cross-entropy of those probabilities). Test-time augmentation
+The same numbers come from any form of a model that ``inference.load`` takes: a run
+folder, a ``.keras`` file, an exported SavedModel or TFLite file (all compute softmax
+probabilities from the same weights; the loss is the cross-entropy of those
+probabilities). Test-time augmentation
 (the average of an image's and its mirror's probabilities) is reported separately.
 """
 
@@ -10,59 +11,10 @@ import os
 
 import numpy as np
 
-from cmxl_keras import runs
+from cmxl_keras import inference, runs
 from cmxl_keras.errors import DataError, RunError
 
 SPLITS = ("val", "test", "all")
-
-
-class Predictor:
-    """Probabilities for uint8 images from a run folder, a .keras file or a SavedModel."""
-
-    def __init__(self, source):
-        from cmxl_keras import config as config_lib
-
-        self.source = source
-        self.cfg = None
-        self.class_names = None
-        if not os.path.exists(source):
-            raise RunError(f"{source!r} does not exist. Give a run folder, a .keras file or "
-                           f"an exported model folder (exported/<name>).")
-        saved_model = self._saved_model_dir(source)
-        if saved_model:
-            import tensorflow as tf
-
-            self.kind = "saved_model"
-            self._serve = tf.saved_model.load(saved_model).signatures["serving_default"]
-            meta_dir = os.path.dirname(os.path.dirname(saved_model))
-            meta = runs.read_json(os.path.join(meta_dir, "metadata.json"), {})
-            if meta.get("config"):
-                self.cfg = config_lib.from_dict(meta["config"])
-            self.class_names = meta.get("class_names")
-            self.image_size = int(self._serve.structured_input_signature[1]["images"].shape[1])
-            return
-        from cmxl_keras.export import load_source
-
-        self.kind = "keras"
-        self.model, self.cfg, _ = load_source(source)
-        self.image_size = int(self.model.input_shape[1])
-
-    @staticmethod
-    def _saved_model_dir(source):
-        for candidate in (source, os.path.join(source, "saved_model", "1")):
-            if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
-                return candidate
-        return None
-
-    def __call__(self, images, batch=256):
-        if self.kind == "saved_model":
-            from cmxl_keras.export import saved_model_predict
-
-            return saved_model_predict(self._saved_model_dir(self.source), images, batch,
-                                       desc="evaluate")
-        from cmxl_keras.export import keras_predict
-
-        return keras_predict(self.model, images, batch, desc="evaluate")
 
 
 def metrics(probabilities, labels, num_classes):
@@ -112,18 +64,18 @@ def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=pr
     """Evaluates ``source`` on ``split``; writes JSON and figures; returns the results."""
     from cmxl_keras import config as config_lib
 
-    predictor = Predictor(source)
+    predictor = inference.load(source)
     cfg = predictor.cfg or config_lib.Config(image_size=predictor.image_size)
     if not predictor.cfg and not data_dir:
         raise RunError(f"{source!r} carries no config to find its data: pass --data-dir.")
     images_split, class_names = evaluation_split(cfg, split, data_dir, log)
     class_names = list(predictor.class_names or class_names)
-    probabilities = predictor(images_split.images)
+    probabilities = predictor(images_split.images, desc="evaluate")
     results = {"source": os.path.abspath(source), "form": predictor.kind, "split": split}
     results.update(metrics(probabilities, images_split.labels, len(class_names)))
     results["class_names"] = class_names
     if tta:
-        flipped = predictor(images_split.images[:, :, ::-1])
+        flipped = predictor(images_split.images[:, :, ::-1], desc="evaluate")
         tta_metrics = metrics((probabilities + flipped) / 2, images_split.labels,
                               len(class_names))
         results["tta_flip"] = {k: tta_metrics[k] for k in ("top1", "top5", "loss")}

@@ -21,14 +21,13 @@
 Every file is written to a temporary name in the same folder and renamed into place,
 so a crash leaves either the old file or the new one, never half a file. A checkpoint
 also carries its own position (step, epoch, best accuracy) and a SHA-256 digest of its
-arrays inside the HDF5 file (``seal_checkpoint``), so a file truncated or bit-flipped
+arrays inside the HDF5 file (``checkpoints.seal_checkpoint``), so a file truncated or bit-flipped
 later (a full disk at copy time, a bad sync) is recognized as damaged instead of being
 loaded, and each checkpoint says where it stands without trusting a second file.
 """
 
 import contextlib
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -37,16 +36,12 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
-
-from cmxl_keras.errors import DamagedCheckpoint, RunError, RunInUse
+from cmxl_keras.errors import RunError, RunInUse
 
 PACKAGES = ("tensorflow", "keras", "keras-cv", "tensorflow-datasets", "tensorboard",
             "numpy", "jax", "jaxlib", "click")
 TMP_SUFFIX = ".partial"  # temporary files are hidden and marked: no loader picks them up
 LOCK_NAME = ".lock"
-SEAL_STATE = "cmxl_state"  # HDF5 root attributes of a sealed checkpoint
-SEAL_DIGEST = "cmxl_sha256"
 
 
 @contextlib.contextmanager
@@ -276,67 +271,6 @@ def write_run_metadata(run_dir, cfg, argv, split_info):
     write_text(os.path.join(run_dir, "command.txt"), " ".join(argv) + "\n")
     write_json(os.path.join(run_dir, "env.json"), environment())
     write_json(os.path.join(run_dir, "split.json"), split_info)
-
-
-def has_checkpoint(run_dir):
-    """Whether a run folder ever saved a checkpoint (whole or not): without one, no step
-    of the run was finished."""
-    paths = checkpoint_paths(run_dir)
-    return any(os.path.exists(paths[k]) for k in ("last", "good", "state"))
-
-
-def checkpoint_paths(run_dir):
-    folder = os.path.join(run_dir, "checkpoints")
-    return {"last": os.path.join(folder, "last.weights.h5"),
-            "good": os.path.join(folder, "good.weights.h5"),
-            "best": os.path.join(folder, "best.keras"),
-            "state": os.path.join(folder, "state.json"),
-            "damaged": os.path.join(folder, "damaged")}
-
-
-def _arrays_digest(h5file):
-    """SHA-256 over every dataset's name, dtype, shape and bytes, in name order."""
-    import h5py
-
-    digest = hashlib.sha256()
-    names = []
-    h5file.visititems(lambda name, obj: names.append(name)
-                      if isinstance(obj, h5py.Dataset) else None)
-    for name in sorted(names):
-        array = np.asarray(h5file[name][()])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def seal_checkpoint(path, state):
-    """Writes ``state`` and the digest of the arrays into the HDF5 file at ``path``
-    (Keras' weights file; Keras ignores root attributes when it loads)."""
-    import h5py
-
-    with h5py.File(path, "r+") as f:
-        f.attrs[SEAL_STATE] = json.dumps(state)
-        f.attrs[SEAL_DIGEST] = _arrays_digest(f)
-
-
-def checkpoint_state(path):
-    """The state sealed in the checkpoint at ``path``; None for a checkpoint written
-    before seals existed. Raises ``DamagedCheckpoint`` when the file does not read as
-    HDF5, its arrays do not match their digest, or its state does not parse."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if SEAL_DIGEST not in f.attrs:
-                return None
-            state = json.loads(f.attrs[SEAL_STATE])
-            if _arrays_digest(f) != f.attrs[SEAL_DIGEST]:
-                raise DamagedCheckpoint(f"{path}: its arrays do not match their digest")
-            return state
-    except DamagedCheckpoint:
-        raise
-    except Exception as error:  # h5py raises OSError, KeyError, RuntimeError, ValueError
-        raise DamagedCheckpoint(f"{path}: {type(error).__name__}: {error}") from None
 
 
 def set_aside(path, damaged_dir):

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from cmxl_keras import inference
 from cmxl_keras.data import image_pixels
 from cmxl_keras.errors import DataError, RunError
 
@@ -33,25 +34,12 @@ def load_images(paths, size):
 
 def predict(model_dir, images, fmt="saved_model"):
     """Probabilities from the exported SavedModel or the fp32 TFLite file."""
-    from cmxl_keras import export
-
-    if fmt == "saved_model":
-        path = os.path.join(model_dir, "saved_model", "1")
-        if not os.path.isdir(path):
-            raise DataError(f"{model_dir!r} has no saved_model/1; export it with "
-                            f"--formats saved_model, or use --format tflite.")
-        run = lambda: export.saved_model_predict(path, images)  # noqa: E731
-    else:
-        path = os.path.join(model_dir, export.TFLITE_FILES["tflite"])
-        if not os.path.isfile(path):
-            raise DataError(f"{model_dir!r} has no {export.TFLITE_FILES['tflite']}; export it "
-                            f"with --formats tflite, or use --format saved_model.")
-        run = lambda: export.TFLiteRunner(path)(images)  # noqa: E731
+    loaded = inference.load(model_dir, fmt)
     try:
-        return run()
+        return loaded(images)
     except Exception as error:  # TensorFlow and LiteRT raise many types for a damaged file
         raise RunError(
-            f"the exported model {path!r} cannot be loaded or run ({type(error).__name__}: "
+            f"the exported model {loaded.path!r} cannot be run ({type(error).__name__}: "
             f"{str(error)[:300]}); the file is damaged or not an export of this project. "
             f"Export it again (python cli.py export RUN_DIR), restore it from a copy, or try "
             f"the other --format.") from None

@@ -1,24 +1,19 @@
-"""Training: the paper's recipe through ``model.fit``, with a run folder and resume.
-
-Recipe (PAPER_NOTES.md): AdamW (lr_max 0.005, weight decay 0.01, PyTorch's epsilon
-1e-8), the one-cycle schedule updated every step, sparse categorical cross-entropy from
-logits, batch 128, 100 epochs; mixed precision on a GPU. ``train`` returns when the run
-is finished, stopped by a signal (after saving), or diverged (after keeping the last
-good checkpoint).
+"""Training: a run folder trained with the recipe (``recipe.py``) through ``model.fit``,
+and resumed from its checkpoints (``checkpoints.py``). ``train`` returns when the run is
+finished, stopped by a signal or its time limit (after saving), or diverged (after
+keeping the last good checkpoint).
 """
 
 import contextlib
-import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 
-from cmxl_keras import augment, runs
-from cmxl_keras.errors import (  # noqa: F401  (re-exported for callers)
-    ConfigError, DamagedCheckpoint, RunError, TimeLimitReached, TrainingDiverged,
-    TrainingInterrupted)
+from cmxl_keras import augment, recipe, runs
+from cmxl_keras.errors import (ConfigError, RunError, TimeLimitReached, TrainingDiverged,
+                               TrainingInterrupted)
 
 # A resumed run must rebuild exactly the model it saved.
 ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_period",
@@ -29,134 +24,6 @@ DATA_KEYS = ("dataset", "data_dir", "val_size", "val_from_train", "limit_train",
              "split", "seed", "batch_size", "steps_per_epoch", "pipeline")
 # ... and follow the one-cycle it planned, unless the user asks to re-plan it (--replan).
 SCHEDULE_KEYS = ("epochs", "lr_max")
-
-
-def resolve_precision(name):
-    """``auto`` is mixed_float16 where a GPU is visible to the backend, else float32."""
-    if name != "auto":
-        return name
-    import keras
-
-    backend = keras.backend.backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            has_gpu = bool(tf.config.list_physical_devices("GPU"))
-        elif backend == "jax":
-            import jax
-
-            has_gpu = jax.devices()[0].platform == "gpu"
-        else:
-            import torch
-
-            has_gpu = torch.cuda.is_available()
-    except Exception:  # a broken driver is a CPU for our purposes
-        has_gpu = False
-    return "mixed_float16" if has_gpu else "float32"
-
-
-def resolve_pipeline(cfg):
-    """Where augmentation runs: ``tf.data`` (keras-cv, TensorFlow) or ``device`` (Keras
-    layers in the model, any backend); ``auto`` picks tf.data on TensorFlow."""
-    import keras
-
-    kind = _default_pipeline() if cfg.pipeline == "auto" else cfg.pipeline
-    if kind == "tf.data" and not _has_tensorflow():
-        raise ConfigError(
-            f"pipeline 'tf.data' needs TensorFlow, which is not installed (Keras runs on "
-            f"{keras.backend.backend()!r}). Use --set pipeline=device (augmentation as "
-            f"Keras layers, on the device) or install the requirements.")
-    if kind == "device" and (cfg.cutmix_prob or cfg.mixup_prob):
-        raise ConfigError(
-            f"cutmix_prob={cfg.cutmix_prob:g} / mixup_prob={cfg.mixup_prob:g}: CutMix and "
-            f"MixUp mix labels and run only in the tf.data pipeline (TensorFlow backend, "
-            f"--set pipeline=tf.data). Set both to 0 for the {kind} pipeline.")
-    return kind
-
-
-def _default_pipeline():
-    import keras
-
-    return "tf.data" if keras.backend.backend() == "tensorflow" else "device"
-
-
-def steps_per_epoch(num_train, cfg):
-    steps = math.ceil(num_train / cfg.batch_size)
-    return min(steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else steps
-
-
-def build_model(cfg, sync_bn=False, augmentation=()):
-    """The model of ``cfg``; with ``augmentation`` layers, the training model that runs
-    them in front of it (they act in training only and hold no weights, so the weights
-    are the model's, in the same order)."""
-    import keras
-
-    from cmxl_keras import models
-
-    model = models.from_config(cfg, sync_bn=sync_bn)
-    if not augmentation:
-        return model
-    inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, 3), name="image")
-    x = inputs
-    for layer in augmentation:
-        x = layer(x)
-    return keras.Model(inputs, model(x), name=cfg.name)
-
-
-def portable_copy(model, cfg):
-    """``model``'s weights in a model built without synchronized BatchNorm: the file it
-    is saved to loads on every backend, with or without a distribution strategy."""
-    copy = build_model(cfg)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def resolve_jit_compile(value):
-    """``jit_compile`` config value -> bool: ``auto`` compiles on JAX (where ``False``
-    means an eager step, op by op) and keeps TensorFlow's graph mode (XLA measured
-    slower for this model on the CPU, bench/RESULTS.md)."""
-    import keras
-
-    if value == "auto":
-        return keras.backend.backend() == "jax"
-    return value == "true"
-
-
-def compile_model(model, cfg, steps, one_hot=False):
-    """AdamW as PyTorch's on the one-cycle, cross-entropy from logits, top-1 and top-5
-    accuracy; under mixed_float16, dynamic loss scaling that counts skipped steps."""
-    import keras
-
-    from cmxl_keras.optimizers import CountingLossScaleOptimizer, TorchAdamW
-    from cmxl_keras.schedules import OneCycle
-
-    optimizer = TorchAdamW(
-        learning_rate=OneCycle(cfg.lr_max, cfg.epochs, steps),
-        weight_decay=cfg.weight_decay, epsilon=cfg.adam_epsilon,
-        global_clipnorm=cfg.clip_norm or None)
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
-        # Keras would wrap the optimizer in its own LossScaleOptimizer, which does not
-        # count skipped steps (see CountingLossScaleOptimizer).
-        optimizer = CountingLossScaleOptimizer(
-            optimizer, initial_scale=cfg.loss_scale,
-            dynamic_growth_steps=cfg.loss_scale_growth_steps)
-    if one_hot:  # CutMix/MixUp or label smoothing: soft targets
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                    label_smoothing=cfg.label_smoothing)
-        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy"),
-                   keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                   keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                  jit_compile=resolve_jit_compile(cfg.jit_compile))
-    # Built here, not in the first step: on TensorFlow without a distribution strategy,
-    # Keras defers the build into the traced step, and a step that creates variables is
-    # traced twice (a second full trace of the model, its gradients and the optimizer).
-    model.optimizer.build(model.trainable_variables)
-    return model
 
 
 def check_resumable(run_dir, cfg, replan=False):
@@ -182,7 +49,7 @@ def check_resumable(run_dir, cfg, replan=False):
     if saved.pipeline == "auto":  # a run from before the key existed: tf.data
         saved = saved.replace(pipeline="tf.data")
     if cfg.pipeline == "auto":
-        cfg = cfg.replace(pipeline=_default_pipeline())
+        cfg = cfg.replace(pipeline=recipe.default_pipeline())
     diffs = differences(DATA_KEYS)
     if diffs:
         raise RunError(
@@ -190,7 +57,7 @@ def check_resumable(run_dir, cfg, replan=False):
             f"the steps per epoch that the learning-rate schedule counts; resume without "
             f"changing them.")
     if saved.precision == "auto":  # a run from before the resolved precision was saved
-        saved = saved.replace(precision=resolve_precision("auto"))
+        saved = saved.replace(precision=recipe.resolve_precision("auto"))
     diffs = differences(("precision",))
     if diffs:
         raise RunError(
@@ -272,14 +139,14 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     # First: a multi-worker strategy and the logical CPU split configure the runtime.
     strategy = distribute.make_strategy(cfg.strategy, log)
     # The run records what ran: the pipeline and precision that "auto" resolved to.
-    cfg = cfg.replace(pipeline=resolve_pipeline(cfg), precision=resolve_precision(cfg.precision))
+    cfg = cfg.replace(pipeline=recipe.resolve_pipeline(cfg), precision=recipe.resolve_precision(cfg.precision))
     devices = distribute.data_parallel_devices()  # DataParallel (JAX) splits batches evenly
     if cfg.batch_size % devices:
         raise ConfigError(
             f"batch_size {cfg.batch_size} does not split evenly over the {devices} devices "
             f"of keras.distribution.DataParallel; use a multiple of {devices} (e.g. "
             f"--batch-size {devices * max(1, round(cfg.batch_size / devices))}).")
-    distribute.check_cpu_collectives(resolve_jit_compile(cfg.jit_compile))
+    distribute.check_cpu_collectives(recipe.resolve_jit_compile(cfg.jit_compile))
     if distribute.is_chief(strategy):
         return _train(cfg, strategy, runs_dir, run_dir, resume, overwrite, argv, log, verbose,
                       replan=replan, deadline=deadline)
@@ -312,13 +179,13 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
                   verbose, chief, replan, deadline):
     import keras
 
-    from cmxl_keras import callbacks, data, distribute, models, schedules
+    from cmxl_keras import callbacks, checkpoints, data, distribute, models, schedules
 
     if resume and chief and os.path.isdir(resume):  # a missing folder: check_resumable says so
         held.enter_context(runs.RunLock(resume, argv))  # before reading what it may write
     # A run killed before its first checkpoint finished no step: it starts over in its
     # folder, with the config (and so the split) it was started with.
-    restart = bool(resume) and os.path.isdir(resume) and not runs.has_checkpoint(resume)
+    restart = bool(resume) and os.path.isdir(resume) and not checkpoints.has_checkpoint(resume)
     if restart:
         log(f"{resume}: the run stopped before its first checkpoint (no step was finished); "
             f"starting it over in that folder with its config.")
@@ -342,7 +209,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
 
     spec = augment.AugmentSpec.from_config(cfg)
     one_hot = spec.one_hot_labels or cfg.label_smoothing > 0
-    steps = steps_per_epoch(len(splits.train), cfg)
+    steps = recipe.steps_per_epoch(len(splits.train), cfg)
     # device: the augmentation layers run inside the compiled training step
     stages = (augment.keras_layers(spec, seed=cfg.seed)
               if cfg.pipeline == "device" and not spec.is_identity else [])
@@ -353,19 +220,19 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
     # With several replicas (BatchNorm synchronized) or augmentation layers in front, the
     # training model is not the one to save: checkpoints of the model come from a plain
     # copy with the same weights, which loads anywhere.
-    portable = (lambda m: portable_copy(m, cfg)) if replicas > 1 or stages else None
-    checkpointer = callbacks.Checkpointer(run_dir, state, cfg.checkpoint_every_steps, portable,
-                                          log=log)
+    portable = (lambda m: recipe.portable_copy(m, cfg)) if replicas > 1 or stages else None
+    checkpointer = checkpoints.Checkpointer(run_dir, state, cfg.checkpoint_every_steps,
+                                            portable, log=log)
     start_step = 0
     with distribute.scope(strategy):
-        model = compile_model(build_model(cfg, sync_bn=replicas > 1, augmentation=stages),
+        model = recipe.compile_model(recipe.build_model(cfg, sync_bn=replicas > 1, augmentation=stages),
                               cfg, steps, one_hot=one_hot)
         distribute.prepare_model(model, strategy)
         if resume and not restart:
-            restored = _restore(model, resume, steps, log, write=chief)
+            restored = checkpoints.restore(model, resume, steps, log, write=chief)
             start_step = restored["step"]
             state.best = restored["best_val_accuracy"]
-            state.metrics = _resumed_metrics(resume, restored, log, write=chief)
+            state.metrics = checkpoints.resumed_metrics(resume, restored, log, write=chief)
     if resume and chief:  # only once a checkpoint loaded: a refused resume changes nothing
         for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
             for name in runs.remove_partials(folder):
@@ -383,7 +250,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
         f"precision {precision}; {len(splits.train):,} train / {len(splits.val):,} val "
         f"images; {steps} steps per epoch of {cfg.batch_size} images"
         + (f" ({cfg.batch_size // devices} per replica on {devices})" if devices > 1 else ""))
-    jit = resolve_jit_compile(cfg.jit_compile)
+    jit = recipe.resolve_jit_compile(cfg.jit_compile)
     log(f"training step: {keras.backend.backend()}, "
         + ("compiled step (jit_compile)" if jit else "TensorFlow graph" if
            keras.backend.backend() == "tensorflow" else "eager, op by op (jit_compile=false)"))
@@ -462,7 +329,7 @@ def _inputs(cfg, splits, spec, one_hot, stages):
             y = split.labels.astype(np.int32)
             return np.eye(cfg.num_classes, dtype=np.float32)[y] if one_hot else y
 
-        total = cfg.epochs * steps_per_epoch(len(splits.train), cfg)
+        total = cfg.epochs * recipe.steps_per_epoch(len(splits.train), cfg)
         train_labels, val = labels(splits.train), (splits.val.images.astype(np.float32),
                                                    labels(splits.val))
         fit = lambda start: dict(  # noqa: E731
@@ -472,135 +339,6 @@ def _inputs(cfg, splits, spec, one_hot, stages):
     sample = splits.train.images[:64].astype(np.float32)
     grid = [(augment.apply_keras_layers(stages, sample) if stages else sample, None)]
     return {"fit": fit, "grid": grid}
-
-
-def _has_tensorflow():
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _restore(model, run_dir, steps, log, write=True):
-    """Loads the newest checkpoint of ``run_dir`` that is whole; returns its state.
-
-    The candidates are ``last`` (every epoch end and every N steps) and ``good`` (the
-    last finished epoch's copy), each sealed with its own state. A damaged file
-    (truncated, bit-flipped, unreadable) is set aside under checkpoints/damaged/, never
-    deleted, and the next one is tried; a damaged or stale ``state.json`` is rewritten
-    from the checkpoint actually loaded. Only when no checkpoint loads is the resume
-    refused. Only the chief (``write``) changes files; other workers only read.
-    """
-    import keras
-
-    paths = runs.checkpoint_paths(run_dir)
-    try:
-        recorded = runs.read_json(paths["state"])
-        recorded = recorded if isinstance(recorded, dict) else None
-    except (OSError, ValueError):
-        recorded = None
-    candidates, problems = [], []
-    for name in ("last", "good"):
-        path = paths[name]
-        if not os.path.exists(path):
-            continue
-        try:
-            sealed = runs.checkpoint_state(path)
-        except DamagedCheckpoint as error:
-            problems.append((name, path, str(error)))
-            continue
-        if sealed is None and name == "last":  # a checkpoint from before seals existed
-            sealed = recorded
-        candidates.append((name, path, sealed))
-    # Newest first; an unsealed copy of unknown step is tried after the sealed ones.
-    candidates.sort(key=lambda c: -(c[2] or {}).get("step", -1))
-    if not model.optimizer.built:  # a second build would add a loss scale's variables again
-        model.optimizer.build(model.trainable_variables)
-    chosen = None
-    for name, path, sealed in candidates:
-        if sealed is not None and sealed.get("steps_per_epoch") not in (None, steps):
-            raise RunError(
-                f"the checkpoint {path!r} counts {sealed.get('steps_per_epoch')} steps per "
-                f"epoch but this configuration gives {steps}; resume with the run's own "
-                f"batch size and data.")
-        try:
-            model.load_weights(path)
-        except Exception as error:  # h5py and Keras raise several types for a bad file
-            problems.append((name, path, f"{type(error).__name__}: {error}"))
-            continue
-        chosen = (name, path, sealed)
-        break
-    if chosen is None:
-        found = "; ".join(f"{os.path.basename(p)}: {why}" for _, p, why in problems)
-        raise RunError(
-            f"cannot resume {run_dir!r}: no checkpoint in it loads into this model "
-            f"({found or 'none found'}). They were written by another model or are damaged; "
-            f"the run's metrics and checkpoints/best.keras stay as they are. Start a new run "
-            f"(or restore the checkpoints folder from a copy).")
-    name, path, sealed = chosen
-    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    state = {"step": step, "epoch": step // steps, "step_in_epoch": step % steps,
-             "steps_per_epoch": steps,
-             "best_val_accuracy": (sealed or {}).get("best_val_accuracy"),
-             "weights": os.path.basename(paths["last"]),
-             "metrics": (sealed or {}).get("metrics"),
-             # mid-epoch: the epoch's running training metrics (Checkpointer.save_last)
-             "epoch_metrics": (sealed or {}).get("epoch_metrics")}
-    if not write:
-        return state
-    for bad_name, bad_path, why in problems:
-        kept = runs.set_aside(bad_path, paths["damaged"])
-        log(f"checkpoint {os.path.basename(bad_path)} is damaged ({why}); set aside as "
-            f"{os.path.relpath(kept, run_dir)}")
-    newest = max([(recorded or {}).get("step", -1)] + [
-        (c[2] or {}).get("step", -1) for c in candidates])
-    if name != "last":
-        lost = (f"the {newest - step} steps after it (up to step {newest}) are trained again"
-                if newest > step else "no finished step is lost" if recorded is not None
-                else "the steps after it, if any, are trained again (state.json, which "
-                     "recorded the newest step, is damaged too)")
-        log(f"resuming from {os.path.basename(path)} (step {step}), the newest whole "
-            f"checkpoint; {lost}.")
-    if recorded is None or recorded.get("step") != step:
-        was = ("damaged or missing" if recorded is None
-               else f"at step {recorded.get('step')}")
-        log(f"checkpoints/state.json was {was}; rewritten from {os.path.basename(path)} "
-            f"(step {step}).")
-    for other in ("last", "good"):  # both whole again: the next resume has a fallback
-        if other != name and not os.path.exists(paths[other]):
-            runs.copy_atomic(path, paths[other])
-    runs.write_json(paths["state"], state)
-    return state
-
-
-def _resumed_metrics(run_dir, restored, log, write=True):
-    """The records of the epochs the restored checkpoint finished: those sealed in it
-    (the commit point), else (a checkpoint sealed without them) metrics.json's up to its
-    epoch, a damaged file set aside. metrics.json is rewritten to match."""
-    path = os.path.join(run_dir, "metrics.json")
-    sealed = restored.get("metrics")
-    try:
-        metrics = runs.read_json(path, [])
-        if not isinstance(metrics, list) or not all(isinstance(m, dict) and "epoch" in m
-                                                     for m in metrics):
-            raise ValueError("not a list of epoch records")
-    except (OSError, ValueError) as error:
-        if not write:
-            return list(sealed or [])
-        kept = runs.set_aside(path, os.path.join(run_dir, "checkpoints", "damaged"))
-        log(f"metrics.json is damaged ({error}); set aside as {os.path.relpath(kept, run_dir)}"
-            + (" and rewritten from the checkpoint's records." if sealed is not None else
-               ". The epochs before the resume keep their TensorBoard logs but have no "
-               "metrics.json entries."))
-        metrics = []
-    if sealed is not None:
-        metrics = sealed
-    else:  # a checkpoint sealed without the records: the file's, up to its epoch
-        metrics = [m for m in metrics if m["epoch"] <= restored["epoch"]]
-    if write:
-        runs.write_json(path, metrics)
-    return list(metrics)
 
 
 def _finish(model, cfg, run_dir, state, checkpointer, started, log):
@@ -635,7 +373,7 @@ def _finish(model, cfg, run_dir, state, checkpointer, started, log):
         raise TrainingInterrupted(
             f"training stopped by {state.stop_reason}; every finished step is saved. "
             f"Continue with: python cli.py train --resume {run_dir}")
-    final = portable_copy(model, cfg)  # uncompiled: built-in layers only, loads anywhere
+    final = recipe.portable_copy(model, cfg)  # uncompiled: built-in layers only, loads anywhere
     with runs.atomic_path(os.path.join(run_dir, "model.keras")) as tmp:
         final.save(tmp)
     last = state.metrics[-1] if state.metrics else {}

@@ -11,7 +11,7 @@ import sys
 import keras
 import pytest
 
-from cmxl_keras import runs
+from cmxl_keras import checkpoints
 from conftest import ROOT, Child, run_cli
 from test_train import read_events
 
@@ -39,13 +39,13 @@ callbacks.EpochReport.on_test_begin = on_test_begin
 """
 EXPORT = """
 import time
-from cmxl_keras import export
-_convert = export.convert_tflite
+from cmxl_keras import tflite
+_convert = tflite.convert_tflite
 def convert_tflite(*a, **k):
     print("MARK converting", flush=True)
     time.sleep(3)
     return _convert(*a, **k)
-export.convert_tflite = convert_tflite
+tflite.convert_tflite = convert_tflite
 """
 
 
@@ -171,7 +171,7 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
 
     whole_dir, whole, writes = run("whole", 0)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    final = h5_arrays(runs.checkpoint_paths(str(whole_dir))["last"])
+    final = h5_arrays(checkpoints.checkpoint_paths(str(whole_dir))["last"])
     whole_metrics = json.load(open(whole_dir / "metrics.json"))
     # The commit point comes first: a finished epoch's checkpoint before its record.
     assert writes.index("checkpoints/last.weights.h5") < writes.index("metrics.json")
@@ -185,8 +185,8 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
         assert resumed.returncode == 0, (k, writes[k - 1], resumed.stderr[-3000:])
         metrics = json.load(open(run_dir / "metrics.json"))
         assert [m["epoch"] for m in metrics] == [1, 2], (k, writes[k - 1], metrics)
-        last = runs.checkpoint_paths(str(run_dir))["last"]
-        state = runs.checkpoint_state(last)
+        last = checkpoints.checkpoint_paths(str(run_dir))["last"]
+        state = checkpoints.checkpoint_state(last)
         assert state["step"] == 4 and [m["epoch"] for m in state["metrics"]] == [1, 2]
         assert_same_arrays(h5_arrays(last), final, (k, writes[k - 1]))
         timing = ("epoch_seconds", "train_images_per_second")
@@ -233,8 +233,8 @@ def test_the_device_pipeline_resumed_mid_epoch_equals_the_run_left_alone(cifar_d
                       timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at epoch 1, step 2 of 3 (optimizer step 2)" in resumed.stdout
-    last = [runs.checkpoint_paths(str(d))["last"] for d in (run_dir, whole_dir)]
-    assert runs.checkpoint_state(last[0])["step"] == 6
+    last = [checkpoints.checkpoint_paths(str(d))["last"] for d in (run_dir, whole_dir)]
+    assert checkpoints.checkpoint_state(last[0])["step"] == 6
     assert_same_arrays(h5_arrays(last[0]), h5_arrays(last[1]), "resumed vs left alone")
     timing = ("epoch_seconds", "train_images_per_second")
     assert [{k: v for k, v in m.items() if k not in timing}

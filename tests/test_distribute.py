@@ -20,7 +20,7 @@ STEP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     import tensorflow as tf
-    from cmxl_keras import config, distribute, train
+    from cmxl_keras import config, distribute, recipe
 
     cfg = config.load("smoke").replace(aug="none")
     strategy = distribute.make_strategy("mirrored", log=lambda *a: None)
@@ -33,13 +33,13 @@ STEP_SCRIPT = textwrap.dedent("""
         loss = model.fit(batch, epochs=1, verbose=0).history["loss"][0]
         return loss, model.get_weights()
 
-    single = train.compile_model(train.build_model(cfg), cfg, 10)
+    single = recipe.compile_model(recipe.build_model(cfg), cfg, 10)
     init = single.get_weights()
     out = {"replicas": strategy.num_replicas_in_sync}
     out["single_loss"], single_w = one_step(single)
     for name, sync in (("mirrored", True), ("unsynced", False)):
         with strategy.scope():
-            model = train.compile_model(train.build_model(cfg, sync_bn=sync), cfg, 10)
+            model = recipe.compile_model(recipe.build_model(cfg, sync_bn=sync), cfg, 10)
         model.set_weights(init)
         loss, weights = one_step(model)
         out[name + "_loss"] = loss

@@ -106,7 +106,7 @@ def test_parity_targets_on_a_model_that_learned(learned_export):
 
 def test_int8_ranges_are_the_activations_own(learned_export):
     """Each GELU output's int8 range starts near GELU's minimum (-0.17), as calibrated
-    by ``export.calibrated_int8``; the converter's own calibration stretches these
+    by ``tflite.calibrated_int8``; the converter's own calibration stretches these
     ranges over the following op's output (tensors reused in place), measured
     down to -1.1 and several times too wide."""
     from ai_edge_litert.interpreter import Interpreter
@@ -123,11 +123,11 @@ def test_int8_ranges_are_the_activations_own(learned_export):
 
 
 def test_tflite_files_use_builtin_ops_only(exported):
-    from cmxl_keras import export
+    from cmxl_keras import inference, tflite
 
     folder, _ = exported
-    for name in export.TFLITE_FILES.values():
-        ops = export.tflite_ops(open(os.path.join(folder, name), "rb").read())
+    for name in inference.TFLITE_FILES.values():
+        ops = tflite.tflite_ops(open(os.path.join(folder, name), "rb").read())
         assert ops and not [op for op in ops if "flex" in op.lower()], (name, ops)
 
 
@@ -291,13 +291,13 @@ def test_predict_bad_files(exported, tmp_path, case, quoted):
 
 
 def test_failed_export_leaves_nothing_half_written(trained_run, tmp_path, monkeypatch):
-    from cmxl_keras import export
+    from cmxl_keras import export, inference, tflite
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated failure during TFLite conversion")
 
-    monkeypatch.setattr(export, "convert_tflite", broken)
-    loaded = export.load_source(trained_run)
+    monkeypatch.setattr(tflite, "convert_tflite", broken)
+    loaded = inference.load_keras(trained_run)
     with pytest.raises(RuntimeError):
         export.export(loaded, trained_run, ("saved_model", "tflite"), str(tmp_path), "x",
                       log=lambda m: None)
@@ -340,7 +340,7 @@ def test_a_parity_miss_exits_5_and_writes_nothing_unless_allowed(cifar_dir, tmp_
     them for many images and the int8 agreement misses its 97 % target."""
     import keras
 
-    from cmxl_keras import config, train
+    from cmxl_keras import config, recipe
 
     # In a folder with the smoke run's config: its split carves 128 validation images.
     (tmp_path / "untrained").mkdir()
@@ -348,7 +348,7 @@ def test_a_parity_miss_exits_5_and_writes_nothing_unless_allowed(cifar_dir, tmp_
     cfg = config.load("smoke")
     (tmp_path / "untrained" / "config.json").write_text(json.dumps(cfg.to_dict()))
     keras.utils.set_random_seed(0)
-    train.build_model(cfg).save(model_path)
+    recipe.build_model(cfg).save(model_path)
     out = tmp_path / "exported"
     args = ["export", "--checkpoint", model_path, "--data-dir", cifar_dir, "--out", out,
             "--formats", "tflite_int8", "--name", "untrained"]

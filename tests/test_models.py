@@ -230,10 +230,10 @@ def test_model_builds_and_runs_under_jax_backend():
     ("gelu", 2, "float32"), ("relu", 0, "float32"), ("gelu", 2, "mixed_float16")])
 def test_inference_graph_folds_affine_layers_and_computes_the_same(tiny_kwargs, activation,
                                                                    skip_period, policy):
-    """export.inference_graph: normalization folded into the stem, every BatchNorm a 1x1
+    """folding.inference_graph: normalization folded into the stem, every BatchNorm a 1x1
     depthwise convolution, float32 throughout, and the same logits as a float32 model with
     the same (non-trivial) weights, also for a model built for mixed precision."""
-    from cmxl_keras import export
+    from cmxl_keras import folding
 
     kwargs = dict(tiny_kwargs, activation=activation, skip_period=skip_period)
     try:
@@ -249,7 +249,7 @@ def test_inference_graph_folds_affine_layers_and_computes_the_same(tiny_kwargs, 
                                rng.normal(0, 0.5, mean.shape), rng.uniform(0.2, 3, var.shape)])
     reference = models.build_convmixer(**kwargs)
     reference.set_weights(model.get_weights())
-    folded = export.inference_graph(model)
+    folded = folding.inference_graph(model)
     kinds = {type(layer).__name__ for layer in folded.layers}
     assert not kinds & {"BatchNormalization", "Normalization"}, kinds
     assert {layer.dtype_policy.name for layer in folded.layers} == {"float32"}
@@ -272,13 +272,13 @@ def test_int8_input_takes_raw_pixels_whatever_the_calibration_range(tiny_kwargs,
     the LiteRT runtime."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from cmxl_keras import export
+    from cmxl_keras import folding, savedmodel, tflite
 
     model = models.build_convmixer(**tiny_kwargs)
     source = str(tmp_path / "source")
-    export.write_saved_model(export.inference_graph(model), source)
+    savedmodel.write_saved_model(folding.inference_graph(model), source)
     clipped = np.clip(random_images(16), 20, 230)
-    data = export.calibrated_int8(source, clipped)
+    data = tflite.calibrated_int8(source, clipped)
     runner = Interpreter(model_content=data).get_signature_runner()
     (name, spec), = runner.get_input_details().items()
     assert spec["dtype"] == np.uint8 and spec["quantization"] == (1.0, 0), spec
@@ -288,18 +288,18 @@ def test_int8_input_takes_raw_pixels_whatever_the_calibration_range(tiny_kwargs,
 
 
 def test_the_int8_export_runs_on_the_tensorflow_whose_internals_it_uses():
-    """calibrated_int8 uses TensorFlow internals (export.INT8_INTERNALS and the
+    """calibrated_int8 uses TensorFlow internals (tflite.INT8_INTERNALS and the
     converter's ``_experimental_calibrate_only``), verified with one TensorFlow version.
     A TensorFlow upgrade fails here first: re-verify the int8 path (the int8 parity
     tests), then move the pin."""
     import tensorflow as tf
 
-    from cmxl_keras import export
+    from cmxl_keras import tflite
 
-    assert tf.__version__ == export.PINNED_TENSORFLOW, (
-        f"TensorFlow {tf.__version__} is not {export.PINNED_TENSORFLOW}, the version "
+    assert tf.__version__ == tflite.PINNED_TENSORFLOW, (
+        f"TensorFlow {tf.__version__} is not {tflite.PINNED_TENSORFLOW}, the version "
         f"whose TFLite internals the int8 export was verified with")
-    convert, flatbuffer_utils = export._int8_internals()
+    convert, flatbuffer_utils = tflite._int8_internals()
     assert callable(convert.mlir_quantize)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([], None)
     assert converter._experimental_calibrate_only is False

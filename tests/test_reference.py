@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cmxl_keras import augment, config, crop, erasing, jitter, randaugment, train
+from cmxl_keras import augment, config, crop, erasing, jitter, randaugment, recipe
 from cmxl_keras.augment import AugmentSpec
 from cmxl_keras.data import load_splits
 import keras_stages
@@ -519,7 +519,7 @@ def test_logits_equal_the_reference_network_with_the_same_weights(variant, dtype
     1e-4: the functions are the same."""
     images = cifar_images[:8].astype(dtype)
     cfg = config.variant_config(variant)
-    model = train.build_model(cfg)
+    model = recipe.build_model(cfg)
     if dtype == "float64":  # every layer, the float32 classifier head included
         model = keras.models.clone_model(model, clone_function=lambda layer: layer.__class__
                                          .from_config(dict(layer.get_config(), dtype=dtype)))
@@ -554,8 +554,8 @@ def test_initialization_is_pytorchs_default(cifar_images, tmp_path):
                        images=cifar_images[:2].astype(np.float32))
     keras.utils.set_random_seed(0)
     cfg = config.variant_config("cm_vanilla")
-    ours = to_torch(train.build_model(cfg))
-    keras_init = to_torch(train.build_model(cfg.replace(init="keras")))
+    ours = to_torch(recipe.build_model(cfg))
+    keras_init = to_torch(recipe.build_model(cfg.replace(init="keras")))
     assert len(ours) == len(theirs) - 2  # the reference also returned two logits arrays
     last = len(ours) - 2
     # Parameter indices: stem conv 0-1, its BN 2-5; per layer (12 each) depthwise conv
@@ -595,7 +595,7 @@ def test_five_fit_steps_equal_the_reference_training_loop(cifar_images, tmp_path
     x = np.stack([cifar_images[rng.choice(64, batch, replace=False)] for _ in range(epochs)])
     y = rng.integers(0, 10, (epochs, batch)).astype(np.int32)
     keras.utils.set_random_seed(1)
-    model = train.compile_model(train.build_model(cfg), cfg, steps=1)
+    model = recipe.compile_model(recipe.build_model(cfg), cfg, steps=1)
     start = to_torch(model)
     arch = {k: getattr(cfg, k) for k in ("width", "depth", "patch_size", "kernel_size",
                                          "activation", "skip_period")}

@@ -15,7 +15,7 @@ import h5py
 import keras
 import pytest
 
-from cmxl_keras import config, runs, train
+from cmxl_keras import checkpoints, config, recipe, runs, train
 from cmxl_keras.errors import DamagedCheckpoint, RunError, RunInUse
 from conftest import ROOT, Child, run_cli
 
@@ -56,23 +56,23 @@ def test_a_sealed_checkpoint_detects_truncation_and_bit_flips(tmp_path):
     model = tiny_model()
     path = str(tmp_path / "last.weights.h5")
     model.save_weights(path)
-    assert runs.checkpoint_state(path) is None  # unsealed: no state, not an error
-    runs.seal_checkpoint(path, {"step": 5})
-    assert runs.checkpoint_state(path) == {"step": 5}
+    assert checkpoints.checkpoint_state(path) is None  # unsealed: no state, not an error
+    checkpoints.seal_checkpoint(path, {"step": 5})
+    assert checkpoints.checkpoint_state(path) == {"step": 5}
     tiny_model().load_weights(path)  # Keras loads a sealed file like any other
     original = open(path, "rb").read()
 
     flip_bit(path, largest_dataset_offset(path))
     tiny_model().load_weights(path)  # HDF5 itself does not notice a flipped weight ...
     with pytest.raises(DamagedCheckpoint, match="do not match their digest"):
-        runs.checkpoint_state(path)  # ... the digest does
+        checkpoints.checkpoint_state(path)  # ... the digest does
     open(path, "wb").write(original)
     truncate(path)
     with pytest.raises(DamagedCheckpoint, match="last.weights.h5"):
-        runs.checkpoint_state(path)
+        checkpoints.checkpoint_state(path)
     open(path, "wb").write(b"not a checkpoint")
     with pytest.raises(DamagedCheckpoint):
-        runs.checkpoint_state(path)
+        checkpoints.checkpoint_state(path)
 
 
 def test_the_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
@@ -107,11 +107,11 @@ def two_epoch_run(cifar_dir, tmp_path_factory):
     quiet = dict(argv=["test"], log=lambda m: None, verbose=0)
     train.train(cfg, run_dir=run_dir, **quiet)
     epoch1 = str(base / "epoch1.weights.h5")
-    shutil.copyfile(runs.checkpoint_paths(run_dir)["last"], epoch1)
+    shutil.copyfile(checkpoints.checkpoint_paths(run_dir)["last"], epoch1)
     train.train(cfg.replace(epochs=2), resume=run_dir, replan=True, **quiet)
-    shutil.copyfile(epoch1, runs.checkpoint_paths(run_dir)["good"])
-    assert runs.checkpoint_state(runs.checkpoint_paths(run_dir)["last"])["step"] == 16
-    assert runs.checkpoint_state(runs.checkpoint_paths(run_dir)["good"])["step"] == 8
+    shutil.copyfile(epoch1, checkpoints.checkpoint_paths(run_dir)["good"])
+    assert checkpoints.checkpoint_state(checkpoints.checkpoint_paths(run_dir)["last"])["step"] == 16
+    assert checkpoints.checkpoint_state(checkpoints.checkpoint_paths(run_dir)["good"])["step"] == 8
     return cfg.replace(epochs=2), run_dir
 
 
@@ -124,15 +124,15 @@ def test_a_restore_puts_back_every_array_of_the_checkpoint(two_epoch_run, tmp_pa
     from test_crash import assert_same_arrays, h5_arrays
 
     cfg, run_dir = two_epoch_run
-    steps = runs.checkpoint_state(runs.checkpoint_paths(run_dir)["last"])["steps_per_epoch"]
-    model = train.compile_model(train.build_model(cfg), cfg, steps)
+    steps = checkpoints.checkpoint_state(checkpoints.checkpoint_paths(run_dir)["last"])["steps_per_epoch"]
+    model = recipe.compile_model(recipe.build_model(cfg), cfg, steps)
     fresh = str(tmp_path / "fresh.weights.h5")
     model.save_weights(fresh)
-    state = train._restore(model, run_dir, steps, log=lambda m: None, write=False)
+    state = checkpoints.restore(model, run_dir, steps, log=lambda m: None, write=False)
     assert state["step"] == 16
     again = str(tmp_path / "restored.weights.h5")
     model.save_weights(again)
-    saved = h5_arrays(runs.checkpoint_paths(run_dir)["last"])
+    saved = h5_arrays(checkpoints.checkpoint_paths(run_dir)["last"])
     assert_same_arrays(h5_arrays(again), saved, "restored vs checkpoint")
     assert len(saved) == len(model.weights) + len(model.optimizer.variables)
     before = h5_arrays(fresh)
@@ -151,7 +151,7 @@ def _resume_copy(two_epoch_run, tmp_path, damage):
 
 
 def _path(run_dir, name):
-    return runs.checkpoint_paths(run_dir)[name]
+    return checkpoints.checkpoint_paths(run_dir)[name]
 
 
 def _damaged(run_dir):
@@ -184,7 +184,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_good(two_epoch_run, tmp_path, d
     # The lost epoch was trained again: the run is whole and finished.
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert [m["epoch"] for m in metrics] == [1, 2] and metrics[-1]["step"] == 16
-    assert runs.checkpoint_state(_path(run_dir, "last"))["step"] == 16
+    assert checkpoints.checkpoint_state(_path(run_dir, "last"))["step"] == 16
     assert json.load(open(_path(run_dir, "state")))["step"] == 16
     assert out["results"]["epochs"] == 2
 
@@ -196,7 +196,7 @@ def test_a_damaged_good_copy_is_set_aside_and_last_is_used(two_epoch_run, tmp_pa
     assert "good.weights.h5 is damaged" in log and "at epoch 3, step 0" in log
     assert "trained again" not in log
     assert [name.endswith("-good.weights.h5") for name in _damaged(run_dir)] == [True]
-    assert runs.checkpoint_state(_path(run_dir, "good"))["step"] == 16  # made again, whole
+    assert checkpoints.checkpoint_state(_path(run_dir, "good"))["step"] == 16  # made again, whole
 
 
 @pytest.mark.slow

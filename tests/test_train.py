@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from cmxl_keras import config, runs, train
+from cmxl_keras import checkpoints, config, recipe, train
 from cmxl_keras.errors import RunError
 from cmxl_keras.schedules import one_cycle_lr
 from conftest import ROOT, Child, run_cli, run_process
@@ -175,7 +175,7 @@ def test_sigkill_then_resume_under_mixed_precision_equals_the_run_left_alone(cif
 
     result = run_cli("train", *args, "--run-dir", alone)
     assert result.returncode == 0, result.stderr[-3000:]
-    last = [runs.checkpoint_paths(d)["last"] for d in (run_dir, alone)]
+    last = [checkpoints.checkpoint_paths(d)["last"] for d in (run_dir, alone)]
     assert_same_arrays(h5_arrays(last[0]), h5_arrays(last[1]), "resumed vs left alone")
     timing = ("epoch_seconds", "train_images_per_second")
     assert [{k: v for k, v in m.items() if k not in timing} for m in metrics] == [
@@ -253,7 +253,7 @@ def test_disk_full_is_reported_and_the_previous_checkpoint_survives(cifar_dir, t
     assert json.load(open(os.path.join(folder, "state.json")))["step"] == 8  # epoch 1
     assert not [f for f in os.listdir(folder) if "partial" in f]
     monkeypatch.setattr(keras.Model, "save_weights", original)
-    model = train.compile_model(train.build_model(cfg), cfg, 8)
+    model = recipe.compile_model(recipe.build_model(cfg), cfg, 8)
     model.load_weights(os.path.join(folder, "last.weights.h5"))
     assert int(model.optimizer.iterations.numpy()) == 8
 
@@ -261,12 +261,12 @@ def test_disk_full_is_reported_and_the_previous_checkpoint_survives(cifar_dir, t
 COUNTING = """
 import json, sys
 import numpy as np, keras
-from cmxl_keras import config, train
+from cmxl_keras import config, recipe
 from cmxl_keras.optimizers import CountingLossScaleOptimizer
 keras.mixed_precision.set_global_policy("mixed_float16")
 cfg = config.load("smoke").replace(aug="none", epochs=2, loss_scale=2.0 ** 20,
                                    loss_scale_growth_steps=1)
-model = train.compile_model(train.build_model(cfg), cfg, 8)
+model = recipe.compile_model(recipe.build_model(cfg), cfg, 8)
 if sys.argv[1] == "keras":  # the control: Keras' own loss scaling
     keras_own = keras.optimizers.LossScaleOptimizer(
         model.optimizer.inner_optimizer, initial_scale=2.0 ** 20, dynamic_growth_steps=1)

@@ -1,0 +1,215 @@
+"""Models to run: ``load(source)`` for every form a model takes here (a run folder, a
+``.keras`` file, an exported folder, a SavedModel, a TFLite file), and the functions that
+give probabilities for raw uint8 images from each. Evaluate, predict, the export's parity
+check and the benchmarks all load and run models through here."""
+
+import json
+import os
+
+import numpy as np
+
+from cmxl_keras import progress, runs
+from cmxl_keras.errors import DataError, RunError
+
+# The files of an exported model folder (export.py writes them).
+SAVED_MODEL = os.path.join("saved_model", "1")
+TFLITE_FILES = {"tflite": "model_fp32.tflite", "tflite_fp16": "model_fp16.tflite",
+                "tflite_int8": "model_int8.tflite"}
+
+
+class Loaded:
+    """A model loaded by ``load``: called on uint8 images ``[N, H, W, 3]``, it gives
+    softmax probabilities ``[N, C]``.
+
+    ``kind`` is "keras", "saved_model" or "tflite"; ``path`` the file or folder run;
+    ``cfg`` the run's config and ``class_names`` the classes where the source records
+    them (else None); ``image_size`` the side of the images it takes; ``model`` the Keras
+    model (kind "keras" only)."""
+
+    def __init__(self, kind, path, run, image_size, cfg=None, class_names=None, model=None):
+        self.kind, self.path, self._run = kind, path, run
+        self.image_size, self.cfg, self.class_names, self.model = (image_size, cfg,
+                                                                   class_names, model)
+
+    def __call__(self, images, batch=256, desc=None):
+        return self._run(images, batch, desc)
+
+
+def _saved_model_dir(path):
+    for candidate in (path, os.path.join(path, SAVED_MODEL)):
+        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    return None
+
+
+def load(source, fmt=None):
+    """``source`` as a ``Loaded`` model, whatever it is: a run folder or ``.keras`` file
+    (the Keras model, with the run's config), an exported folder (its SavedModel, or
+    with ``fmt="tflite"`` or no SavedModel its fp32 TFLite file, with the classes and
+    config of its ``metadata.json``), a SavedModel folder, or a ``.tflite`` file."""
+    from cmxl_keras import config as config_lib
+
+    if not os.path.exists(source):
+        raise RunError(f"{source!r} does not exist. Give a run folder, a .keras file, an "
+                       f"exported model folder (exported/<name>) or a .tflite file.")
+    exported = os.path.isfile(os.path.join(source, "metadata.json"))
+    if fmt is not None and not exported:
+        raise RunError(f"{source!r} is not an exported model folder (no metadata.json). "
+                       f"Make one with 'python cli.py export RUN_DIR'.")
+    meta = runs.read_json(os.path.join(source, "metadata.json"), {}) if exported else {}
+    cfg = config_lib.from_dict(meta["config"]) if meta.get("config") else None
+    saved_model = _saved_model_dir(source)
+    if fmt == "tflite" or (fmt is None and (source.endswith(".tflite") or (
+            exported and saved_model is None))):
+        path = os.path.join(source, TFLITE_FILES["tflite"]) if exported else source
+        if not os.path.isfile(path):
+            raise DataError(f"{source!r} has no {TFLITE_FILES['tflite']}; export it with "
+                            f"--formats tflite, or use --format saved_model.")
+        runner = _loading(path, TFLiteRunner)
+        return Loaded("tflite", path, lambda x, batch, desc: runner(x, desc=desc or None),
+                      runner.image_size, cfg, meta.get("class_names"))
+    if fmt == "saved_model" and saved_model is None:
+        raise DataError(f"{source!r} has no {SAVED_MODEL}; export it with --formats "
+                        f"saved_model, or use --format tflite.")
+    if saved_model:
+        import tensorflow as tf
+
+        serve = _loading(saved_model, lambda p: tf.saved_model.load(p).signatures[
+            "serving_default"])
+        size = int(serve.structured_input_signature[1]["images"].shape[1])
+        return Loaded("saved_model", saved_model,
+                      lambda x, batch, desc: saved_model_predict(serve, x, batch,
+                                                                 desc or "SavedModel"),
+                      size, cfg, meta.get("class_names"))
+    model, cfg, path = load_keras(source)
+    return Loaded("keras", path, lambda x, batch, desc: keras_predict(model, x, batch,
+                                                                      desc or "Keras model"),
+                  int(model.input_shape[1]), cfg, model=model)
+
+
+def _loading(path, load_fn):
+    """``load_fn(path)``, a damaged file a clear error naming it."""
+    try:
+        return load_fn(path)
+    except Exception as error:  # TensorFlow and LiteRT raise many types for a damaged file
+        raise RunError(
+            f"the exported model {path!r} cannot be loaded ({type(error).__name__}: "
+            f"{str(error)[:300]}); the file is damaged or not an export of this project. "
+            f"Export it again (python cli.py export RUN_DIR), restore it from a copy, or try "
+            f"the other --format.") from None
+
+
+def load_keras(source=None, checkpoint=None):
+    """(keras model, config or None, description) from a run folder or a .keras file."""
+    import keras
+
+    from cmxl_keras import checkpoints, config as config_lib
+
+    path = checkpoint or source
+    if not path:
+        raise RunError("export needs a run folder (python cli.py export runs/<dir>) or "
+                       "--checkpoint FILE.keras.")
+    if not os.path.exists(path):
+        raise RunError(f"{path!r} does not exist. Give a run folder made by 'python cli.py "
+                       f"train' (look under runs/) or a .keras model file.")
+    cfg = None
+    if os.path.isdir(path):
+        cfg_path = os.path.join(path, "config.json")
+        model_path = next((p for p in (os.path.join(path, "model.keras"),
+                                       checkpoints.checkpoint_paths(path)["best"])
+                           if os.path.isfile(p)), None)
+        if model_path is None or not os.path.isfile(cfg_path):
+            raise RunError(
+                f"{path!r} is not a finished run folder: it has no model.keras or "
+                f"checkpoints/best.keras and config.json. Finish the run first "
+                f"(python cli.py train --resume {path}) or pass --checkpoint FILE.keras.")
+        cfg = config_lib.from_dict(runs.read_json(cfg_path), source=cfg_path)
+    else:
+        model_path = path
+        # A .keras file inside a run folder (model.keras, checkpoints/best.keras) keeps
+        # the run's config, and with it the run's data and split protocol.
+        here = os.path.dirname(os.path.abspath(path))
+        for folder in (here, os.path.dirname(here)):
+            cfg_path = os.path.join(folder, "config.json")
+            if os.path.isfile(cfg_path):
+                cfg = config_lib.from_dict(runs.read_json(cfg_path), source=cfg_path)
+                break
+    if not model_path.endswith(".keras"):
+        raise RunError(f"{model_path!r} is not a Keras model file (.keras). Give a run "
+                       f"folder or a .keras file saved by this project.")
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as error:  # zip, h5 and deserialization errors all mean the same here
+        raise RunError(f"cannot load {model_path!r} as a Keras model ({type(error).__name__}: "
+                       f"{str(error)[:200]}). Give a .keras file saved by this project.") from None
+    shape = tuple(model.input_shape[1:])
+    if len(shape) != 3 or shape[-1] != 3:
+        raise RunError(f"{model_path!r} takes inputs of shape {shape}, not RGB images.")
+    return model, cfg, model_path
+
+
+def interpreter(**kwargs):
+    """A LiteRT interpreter (the ``ai-edge-litert`` runtime, which needs no TensorFlow;
+    ``tf.lite.Interpreter`` is deprecated in TensorFlow 2.20)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(**kwargs)
+
+
+class TFLiteRunner:
+    """Runs a TFLite file on raw uint8 images, any batch size; returns probabilities.
+    LiteRT only: no TensorFlow is imported."""
+
+    def __init__(self, path):
+        self.interpreter = interpreter(model_path=str(path), num_threads=os.cpu_count())
+        runner = self.interpreter.get_signature_runner()
+        self.input_name = next(iter(runner.get_input_details()))
+        details = runner.get_input_details()[self.input_name]
+        self.input_dtype, self.image_size = details["dtype"], int(details["shape"][1])
+        self.runner = runner
+
+    def __call__(self, images, desc=None):
+        images = np.asarray(images).astype(self.input_dtype)
+        if desc is None:
+            out = self.runner(**{self.input_name: images})
+            return np.asarray(out["probabilities"], np.float32)
+        return np.concatenate([
+            np.asarray(self.runner(**{self.input_name: images[i:i + 256]})["probabilities"],
+                       np.float32) for i in progress.batches(len(images), 256, desc)])
+
+
+def saved_model_predict(path, images, batch=256, desc="SavedModel"):
+    """Probabilities from a SavedModel's ``serving_default`` (``path``: its folder, or
+    the signature already loaded)."""
+    import tensorflow as tf
+
+    serve = (tf.saved_model.load(path).signatures["serving_default"]
+             if isinstance(path, (str, os.PathLike)) else path)
+    return np.concatenate([serve(images=tf.constant(images[i:i + batch], tf.uint8))
+                           ["probabilities"].numpy()
+                           for i in progress.batches(len(images), batch, desc)])
+
+
+def keras_predict(model, images, batch=256, desc="Keras model"):
+    import keras
+
+    logits = [model.predict_on_batch(images[i:i + batch].astype(np.float32))
+              for i in progress.batches(len(images), batch, desc)]
+    return np.asarray(keras.ops.softmax(np.concatenate(logits), axis=-1))
+
+
+def read_metadata(folder):
+    path = os.path.join(folder, "metadata.json")
+    if not os.path.isfile(path):
+        raise RunError(f"{folder!r} is not an exported model folder (no metadata.json). "
+                       f"Make one with 'python cli.py export RUN_DIR'.")
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+        metadata["input"]["shape"][1], metadata["class_names"][0]  # what predict reads
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise RunError(
+            f"{path!r} is damaged ({type(error).__name__}: {error}); predict reads the input "
+            f"size and class names from it. Export the model again (python cli.py export "
+            f"RUN_DIR), or restore the folder from a copy.") from None
+    return metadata

@@ -91,11 +91,11 @@ def main():
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    from cmxl_keras import augment, config, data
+    from cmxl_keras import augment, config, data, splitting
 
     cfg = config.Config(data_dir=args.data_dir, val_from_train=5000)
     raw = data.read_data_dir(args.data_dir)
-    split = data.make_splits(raw, val_from_train=5000, log=lambda m: None).train
+    split = splitting.make_splits(raw, val_from_train=5000, log=lambda m: None).train
     spec = augment.AugmentSpec.from_config(cfg)
     old = augment.AugmentSpec.from_config(cfg.replace(randaugment="keras_cv"))
     rates = {"pipeline": [], "pipeline_keras_cv": [], "device": [], "train": []}

@@ -14,7 +14,7 @@ epoch on the same validation images:
   ``np.interp(epoch + (i + 1) / len(loader), [0, 2E//5, 4E//5, E], [0, lr, lr/20, 0])``,
   fp16 autocast and GradScaler on a GPU only, the seeds set as it sets them).
 
-The split is drawn once by ``cmxl_keras.data.make_splits`` (``--train`` images drawn
+The split is drawn once by ``cmxl_keras.splitting.make_splits`` (``--train`` images drawn
 stratified at random and ``--val`` carved out, with ``--split-seed``); the script checks
 that our run's ``split.json`` names the same images by their digests. The seeds vary the
 initialization, the order and the augmentation draws, on both sides alike.
@@ -51,7 +51,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cmxl_keras.architecture import CIFAR_MEAN, CIFAR_STD  # noqa: E402
-from cmxl_keras.data import make_splits, read_data_dir  # noqa: E402
+from cmxl_keras.data import read_data_dir  # noqa: E402
+from cmxl_keras.splitting import make_splits  # noqa: E402
 from cmxl_keras.runs import package_versions, write_text  # noqa: E402
 from runner import run_or_exit  # noqa: E402
 

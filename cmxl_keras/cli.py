@@ -368,14 +368,14 @@ def _export_images(cfg, data_dir, count, size):
     """(calibration, parity images, class names) from the run's data or --data-dir."""
     import numpy as np
 
-    from cmxl_keras import config as config_lib, data
+    from cmxl_keras import config as config_lib, splitting
     from cmxl_keras.errors import DataError
 
     cfg = cfg or config_lib.Config(image_size=size)
     if data_dir:
         cfg = cfg.replace(data_dir=data_dir)
     try:
-        splits = data.load_splits(cfg, log=lambda message: None)
+        splits = splitting.load_splits(cfg, log=lambda message: None)
     except DataError as error:
         if data_dir:
             raise

@@ -38,13 +38,13 @@ def metrics(probabilities, labels, num_classes):
 
 def evaluation_split(cfg, split, data_dir=None, log=print):
     """The images and labels of ``split`` under the run's own split protocol."""
-    from cmxl_keras import data
+    from cmxl_keras import splitting
 
     if split not in SPLITS:
         raise RunError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
     if data_dir:
         cfg = cfg.replace(data_dir=data_dir)
-    splits = data.load_splits(cfg, log=log)
+    splits = splitting.load_splits(cfg, log=log)
     if split == "val":
         return splits.val, splits.class_names
     if splits.test is None:

@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from cmxl_keras import inference
-from cmxl_keras.data import image_pixels
+from cmxl_keras.images import image_pixels
 from cmxl_keras.errors import DataError, RunError
 
 

@@ -179,7 +179,8 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
                   verbose, chief, replan, deadline):
     import keras
 
-    from cmxl_keras import callbacks, checkpoints, data, distribute, models, schedules
+    from cmxl_keras import (callbacks, checkpoints, distribute, models, schedules,
+                            splitting)
 
     if resume and chief and os.path.isdir(resume):  # a missing folder: check_resumable says so
         held.enter_context(runs.RunLock(resume, argv))  # before reading what it may write
@@ -200,7 +201,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
 
         tf.config.experimental.enable_op_determinism()
 
-    splits = data.load_splits(cfg, log=log)  # before the run folder: bad data leaves nothing
+    splits = splitting.load_splits(cfg, log=log)  # before the run folder: bad data leaves nothing
     if chief:
         run_dir = resume or runs.new_run_dir(runs_dir, cfg.name, run_dir, overwrite,
                                              held=held, argv=argv)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from cmxl_keras import data
+from cmxl_keras import data, splitting
 from cmxl_keras.config import Config
 from cmxl_keras.errors import DataError
 from conftest import random_images
@@ -122,13 +122,13 @@ def test_the_config_and_the_files_must_name_the_same_dataset(tmp_path, cifar_dir
     write_cifar100(str(tmp_path), layouts=("binary",))
     with pytest.raises(DataError, match="holds CIFAR-100 but the config says dataset='cifar10'.*"
                                         "--set dataset=cifar100"):
-        data.load_splits(Config(data_dir=str(tmp_path), val_from_train=50, num_classes=100),
+        splitting.load_splits(Config(data_dir=str(tmp_path), val_from_train=50, num_classes=100),
                          log=lambda m: None)
     with pytest.raises(DataError, match="holds CIFAR-10 but the config says "
                                         "dataset='cifar100'.*--set dataset=cifar10"):
-        data.load_splits(Config(data_dir=cifar_dir, val_from_train=50, dataset="cifar100",
+        splitting.load_splits(Config(data_dir=cifar_dir, val_from_train=50, dataset="cifar100",
                                 num_classes=100), log=lambda m: None)
-    splits = data.load_splits(Config(data_dir=str(tmp_path), val_from_train=50,
+    splits = splitting.load_splits(Config(data_dir=str(tmp_path), val_from_train=50,
                                      dataset="cifar100", num_classes=100), log=lambda m: None)
     assert len(splits.class_names) == 100 and len(splits.val) == 50
 
@@ -150,12 +150,12 @@ def test_channel_stats_give_the_cifar10_constants_on_the_shipped_images(tmp_path
 def test_paper_split_protocol_uses_the_test_set(tmp_path):
     _bin_dataset(str(tmp_path), n=20, test=30)
     raw = data.read_data_dir(str(tmp_path))
-    splits = data.make_splits(raw, val_size=12, seed=1024)
+    splits = splitting.make_splits(raw, val_size=12, seed=1024)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (100, 12, 18)
     assert splits.info["val_from"] == "test"
-    again = data.make_splits(raw, val_size=12, seed=1024)
+    again = splitting.make_splits(raw, val_size=12, seed=1024)
     np.testing.assert_array_equal(again.val.images, splits.val.images)
-    other = data.make_splits(raw, val_size=12, seed=7)
+    other = splitting.make_splits(raw, val_size=12, seed=7)
     assert other.info["val_indices"] != splits.info["val_indices"]
     # val and test halves are disjoint and together the whole test split
     both = np.concatenate([splits.val.images, splits.test.images]).reshape(30, -1)
@@ -165,14 +165,14 @@ def test_paper_split_protocol_uses_the_test_set(tmp_path):
 def test_val_from_train_is_carved_and_disjoint(cifar_dir):
     raw = data.read_data_dir(cifar_dir)
     logged = []
-    splits = data.make_splits(raw, val_from_train=300, limit_train=500, seed=3,
+    splits = splitting.make_splits(raw, val_from_train=300, limit_train=500, seed=3,
                               log=logged.append)
     assert (len(splits.train), len(splits.val), splits.test) == (500, 300, None)
     train_rows = {r.tobytes() for r in splits.train.images.reshape(500, -1)}
     assert not any(r.tobytes() in train_rows for r in splits.val.images.reshape(300, -1))
     assert splits.info["train"] == 500 and splits.info["val_from"] == "train"
     # No test split and no val_from_train: carve val_size from train, and say so.
-    splits = data.make_splits(raw, val_size=200, seed=3, log=logged.append)
+    splits = splitting.make_splits(raw, val_size=200, seed=3, log=logged.append)
     assert len(splits.val) == 200 and "carving 200 validation images" in logged[-1]
 
 
@@ -182,7 +182,7 @@ def test_the_split_follows_split_seed_not_the_training_seed(cifar_dir):
 
     def val_indices(**changes):
         cfg = Config(data_dir=cifar_dir, val_from_train=100, **changes)
-        splits = data.load_splits(cfg, log=lambda m: None)
+        splits = splitting.load_splits(cfg, log=lambda m: None)
         assert splits.info["split_seed"] == cfg.split_seed
         return splits.info["val_indices"], splits.info["train_indices_sha256"]
 
@@ -200,7 +200,7 @@ def test_the_split_follows_split_seed_not_the_training_seed(cifar_dir):
 def test_load_splits_checks_class_count_and_size(cifar_dir):
     cfg = Config(data_dir=cifar_dir, val_from_train=100, num_classes=100)
     with pytest.raises(DataError, match="has 10 classes but the config says num_classes 100"):
-        data.load_splits(cfg, log=lambda m: None)
+        splitting.load_splits(cfg, log=lambda m: None)
 
 
 @pytest.mark.parametrize("case,quoted", [
@@ -332,7 +332,7 @@ def test_limit_train_is_a_stratified_draw_fixed_by_split_seed(cifar_dir):
     within each class (each keeping its share), the same for the same split_seed."""
     raw = data.read_data_dir(os.path.join(cifar_dir, "images"))
     assert (np.diff(raw.train.labels) >= 0).all()  # the folder is ordered by class
-    splits = data.make_splits(raw, val_from_train=100, limit_train=150, seed=5,
+    splits = splitting.make_splits(raw, val_from_train=100, limit_train=150, seed=5,
                               log=lambda m: None)
     counts = np.bincount(splits.train.labels, minlength=10)
     assert counts.sum() == 150 and counts.min() >= 10, counts
@@ -341,10 +341,10 @@ def test_limit_train_is_a_stratified_draw_fixed_by_split_seed(cifar_dir):
     assert (np.abs(counts - left * 150 / left.sum()) < 1).all(), (counts, left)
     assert splits.info["limit_train"]["per_class"] == {str(c): int(n)
                                                        for c, n in enumerate(counts)}
-    again = data.make_splits(raw, val_from_train=100, limit_train=150, seed=5,
+    again = splitting.make_splits(raw, val_from_train=100, limit_train=150, seed=5,
                              log=lambda m: None)
     assert again.info["train_indices_sha256"] == splits.info["train_indices_sha256"]
-    other = data.make_splits(raw, val_from_train=100, limit_train=150, seed=6,
+    other = splitting.make_splits(raw, val_from_train=100, limit_train=150, seed=6,
                              log=lambda m: None)
     assert other.info["train_indices_sha256"] != splits.info["train_indices_sha256"]
     # Not the first images of each class: a draw from all of them.
@@ -352,7 +352,7 @@ def test_limit_train_is_a_stratified_draw_fixed_by_split_seed(cifar_dir):
     train_rows = {r.tobytes() for r in splits.train.images.reshape(150, -1)}
     firsts = sum(raw.train.images[i].tobytes() in train_rows for idx in first.values() for i in idx)
     assert firsts < 100, firsts
-    whole = data.make_splits(raw, val_from_train=100, limit_train=10**6, seed=5,
+    whole = splitting.make_splits(raw, val_from_train=100, limit_train=10**6, seed=5,
                              log=lambda m: None)
     assert len(whole.train) == len(raw.train) - 100 and "limit_train" not in whole.info
 
@@ -372,27 +372,27 @@ def _indices(split):
 
 
 def test_the_reference_split_halves_the_official_test_set_as_the_reference_does():
-    val, test = data.reference_split()
+    val, test = splitting.reference_split()
     assert sorted(np.concatenate([val, test]).tolist()) == list(range(10000))
     for split in ("reference", "auto"):
-        splits = data.make_splits(_official_like(), split=split, log=lambda m: None)
+        splits = splitting.make_splits(_official_like(), split=split, log=lambda m: None)
         assert splits.info["split"] == "reference"
         np.testing.assert_array_equal(_indices(splits.val), np.sort(val))
         np.testing.assert_array_equal(_indices(splits.test), np.sort(test))
-    drawn = data.make_splits(_official_like(), split="random", log=lambda m: None)
+    drawn = splitting.make_splits(_official_like(), split="random", log=lambda m: None)
     assert drawn.info["split"] == "random" and len(drawn.val) == 5000
     assert not np.array_equal(_indices(drawn.val), np.sort(val))
     # auto draws at random where the reference halves cannot apply; reference refuses.
     for raw, val_size, why in ((_official_like(dataset=None), 5000, "no official order"),
                                (_official_like(test_size=4000), 2000, "not the official 10,000"),
                                (_official_like(), 2000, "val_size is 2000")):
-        auto = data.make_splits(raw, val_size=val_size, split="auto", log=lambda m: None)
+        auto = splitting.make_splits(raw, val_size=val_size, split="auto", log=lambda m: None)
         assert auto.info["split"] == "random"
         with pytest.raises(DataError, match=why) as refused:
-            data.make_splits(raw, val_size=val_size, split="reference", log=lambda m: None)
+            splitting.make_splits(raw, val_size=val_size, split="reference", log=lambda m: None)
         assert "--set split=random" in str(refused.value)
     # No test split (the shipped images): validation is carved from train as before.
-    carved = data.make_splits(dataclasses.replace(_official_like(), test=None),
+    carved = splitting.make_splits(dataclasses.replace(_official_like(), test=None),
                               split="reference", val_from_train=10, log=lambda m: None)
     assert carved.info["val_from"] == "train"
 

@@ -46,11 +46,11 @@ def test_evaluate_matches_an_independent_forward_pass(three_forms, cifar_dir, tm
     a plain Keras forward pass of model.keras (numpy softmax, no evaluate code)."""
     import keras
 
-    from cmxl_keras import config, data
+    from cmxl_keras import config, splitting
 
     run = three_forms["run"]
     cfg = config.from_dict(json.load(open(os.path.join(run, "config.json"))))
-    splits = data.load_splits(cfg.replace(data_dir=cifar_dir), log=lambda m: None)
+    splits = splitting.load_splits(cfg.replace(data_dir=cifar_dir), log=lambda m: None)
     images, labels = splits.val.images, splits.val.labels.astype(int)
     model = keras.saving.load_model(three_forms["keras"])
     logits = np.asarray(model.predict(images.astype(np.float32), verbose=0), np.float64)
@@ -83,11 +83,11 @@ def test_flip_tta_averages_the_probabilities_of_the_horizontal_mirror(three_form
 
     import keras
 
-    from cmxl_keras import config, data
+    from cmxl_keras import config, splitting
 
     run = three_forms["run"]
     cfg = config.from_dict(json.load(open(os.path.join(run, "config.json"))))
-    splits = data.load_splits(cfg.replace(data_dir=cifar_dir), log=lambda m: None)
+    splits = splitting.load_splits(cfg.replace(data_dir=cifar_dir), log=lambda m: None)
     images, labels = splits.val.images.astype(np.float32), splits.val.labels.astype(int)
     model = keras.saving.load_model(three_forms["keras"])
     # Sharper logits (the classifier scaled by 8): with the small model's soft outputs

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from cmxl_keras import augment, config, crop, erasing, jitter, randaugment, recipe
 from cmxl_keras.augment import AugmentSpec
-from cmxl_keras.data import load_splits
+from cmxl_keras.splitting import load_splits
 import keras_stages
 from conftest import ROOT, run_process
 
@@ -641,11 +641,11 @@ def test_five_fit_steps_equal_the_reference_training_loop(cifar_images, tmp_path
 def test_the_reference_split_is_the_reference_codes_own(tmp_path):
     """The packaged halves (cmxl_keras/reference_split.json) are what torch draws for the
     reference's split, regenerated here with torch itself."""
-    from cmxl_keras import data
+    from cmxl_keras import splitting
 
     torch_split = reference("split", tmp_path, {"seed": 1204, "size": 10000,
                                                 "lengths": [5000, 5000]})
-    val, test = data.reference_split()
+    val, test = splitting.reference_split()
     np.testing.assert_array_equal(val, torch_split["val"])
     np.testing.assert_array_equal(test, torch_split["test"])
     # The figures PAPER_NOTES quotes for torch 2.14.1, and a control: another seed differs.

@@ -4,8 +4,8 @@ same split, for one or several training seeds, and tabulates them (``results.jso
 
 Two scales: ``paper`` (``architecture.VARIANTS``, which ``configs/cm_*.toml`` hold: the
 paper's models and recipe) and ``cpu`` (``CPU_SCALE``, the same seven contrasts scaled down
-alike to run on a laptop CPU in about an hour). Resumable: a finished run is not redone, an interrupted one resumes from
-its checkpoint. Figures are drawn by ``report``.
+alike to run on a laptop CPU in about an hour). Resumable: a finished run is not redone,
+an interrupted one resumes from its checkpoint. Figures are drawn by ``report``.
 """
 
 import datetime

@@ -80,7 +80,8 @@ class Guard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.state.stop_reason = "diverged"
-            self.state.diverged_at = (optimizer_step(self.model) - 1) // self.state.steps_per_epoch, batch
+            epoch = (optimizer_step(self.model) - 1) // self.state.steps_per_epoch
+            self.state.diverged_at = epoch, batch
             self.model.stop_training = True
             return
         if (self.deadline is not None and self.state.stop_reason is None

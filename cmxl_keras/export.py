@@ -119,7 +119,8 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
                 # the served SavedModel keeps the model's own graph, exact to float
                 # rounding (folding the normalization into the stem moves the
                 # probabilities by ~1e-5, within the TFLite targets but not below 1e-5).
-                savedmodel.write_saved_model(folding.inference_graph(model), tflite_source, serving=False)
+                savedmodel.write_saved_model(folding.inference_graph(model), tflite_source,
+                                             serving=False)
             log(f"export: {kind} -> {target}/{fname}")
             data = tflite.convert_tflite(tflite_source, kind, calibration_images)
             flex = [op for op in tflite.tflite_ops(data) if op.lower().startswith("flex")]

@@ -8,7 +8,7 @@ strength of ``magnitude`` of 31 levels, with a random sign where the op is signe
 ``OPS`` below is torchvision's op table (``RandAugment._augmentation_space``): the
 strength at the top level and whether it is signed. ``strengths`` evaluates it at a level
 as torchvision does, and ``apply`` computes the ops on a batch with one op and sign per
-image. Both pipeline forms are built from these two functions (``augment.Stage``): the
+image. Both pipeline forms are built from these two functions (``transforms.Stage``): the
 keras-cv layer of the tf.data pipeline and the Keras layer that runs on the device; they
 differ only in where the random draws come from.
 

@@ -139,7 +139,8 @@ def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv
     # First: a multi-worker strategy and the logical CPU split configure the runtime.
     strategy = distribute.make_strategy(cfg.strategy, log)
     # The run records what ran: the pipeline and precision that "auto" resolved to.
-    cfg = cfg.replace(pipeline=recipe.resolve_pipeline(cfg), precision=recipe.resolve_precision(cfg.precision))
+    cfg = cfg.replace(pipeline=recipe.resolve_pipeline(cfg),
+                      precision=recipe.resolve_precision(cfg.precision))
     devices = distribute.data_parallel_devices()  # DataParallel (JAX) splits batches evenly
     if cfg.batch_size % devices:
         raise ConfigError(
@@ -226,8 +227,9 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
                                             portable, log=log)
     start_step = 0
     with distribute.scope(strategy):
-        model = recipe.compile_model(recipe.build_model(cfg, sync_bn=replicas > 1, augmentation=stages),
-                              cfg, steps, one_hot=one_hot)
+        model = recipe.compile_model(
+            recipe.build_model(cfg, sync_bn=replicas > 1, augmentation=stages), cfg, steps,
+            one_hot=one_hot)
         distribute.prepare_model(model, strategy)
         if resume and not restart:
             restored = checkpoints.restore(model, resume, steps, log, write=chief)

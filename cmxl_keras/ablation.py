@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from cmxl_keras import checkpoints, config, report, runs
+from cmxl_keras import checkpoints, config, report, runs, settings
 from cmxl_keras.architecture import ARCH_KEYS, VARIANTS
 from cmxl_keras.errors import ConfigError, RunError
 
@@ -78,7 +78,7 @@ def run_folder(out_dir, variant, seed=None):
 def check_finished(run_dir, cfg):
     """Refuses to reuse a finished run made with other settings (say an earlier ablation
     with other --epochs in the same --out): it is neither counted nor overwritten."""
-    saved = config.load_saved(run_dir)
+    saved = settings.load_saved(run_dir)
     diffs = [f"{key} {was!r} (asked: {now!r})"
              for key, was, now in config.differing(saved, cfg, RUN_KEYS)]
     if diffs:

@@ -319,3 +319,28 @@ def resumed_metrics(run_dir, restored, log, write=True):
     if write:
         runs.write_json(path, metrics)
     return list(metrics)
+
+
+def saved_config(run_dir, given, runs_dir="runs"):
+    """The config a run to resume was saved with (config.json, or config.toml if that is
+    damaged); None for a run killed before it wrote its config or any checkpoint (no
+    step was finished): it starts over from the config ``given`` on the command line,
+    and without one is refused."""
+    from cmxl_keras import settings
+
+    if not os.path.isdir(run_dir):
+        raise RunError(
+            f"--resume {run_dir!r}: no such run folder. Give a folder made by "
+            f"'python cli.py train' (look under {runs_dir}/).")
+    try:
+        return settings.load_saved(run_dir)
+    except RunError:
+        if has_checkpoint(run_dir):
+            raise
+        if not given:
+            raise RunError(
+                f"--resume {run_dir!r}: the run was stopped before it saved its config or "
+                f"any checkpoint, so nothing of it is left to continue. Start it again "
+                f"with the flags it was started with (e.g. --config NAME) and --resume "
+                f"{run_dir}, or with --run-dir {run_dir} --overwrite.") from None
+        return None

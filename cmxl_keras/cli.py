@@ -147,9 +147,9 @@ def model_options(command):
 
 
 def resolve_config(config_file, overrides, base=None, **flags):
-    from cmxl_keras import config
+    from cmxl_keras import settings
 
-    return config.resolve(config_file, overrides, base=base, **flags)
+    return settings.resolve(config_file, overrides, base=base, **flags)
 
 
 @cli.command()
@@ -227,31 +227,10 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
     """Train a model with the paper's recipe (model.fit, one-cycle, AdamW)."""
     base = None
     if resume:
-        from cmxl_keras import config as config_lib
-
-        if not os.path.isdir(resume):
-            from cmxl_keras.errors import RunError
-
-            raise RunError(
-                f"--resume {resume!r}: no such run folder. Give a folder made by "
-                f"'python cli.py train' (look under {runs_dir}/).")
         from cmxl_keras import checkpoints
-        from cmxl_keras.errors import RunError
 
-        try:
-            base = config_lib.load_saved(resume)  # config.json, or config.toml if damaged
-        except RunError:
-            # Killed before it wrote its config: with no checkpoint either, no step was
-            # finished, and the run starts over from the config given here.
-            if checkpoints.has_checkpoint(resume):
-                raise
-            if not (config_file or overrides or any(v is not None for v in flags.values())):
-                raise RunError(
-                    f"--resume {resume!r}: the run was stopped before it saved its config or "
-                    f"any checkpoint, so nothing of it is left to continue. Start it again "
-                    f"with the flags it was started with (e.g. --config NAME) and --resume "
-                    f"{resume}, or with --run-dir {resume} --overwrite.") from None
-            base = None
+        given = bool(config_file or overrides or any(v is not None for v in flags.values()))
+        base = checkpoints.saved_config(resume, given, runs_dir)
     cfg = resolve_config(config_file, overrides, base=base, **flags)
     if dry_run:
         click.echo(cfg.to_toml(), nl=False)
@@ -340,8 +319,9 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
     _quiet_tensorflow()
     loaded = inference.load_keras(source, checkpoint)
     model, cfg, _ = loaded
-    calibration, images, class_names = _export_images(cfg, data_dir, parity_images,
-                                                      model.input_shape[1])
+    calibration, images, class_names = export_lib.export_images(
+        cfg, data_dir, parity_images, model.input_shape[1],
+        log=lambda message: click.echo(message, err=True))
     folder, metadata = export_lib.export(
         loaded, source, formats, out_dir, name, calibration, images, class_names,
         allow_parity_miss=allow_parity_miss,
@@ -362,31 +342,6 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
             click.echo(f"  {key} = {value:.6g}")
     if failures:
         click.echo("parity below target: " + "; ".join(failures), err=True)
-
-
-def _export_images(cfg, data_dir, count, size):
-    """(calibration, parity images, class names) from the run's data or --data-dir."""
-    import numpy as np
-
-    from cmxl_keras import config as config_lib, splitting
-    from cmxl_keras.errors import DataError
-
-    cfg = cfg or config_lib.Config(image_size=size)
-    if data_dir:
-        cfg = cfg.replace(data_dir=data_dir)
-    try:
-        splits = splitting.load_splits(cfg, log=lambda message: None)
-    except DataError as error:
-        if data_dir:
-            raise
-        click.echo(f"export: no data for calibration and parity ({error}); pass --data-dir.",
-                   err=True)
-        return None, None, None
-    rng = np.random.default_rng(0)
-    calibration = splits.train.images[rng.choice(len(splits.train),
-                                                 min(200, len(splits.train)), replace=False)]
-    images = splits.val.images[:count]
-    return calibration, images, splits.class_names
 
 
 @cli.command()
@@ -450,9 +405,9 @@ def report(run_dirs, out_dir):
 @user_errors
 def ablation(scale, seeds, epochs, limit_train, data_dir, val_from_train, overrides, out_dir):
     """Train the seven Table-1 configurations; resumable; writes results.md/json."""
-    from cmxl_keras import ablation as ablation_lib, config
+    from cmxl_keras import ablation as ablation_lib, config, settings
 
-    changes = config.command_line_changes(overrides, epochs=epochs, limit_train=limit_train,
+    changes = settings.command_line_changes(overrides, epochs=epochs, limit_train=limit_train,
                                           data_dir=data_dir, val_from_train=val_from_train)
     config.merge(config.Config(), changes, source="the ablation options")  # fail fast
     seed_list = ablation_lib.parse_seeds(seeds) if seeds is not None else None

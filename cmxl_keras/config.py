@@ -2,7 +2,7 @@
 
 Configs are data (big_vision style): ``Config()`` *is* the CM-Vanilla recipe of
 PAPER_NOTES.md, a file in ``configs/`` holds only what differs (TOML, read with
-the standard library's tomllib), and ``--set key=value`` overrides from the CLI.
+the standard library's tomllib, in ``settings.py``), and ``--set key=value`` overrides from the CLI.
 Unknown keys and bad values raise ``ConfigError`` quoting the key, the value and
 what is allowed.
 """
@@ -11,8 +11,6 @@ import dataclasses
 import difflib
 import json
 import math
-import os
-import tomllib
 
 from cmxl_keras import architecture
 from cmxl_keras.errors import ConfigError
@@ -163,21 +161,6 @@ BOUNDS = {
     "checkpoint_every_steps": (0, None),
 }
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-# The shipped configs: configs/ of a clone, or cmxl_keras/configs/ where ``pip install .``
-# put them (pyproject.toml maps the one onto the other).
-CONFIG_DIR = next((folder for folder in (os.path.join(os.path.dirname(_PACKAGE), "configs"),
-                                         os.path.join(_PACKAGE, "configs"))
-                   if os.path.isdir(folder)), os.path.join(_PACKAGE, "configs"))
-
-
-def config_dirs():
-    """Where a config name is looked up, first match wins: ``configs/`` of the working
-    directory (the folder users edit), then the shipped configs."""
-    here = os.path.abspath("configs")
-    return [here] + [CONFIG_DIR] if os.path.isdir(here) and here != CONFIG_DIR else [CONFIG_DIR]
-
-
 def _toml_value(value):
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -200,8 +183,6 @@ def _field_type(key):
 
 
 def _unknown_key(key, source):
-
-
     close = difflib.get_close_matches(key, FIELDS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(
@@ -297,53 +278,6 @@ def merge(base, changes, source="the overrides"):
     return validate(dataclasses.replace(base, **typed))
 
 
-def resolve_path(name_or_path):
-    """A config file path from a path or a name (``smoke`` -> configs/smoke.toml, looked
-    up in ``config_dirs()``)."""
-    if os.path.isfile(name_or_path):
-        return name_or_path
-    folders = config_dirs()
-    for folder in folders:
-        candidate = os.path.join(folder, f"{name_or_path}.toml")
-        if os.path.isfile(candidate):
-            return candidate
-    names = sorted({f[:-5] for folder in folders for f in os.listdir(folder)
-                    if f.endswith(".toml")})
-    raise ConfigError(
-        f"config file {name_or_path!r} not found. Give a path to a .toml file or one "
-        f"of the names in {' or '.join(folders)}: {', '.join(names)}.")
-
-
-def load(name_or_path, base=None):
-    """Reads a TOML config file (or a configs/ name) over ``base`` (default: the paper)."""
-    path, data = read_toml(name_or_path)
-    return merge(base or Config(), data, source=f"config file {path!r}")
-
-
-def read_toml(name_or_path):
-    """``(path, {key: value})`` of a config file, checked to be flat and non-empty."""
-    path = resolve_path(name_or_path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(
-            f"config file {path!r} is not valid TOML ({error}). Each line must read "
-            f"key = value, for example depth = 8.") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config file {path!r} cannot be read ({error}).") from None
-    if not data:
-        raise ConfigError(
-            f"config file {path!r} is empty: it holds no key = value lines. Add the "
-            f"settings that differ from the paper's recipe, e.g. name = \"my_run\".")
-    for key, value in data.items():
-        if isinstance(value, dict):
-            raise ConfigError(
-                f"config file {path!r} has a [{key}] table; configs are flat "
-                f"key = value lines. Allowed keys: {', '.join(FIELDS)}.")
-    return path, data
-
-
 def differing(saved, config, keys):
     """``[(key, saved value, value)]`` for the ``keys`` where two Configs differ (a run's
     saved config against the one asked for: resume and the ablation runner refuse them)."""
@@ -364,32 +298,6 @@ def from_dict(data, source="a saved config"):
     return merge(Config(), data, source=source)
 
 
-def command_line_changes(overrides=(), **flags):
-    """The flags given (not None), then the ``--set key=value`` overrides over them, as
-    one dict of typed values (unchecked: ``merge`` checks them)."""
-    changes = {key: value for key, value in flags.items() if value is not None}
-    changes.update(parse_override(text) for text in overrides)
-    return changes
-
-
-def resolve(config_file=None, overrides=(), base=None, **flags):
-    """The CLI's view: base (defaults) <- config file <- flags (not None) <- ``--set``.
-
-    A run that nothing names (no ``name`` in the config file, no ``--name``, not a
-    resumed run) is named after its architecture (``architecture_name``).
-    """
-    config, named = base or Config(), base is not None
-    if config_file:
-        path, data = read_toml(config_file)
-        config = merge(config, data, source=f"config file {path!r}")
-        named = named or "name" in data
-    changes = command_line_changes(overrides, **flags)
-    config = merge(config, changes, source="the command line")
-    if not (named or "name" in changes):
-        config = config.replace(name=architecture_name(config))
-    return config
-
-
 def architecture_name(config):
     """``convmixer-<width>-<depth>``, then what differs from the paper's ConvMixer-256/8:
     ``-s<skip_period>`` (long skips), ``-p<patch>``, ``-k<kernel>``, the activation and
@@ -405,29 +313,6 @@ def architecture_name(config):
     if config.num_classes != Config.num_classes:
         parts.append(f"c{config.num_classes}")
     return "-".join(parts)
-
-
-def load_saved(run_dir):
-    """A run folder's config: config.json, or config.toml when config.json is damaged
-    (both are written at every start and resume)."""
-    from cmxl_keras.errors import RunError
-
-    problems = []
-    json_path = os.path.join(run_dir, "config.json")
-    try:
-        with open(json_path) as f:
-            return from_dict(json.load(f), source=json_path)
-    except (OSError, ValueError, TypeError, AttributeError) as error:  # ConfigError: ValueError
-        problems.append(f"config.json: {type(error).__name__}: {error}")
-    toml_path = os.path.join(run_dir, "config.toml")
-    try:
-        return load(toml_path, base=Config())
-    except (OSError, ValueError) as error:
-        problems.append(f"config.toml: {error}")
-    raise RunError(
-        f"{run_dir!r}: the run's saved config cannot be read ({'; '.join(problems)}). Without "
-        f"it the checkpoint's model and schedule are unknown. Restore config.json or "
-        f"config.toml from a copy of the run folder, or start a new run.")
 
 
 # Every Table-1 run: the reference code's seed (1204 in its train.py; the paper's text
@@ -447,6 +332,5 @@ def variant_config(variant):
     return merge(Config(), changes)
 
 
-__all__ = ["Config", "ConfigError", "architecture_name", "command_line_changes", "from_dict",
-           "load", "load_saved", "merge", "parse_override", "read_toml", "resolve", "validate",
-           "variant_config"]
+__all__ = ["Config", "ConfigError", "architecture_name", "coerce", "differing", "from_dict",
+           "merge", "parse_override", "validate", "variant_config"]

@@ -169,3 +169,28 @@ def _metadata(model, cfg, model_path, source, class_names, sizes, report, format
         "file_sizes": sizes,
         "parity": report,
     }
+
+
+def export_images(cfg, data_dir, count, size, log=print):
+    """(calibration images, parity images, class names) from the run's data (``cfg``),
+    or ``data_dir``: 200 training images drawn at random calibrate the int8 file, and
+    the first ``count`` validation images check parity. Without data (and no
+    ``data_dir``), all three are None: the export goes on without int8 and parity."""
+    from cmxl_keras import config as config_lib, splitting
+    from cmxl_keras.errors import DataError
+
+    cfg = cfg or config_lib.Config(image_size=size)
+    if data_dir:
+        cfg = cfg.replace(data_dir=data_dir)
+    try:
+        splits = splitting.load_splits(cfg, log=lambda message: None)
+    except DataError as error:
+        if data_dir:
+            raise
+        log(f"export: no data for calibration and parity ({error}); pass --data-dir.")
+        return None, None, None
+    rng = np.random.default_rng(0)
+    calibration = splits.train.images[rng.choice(len(splits.train),
+                                                 min(200, len(splits.train)), replace=False)]
+    images = splits.val.images[:count]
+    return calibration, images, splits.class_names

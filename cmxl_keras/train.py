@@ -29,12 +29,12 @@ SCHEDULE_KEYS = ("epochs", "lr_max")
 def check_resumable(run_dir, cfg, replan=False):
     """The saved config and state of ``run_dir``; refuses another model, data setup or
     precision, and (unless ``replan``) another schedule."""
-    from cmxl_keras import config as config_lib
+    from cmxl_keras import config as config_lib, settings
 
     if not os.path.isdir(run_dir):
         raise RunError(f"--resume {run_dir!r}: no such run folder. Give a folder made by "
                        f"'python cli.py train' (look under runs/).")
-    saved = config_lib.load_saved(run_dir)
+    saved = settings.load_saved(run_dir)
 
     def differences(keys):
         return [f"{k}: saved {was!r}, now {now!r}"

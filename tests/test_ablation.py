@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cmxl_keras import ablation, architecture, config
+from cmxl_keras import ablation, architecture, settings
 from cmxl_keras.errors import ConfigError
 from conftest import ROOT, Child, run_cli
 
@@ -39,7 +39,7 @@ def test_every_scale_has_the_seven_rows_and_the_cpu_scale_shrinks_them_alike():
                                "cm_vanilla_silu", "cm_xl_noskip", "cm_xl_skip", "cm_xl")
     for variant in ablation.TABLE1:
         paper = ablation.scaled_config(variant, "paper")
-        assert paper == config.load(variant)  # configs/<variant>.toml
+        assert paper == settings.load(variant)  # configs/<variant>.toml
         cpu = ablation.scaled_config(variant, "cpu")
         spec = architecture.VARIANTS[variant]
         assert {key: getattr(paper, key) for key in architecture.ARCH_KEYS} == {

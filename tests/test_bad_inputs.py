@@ -51,9 +51,9 @@ def _image_dir(root, bad=None):
 def _run_folder(root, depth=4):
     run = root / "run"
     (run / "checkpoints").mkdir(parents=True)
-    from cmxl_keras import config
+    from cmxl_keras import settings
 
-    cfg = config.load("smoke").replace(depth=depth)
+    cfg = settings.load("smoke").replace(depth=depth)
     (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     (run / "checkpoints" / "state.json").write_text(json.dumps({"step": 8}))
     (run / "metrics.json").write_text("[]")
@@ -89,9 +89,9 @@ def _damaged_run(root):
     """A run folder (with its data) whose only checkpoint is cut short (a full disk at
     copy time)."""
     run = _run_folder(root)
-    from cmxl_keras import config
+    from cmxl_keras import settings
 
-    cfg = config.load("smoke").replace(data_dir=str(_bin_dir(root / "d")), limit_train=32,
+    cfg = settings.load("smoke").replace(data_dir=str(_bin_dir(root / "d")), limit_train=32,
                                        val_from_train=10)
     (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     (run / "checkpoints" / "last.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))

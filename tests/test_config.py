@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from cmxl_keras import architecture, config
+from cmxl_keras import architecture, config, settings
 from cmxl_keras.config import Config, ConfigError
 
 
@@ -28,10 +28,10 @@ def test_config_is_frozen():
 
 @pytest.mark.parametrize("variant", list(architecture.VARIANTS))
 def test_each_table1_file_matches_its_variant(variant):
-    loaded = config.load(variant)
+    loaded = settings.load(variant)
     assert loaded == config.variant_config(variant)
     # The files hold only what differs from the paper's recipe.
-    with open(config.resolve_path(variant)) as f:
+    with open(settings.resolve_path(variant)) as f:
         keys = [line.split("=")[0].strip() for line in f
                 if "=" in line and not line.startswith("#")]
     defaults = Config()
@@ -39,7 +39,7 @@ def test_each_table1_file_matches_its_variant(variant):
 
 
 def test_smoke_config_is_small():
-    smoke = config.load("smoke")
+    smoke = settings.load("smoke")
     assert smoke.width <= 64 and smoke.epochs <= 3 and smoke.limit_train <= 512
     assert smoke.skip_period > 0  # exercises the long skips
 
@@ -49,14 +49,14 @@ def test_round_trip_through_toml_and_dict(tmp_path):
                                 lr_max=0.001, flip=False, data_dir="/x y/z")
     path = tmp_path / "c.toml"
     path.write_text(original.to_toml())
-    assert config.load(str(path)) == original
+    assert settings.load(str(path)) == original
     assert config.from_dict(original.to_dict()) == original
 
 
 def test_precedence_file_then_flags_then_set(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('depth = 66\nskip_period = 3\nepochs = 5\n')
-    c = config.resolve(str(path), ["epochs=7", "activation=swish"], depth=None, epochs=6)
+    c = settings.resolve(str(path), ["epochs=7", "activation=swish"], depth=None, epochs=6)
     assert (c.depth, c.skip_period, c.epochs, c.activation) == (66, 3, 7, "swish")
 
 
@@ -104,7 +104,7 @@ def test_bad_files(tmp_path, text, quoted):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        config.load(str(path))
+        settings.load(str(path))
     assert quoted in str(info.value)
     assert str(path) in str(info.value)
 
@@ -123,34 +123,34 @@ def test_bad_overrides(text, quoted):
 
 def test_missing_file_lists_known_names():
     with pytest.raises(ConfigError) as info:
-        config.load("no_such_config")
+        settings.load("no_such_config")
     assert "'no_such_config' not found" in str(info.value)
     assert "cm_xl" in str(info.value) and "smoke" in str(info.value)
 
 
 def test_a_run_nothing_names_is_named_after_its_architecture():
-    user = config.resolve(None, (), depth=66, skip_period=3, activation="swish")
+    user = settings.resolve(None, (), depth=66, skip_period=3, activation="swish")
     assert user.name == "convmixer-256-66-s3-swish"
-    assert config.resolve().name == "convmixer-256-8-gelu"  # the paper's ConvMixer-256/8
-    assert config.resolve(None, ("patch_size=4", "kernel_size=9", "num_classes=100"),
+    assert settings.resolve().name == "convmixer-256-8-gelu"  # the paper's ConvMixer-256/8
+    assert settings.resolve(None, ("patch_size=4", "kernel_size=9", "num_classes=100"),
                           width=128).name == "convmixer-128-8-p4-k9-gelu-c100"
     # A name from a config file, --name or --set wins, and a resumed run keeps its own.
-    assert config.resolve("smoke", (), depth=8).name == "smoke"
-    assert config.resolve("cm_vanilla").name == "cm_vanilla"  # the default's name, named
-    assert config.resolve(None, (), name="mine", depth=66, skip_period=3).name == "mine"
-    assert config.resolve(None, ("name=mine",)).name == "mine"
+    assert settings.resolve("smoke", (), depth=8).name == "smoke"
+    assert settings.resolve("cm_vanilla").name == "cm_vanilla"  # the default's name, named
+    assert settings.resolve(None, (), name="mine", depth=66, skip_period=3).name == "mine"
+    assert settings.resolve(None, ("name=mine",)).name == "mine"
     saved = config.Config(name="old_run")
-    assert config.resolve(None, (), base=saved, epochs=3).name == "old_run"
+    assert settings.resolve(None, (), base=saved, epochs=3).name == "old_run"
 
 
 def test_the_dataset_sets_its_classes_unless_given():
-    assert config.resolve(None, ("dataset=cifar100",)).num_classes == 100
-    assert config.resolve("cm_xl_cifar100").num_classes == 100
-    assert config.resolve("cm_vanilla_cifar100").dataset == "cifar100"
+    assert settings.resolve(None, ("dataset=cifar100",)).num_classes == 100
+    assert settings.resolve("cm_xl_cifar100").num_classes == 100
+    assert settings.resolve("cm_vanilla_cifar100").dataset == "cifar100"
     # An explicit num_classes wins (the data check then names any mismatch).
-    assert config.resolve(None, ("dataset=cifar100", "num_classes=20")).num_classes == 20
-    back = config.resolve(None, ("dataset=cifar10",), base=Config(dataset="cifar100",
+    assert settings.resolve(None, ("dataset=cifar100", "num_classes=20")).num_classes == 20
+    back = settings.resolve(None, ("dataset=cifar10",), base=Config(dataset="cifar100",
                                                                  num_classes=100))
     assert back.num_classes == 10
     with pytest.raises(ConfigError, match="'imagenet'; allowed values: cifar10, cifar100"):
-        config.resolve(None, ("dataset=imagenet",))
+        settings.resolve(None, ("dataset=imagenet",))

@@ -398,10 +398,10 @@ def test_the_reference_split_halves_the_official_test_set_as_the_reference_does(
 
 
 def test_paper_configs_use_the_reference_seed_and_split_and_old_runs_keep_theirs():
-    from cmxl_keras import config
+    from cmxl_keras import config, settings
 
     for name in ("cm_vanilla", "cm_xl", "cm_xl_noskip", "cm_vanilla_noaug"):
-        cfg = config.load(name)
+        cfg = settings.load(name)
         assert (cfg.seed, cfg.split_seed, cfg.split) == (1204, 1204, "reference"), name
     saved = Config(seed=7).to_dict()
     del saved["split"]  # a run saved before the key: its halves were drawn at random

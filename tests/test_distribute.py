@@ -20,9 +20,9 @@ STEP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     import tensorflow as tf
-    from cmxl_keras import config, distribute, recipe
+    from cmxl_keras import distribute, recipe, settings
 
-    cfg = config.load("smoke").replace(aug="none")
+    cfg = settings.load("smoke").replace(aug="none")
     strategy = distribute.make_strategy("mirrored", log=lambda *a: None)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (32, 32, 32, 3)).astype("float32")

@@ -340,12 +340,12 @@ def test_a_parity_miss_exits_5_and_writes_nothing_unless_allowed(cifar_dir, tmp_
     them for many images and the int8 agreement misses its 97 % target."""
     import keras
 
-    from cmxl_keras import config, recipe
+    from cmxl_keras import recipe, settings
 
     # In a folder with the smoke run's config: its split carves 128 validation images.
     (tmp_path / "untrained").mkdir()
     model_path = tmp_path / "untrained" / "untrained.keras"
-    cfg = config.load("smoke")
+    cfg = settings.load("smoke")
     (tmp_path / "untrained" / "config.json").write_text(json.dumps(cfg.to_dict()))
     keras.utils.set_random_seed(0)
     recipe.build_model(cfg).save(model_path)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cmxl_keras import augment, config, crop, erasing, jitter, randaugment, recipe
+from cmxl_keras import augment, config, crop, erasing, jitter, randaugment, recipe, settings
 from cmxl_keras.augment import AugmentSpec
 from cmxl_keras.splitting import load_splits
 import keras_stages
@@ -589,7 +589,7 @@ def test_five_fit_steps_equal_the_reference_training_loop(cifar_images, tmp_path
     reference loop (AdamW, lr_schedule set before each step, cross-entropy) and
     ``model.fit`` with our optimizer and one-cycle give the same losses and weights."""
     epochs, batch = 5, 16  # one batch per epoch: the schedule's integer knots 2 and 4
-    cfg = config.load("smoke").replace(aug="none", epochs=epochs, lr_max=0.005,
+    cfg = settings.load("smoke").replace(aug="none", epochs=epochs, lr_max=0.005,
                                        batch_size=batch)
     rng = np.random.default_rng(0)
     x = np.stack([cifar_images[rng.choice(64, batch, replace=False)] for _ in range(epochs)])

@@ -15,7 +15,7 @@ import h5py
 import keras
 import pytest
 
-from cmxl_keras import checkpoints, config, recipe, runs, train
+from cmxl_keras import checkpoints, config, recipe, runs, settings, train
 from cmxl_keras.errors import DamagedCheckpoint, RunError, RunInUse
 from conftest import ROOT, Child, run_cli
 
@@ -103,7 +103,7 @@ def two_epoch_run(cifar_dir, tmp_path_factory):
     which is then resumed for a second epoch (``--replan``)."""
     base = tmp_path_factory.mktemp("resume")
     run_dir = str(base / "run")
-    cfg = config.load("smoke").replace(data_dir=cifar_dir, epochs=1, aug="none")
+    cfg = settings.load("smoke").replace(data_dir=cifar_dir, epochs=1, aug="none")
     quiet = dict(argv=["test"], log=lambda m: None, verbose=0)
     train.train(cfg, run_dir=run_dir, **quiet)
     epoch1 = str(base / "epoch1.weights.h5")

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from cmxl_keras import checkpoints, config, recipe, train
+from cmxl_keras import checkpoints, config, recipe, settings, train
 from cmxl_keras.errors import RunError
 from cmxl_keras.schedules import one_cycle_lr
 from conftest import ROOT, Child, run_cli, run_process
@@ -36,7 +36,7 @@ def read_events(folder):
 
 @pytest.fixture(scope="module")
 def smoke_run(cifar_dir, tmp_path_factory):
-    cfg = config.load("smoke").replace(data_dir=cifar_dir, epochs=4, aug="none", lr_max=0.01)
+    cfg = settings.load("smoke").replace(data_dir=cifar_dir, epochs=4, aug="none", lr_max=0.01)
     runs_dir = str(tmp_path_factory.mktemp("runs"))
     logs = []
     out = train.train(cfg, runs_dir=runs_dir, argv=["test"], log=logs.append, verbose=0)
@@ -94,7 +94,7 @@ def test_tensorboard_logs_hold_the_scalars_images_and_hparams(smoke_run):
 def test_resume_with_another_model_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    saved = config.load("smoke").replace(precision="float32")
+    saved = settings.load("smoke").replace(precision="float32")
     (run_dir / "config.json").write_text(json.dumps(saved.to_dict()))
     (run_dir / "checkpoints" / "state.json").write_text(json.dumps({"step": 3}))
     with pytest.raises(RunError, match="trained with another model .*depth: saved 4, now 6"):
@@ -242,7 +242,7 @@ def test_disk_full_is_reported_and_the_previous_checkpoint_survives(cifar_dir, t
         return original(self, filepath, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "save_weights", failing_after_first)
-    cfg = config.load("smoke").replace(data_dir=cifar_dir, epochs=2, aug="none")
+    cfg = settings.load("smoke").replace(data_dir=cifar_dir, epochs=2, aug="none")
     run_dir = str(tmp_path / "run")
     with pytest.raises(RunError) as info:
         train.train(cfg, run_dir=run_dir, argv=["test"], log=lambda m: None, verbose=0)
@@ -261,11 +261,11 @@ def test_disk_full_is_reported_and_the_previous_checkpoint_survives(cifar_dir, t
 COUNTING = """
 import json, sys
 import numpy as np, keras
-from cmxl_keras import config, recipe
+from cmxl_keras import recipe, settings
 from cmxl_keras.optimizers import CountingLossScaleOptimizer
 keras.mixed_precision.set_global_policy("mixed_float16")
-cfg = config.load("smoke").replace(aug="none", epochs=2, loss_scale=2.0 ** 20,
-                                   loss_scale_growth_steps=1)
+cfg = settings.load("smoke").replace(aug="none", epochs=2, loss_scale=2.0 ** 20,
+                                     loss_scale_growth_steps=1)
 model = recipe.compile_model(recipe.build_model(cfg), cfg, 8)
 if sys.argv[1] == "keras":  # the control: Keras' own loss scaling
     keras_own = keras.optimizers.LossScaleOptimizer(

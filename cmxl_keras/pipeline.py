@@ -6,12 +6,14 @@ cache: each training batch gathers its images from the arrays by the indices of
 ``training_order``. Augmentation runs after ``batch`` because keras-cv's layers vectorize
 over a batch while drawing per image. Backends without tf.data (JAX, PyTorch) get the
 training batches from ``ArrayBatches``, a Keras ``PyDataset`` with an order of the same
-kind drawn by NumPy.
+kind drawn by NumPy. ``fit_inputs`` gives ``model.fit`` its data for the config's
+pipeline; ``augmentation_grid`` draws a picture of augmented training images.
 """
 
 import keras
 import numpy as np
 
+from cmxl_keras import augment, recipe
 from cmxl_keras.augment import AugmentSpec, build_tf_augmenter
 
 
@@ -135,3 +137,61 @@ class ArrayBatches(keras.utils.PyDataset):
     def __getitem__(self, i):
         index = self.order.batch(self.start_step + i, self.batch_size)
         return self.images[index].astype(np.float32), self.labels[index]
+
+
+def fit_inputs(cfg, splits, spec, one_hot, stages):
+    """``{"fit": start step -> model.fit's data arguments, "grid": batches to draw the
+    augmentation grid from}`` for the config's pipeline. Each ``fit`` call iterates its
+    data afresh, so each gets the stream from the step it starts at: a resumed run sees
+    the batches an uninterrupted one sees. The device pipeline's batches come
+    unaugmented (its stages are in the model): from tf.data on TensorFlow, else from
+    ``ArrayBatches``."""
+    if cfg.pipeline == "tf.data" or keras.backend.backend() == "tensorflow":
+        fed = spec if cfg.pipeline == "tf.data" else augment.AugmentSpec.none(
+            cfg.image_size, cfg.num_classes)
+
+        def train_ds(start_step):
+            return train_dataset(splits.train, cfg.batch_size, fed, seed=cfg.seed,
+                                          deterministic=cfg.deterministic, repeat=True,
+                                          one_hot=one_hot, num_classes=cfg.num_classes,
+                                          start_step=start_step)
+
+        val_ds = eval_dataset(splits.val, cfg.batch_size, one_hot=one_hot,
+                                       num_classes=cfg.num_classes)
+        fit = lambda start: dict(x=train_ds(start), validation_data=val_ds,  # noqa: E731
+                                 shuffle=False)
+        if cfg.pipeline == "tf.data":
+            return {"fit": fit, "grid": train_ds(0)}
+    else:
+        def labels(split):
+            y = split.labels.astype(np.int32)
+            return np.eye(cfg.num_classes, dtype=np.float32)[y] if one_hot else y
+
+        total = cfg.epochs * recipe.steps_per_epoch(len(splits.train), cfg)
+        train_labels, val = labels(splits.train), (splits.val.images.astype(np.float32),
+                                                   labels(splits.val))
+        fit = lambda start: dict(  # noqa: E731
+            x=ArrayBatches(splits.train.images, train_labels, cfg.batch_size,
+                                    cfg.seed, start, total - start),
+            validation_data=val, validation_batch_size=cfg.batch_size, shuffle=False)
+    sample = splits.train.images[:64].astype(np.float32)
+    grid = [(augment.apply_keras_layers(stages, sample) if stages else sample, None)]
+    return {"fit": fit, "grid": grid}
+
+
+def augmentation_grid(dataset, rows=8, scale=2):
+    """A rows x rows grid (uint8, pixels enlarged ``scale`` times) of augmented images."""
+    batches, count = [], 0
+    for images, _ in dataset:  # the dataset repeats: enough batches always come
+        batches.append(np.asarray(images))
+        count += len(batches[-1])
+        if count >= rows * rows:
+            break
+    images = np.clip(np.concatenate(batches)[: rows * rows], 0, 255).astype(np.uint8)
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    n, h, w, c = images.shape
+    grid = np.full((rows * (h + 2), rows * (w + 2), c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, rows)
+        grid[r * (h + 2) + 1: r * (h + 2) + 1 + h, col * (w + 2) + 1: col * (w + 2) + 1 + w] = image
+    return grid

@@ -100,6 +100,14 @@ def write_text(path, text):
             f.write(text)
 
 
+def write_png(path, array):
+    """An image array (uint8 [H, W, C]) as a PNG file, written atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
 def read_json(path, default=None):
     if not os.path.exists(path):
         return default

@@ -74,33 +74,6 @@ def check_resumable(run_dir, cfg, replan=False):
     return saved
 
 
-def augmentation_grid(dataset, rows=8, scale=2):
-    """A rows x rows grid (uint8, pixels enlarged ``scale`` times) of augmented images."""
-    import numpy as np
-
-    batches, count = [], 0
-    for images, _ in dataset:  # the dataset repeats: enough batches always come
-        batches.append(np.asarray(images))
-        count += len(batches[-1])
-        if count >= rows * rows:
-            break
-    images = np.clip(np.concatenate(batches)[: rows * rows], 0, 255).astype(np.uint8)
-    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-    n, h, w, c = images.shape
-    grid = np.full((rows * (h + 2), rows * (w + 2), c), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, rows)
-        grid[r * (h + 2) + 1: r * (h + 2) + 1 + h, col * (w + 2) + 1: col * (w + 2) + 1 + w] = image
-    return grid
-
-
-def save_png(path, array):
-    from PIL import Image
-
-    with runs.atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
 def _hparams(cfg):
     keys = ("name", "width", "depth", "patch_size", "kernel_size", "activation", "skip_period",
             "aug", "epochs", "batch_size", "lr_max", "weight_decay", "label_smoothing",
@@ -180,7 +153,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
                   verbose, chief, replan, deadline):
     import keras
 
-    from cmxl_keras import (callbacks, checkpoints, distribute, models, schedules,
+    from cmxl_keras import (callbacks, checkpoints, distribute, models, pipeline, schedules,
                             splitting)
 
     if resume and chief and os.path.isdir(resume):  # a missing folder: check_resumable says so
@@ -245,7 +218,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
                 f.write(" ".join(argv) + "\n")
             runs.write_text(os.path.join(run_dir, "config.toml"), cfg.to_toml())
             runs.write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
-    data_args = _inputs(cfg, splits, spec, one_hot, stages)
+    data_args = pipeline.fit_inputs(cfg, splits, spec, one_hot, stages)
     if resume and not restart:
         log(f"resuming {resume} at epoch {start_step // steps + 1}, step "
             f"{start_step % steps} of {steps} (optimizer step {start_step})")
@@ -267,8 +240,8 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
     if isinstance(writer, callbacks.SummaryWriter):  # TensorFlow: Keras writes the epochs
         extra.append(keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
     if restart or not resume:  # on every worker alike: drawing it may advance the seeds
-        grid = augmentation_grid(data_args["grid"])
-        save_png(os.path.join(run_dir, "augmentations.png"), grid)
+        grid = pipeline.augmentation_grid(data_args["grid"])
+        runs.write_png(os.path.join(run_dir, "augmentations.png"), grid)
         if writer is not None:
             writer.image("augmentations", grid)
             writer.hparams(_hparams(cfg))
@@ -297,51 +270,6 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
         writer.flush()
     return _finish(model, cfg, run_dir, state, checkpointer, started,
                    log if chief else (lambda *a: None))
-
-
-def _inputs(cfg, splits, spec, one_hot, stages):
-    """``{"fit": start step -> model.fit's data arguments, "grid": batches to draw the
-    augmentation grid from}`` for the config's pipeline. Each ``fit`` call iterates its
-    data afresh, so each gets the stream from the step it starts at: a resumed run sees
-    the batches an uninterrupted one sees. The device pipeline's batches come
-    unaugmented (its stages are in the model): from tf.data on TensorFlow, else from
-    ``pipeline.ArrayBatches``."""
-    import keras
-    import numpy as np
-
-    from cmxl_keras import pipeline
-
-    if cfg.pipeline == "tf.data" or keras.backend.backend() == "tensorflow":
-        fed = spec if cfg.pipeline == "tf.data" else augment.AugmentSpec.none(
-            cfg.image_size, cfg.num_classes)
-
-        def train_ds(start_step):
-            return pipeline.train_dataset(splits.train, cfg.batch_size, fed, seed=cfg.seed,
-                                          deterministic=cfg.deterministic, repeat=True,
-                                          one_hot=one_hot, num_classes=cfg.num_classes,
-                                          start_step=start_step)
-
-        val_ds = pipeline.eval_dataset(splits.val, cfg.batch_size, one_hot=one_hot,
-                                       num_classes=cfg.num_classes)
-        fit = lambda start: dict(x=train_ds(start), validation_data=val_ds,  # noqa: E731
-                                 shuffle=False)
-        if cfg.pipeline == "tf.data":
-            return {"fit": fit, "grid": train_ds(0)}
-    else:
-        def labels(split):
-            y = split.labels.astype(np.int32)
-            return np.eye(cfg.num_classes, dtype=np.float32)[y] if one_hot else y
-
-        total = cfg.epochs * recipe.steps_per_epoch(len(splits.train), cfg)
-        train_labels, val = labels(splits.train), (splits.val.images.astype(np.float32),
-                                                   labels(splits.val))
-        fit = lambda start: dict(  # noqa: E731
-            x=pipeline.ArrayBatches(splits.train.images, train_labels, cfg.batch_size,
-                                    cfg.seed, start, total - start),
-            validation_data=val, validation_batch_size=cfg.batch_size, shuffle=False)
-    sample = splits.train.images[:64].astype(np.float32)
-    grid = [(augment.apply_keras_layers(stages, sample) if stages else sample, None)]
-    return {"fit": fit, "grid": grid}
 
 
 def _finish(model, cfg, run_dir, state, checkpointer, started, log):

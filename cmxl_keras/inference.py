@@ -65,7 +65,7 @@ def load(source, fmt=None):
         if not os.path.isfile(path):
             raise DataError(f"{source!r} has no {TFLITE_FILES['tflite']}; export it with "
                             f"--formats tflite, or use --format saved_model.")
-        runner = _loading(path, TFLiteRunner)
+        runner = guarded(path, lambda: TFLiteRunner(path))
         return Loaded("tflite", path, lambda x, batch, desc: runner(x, desc=desc or None),
                       runner.image_size, cfg, meta.get("class_names"))
     if fmt == "saved_model" and saved_model is None:
@@ -74,7 +74,7 @@ def load(source, fmt=None):
     if saved_model:
         import tensorflow as tf
 
-        serve = _loading(saved_model, lambda p: tf.saved_model.load(p).signatures[
+        serve = guarded(saved_model, lambda: tf.saved_model.load(saved_model).signatures[
             "serving_default"])
         size = int(serve.structured_input_signature[1]["images"].shape[1])
         return Loaded("saved_model", saved_model,
@@ -87,13 +87,14 @@ def load(source, fmt=None):
                   int(model.input_shape[1]), cfg, model=model)
 
 
-def _loading(path, load_fn):
-    """``load_fn(path)``, a damaged file a clear error naming it."""
+def guarded(path, action, doing="loaded"):
+    """``action()`` on the exported file ``path``; its failure (a damaged file) a clear
+    error naming the file, ``doing`` saying what failed ("loaded", "run")."""
     try:
-        return load_fn(path)
+        return action()
     except Exception as error:  # TensorFlow and LiteRT raise many types for a damaged file
         raise RunError(
-            f"the exported model {path!r} cannot be loaded ({type(error).__name__}: "
+            f"the exported model {path!r} cannot be {doing} ({type(error).__name__}: "
             f"{str(error)[:300]}); the file is damaged or not an export of this project. "
             f"Export it again (python cli.py export RUN_DIR), restore it from a copy, or try "
             f"the other --format.") from None

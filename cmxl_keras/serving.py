@@ -6,7 +6,7 @@ import numpy as np
 
 from cmxl_keras import inference
 from cmxl_keras.images import image_pixels
-from cmxl_keras.errors import DataError, RunError
+from cmxl_keras.errors import DataError
 
 
 def load_images(paths, size):
@@ -35,14 +35,7 @@ def load_images(paths, size):
 def predict(model_dir, images, fmt="saved_model"):
     """Probabilities from the exported SavedModel or the fp32 TFLite file."""
     loaded = inference.load(model_dir, fmt)
-    try:
-        return loaded(images)
-    except Exception as error:  # TensorFlow and LiteRT raise many types for a damaged file
-        raise RunError(
-            f"the exported model {loaded.path!r} cannot be run ({type(error).__name__}: "
-            f"{str(error)[:300]}); the file is damaged or not an export of this project. "
-            f"Export it again (python cli.py export RUN_DIR), restore it from a copy, or try "
-            f"the other --format.") from None
+    return inference.guarded(loaded.path, lambda: loaded(images), doing="run")
 
 
 def rest_request(paths, signature="serving_bytes"):

@@ -263,7 +263,7 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @user_errors
 def evaluate(source, data_dir, split, tta, out_dir, as_json):
-    """Evaluate a run folder, .keras file or exported SavedModel."""
+    """Evaluate a run folder, .keras file, exported folder, SavedModel or .tflite file."""
     _quiet_tensorflow()
     from cmxl_keras import evaluate as evaluate_lib
 

@@ -45,8 +45,9 @@ def _saved_model_dir(path):
 def load(source, fmt=None):
     """``source`` as a ``Loaded`` model, whatever it is: a run folder or ``.keras`` file
     (the Keras model, with the run's config), an exported folder (its SavedModel, or
-    with ``fmt="tflite"`` or no SavedModel its fp32 TFLite file, with the classes and
-    config of its ``metadata.json``), a SavedModel folder, or a ``.tflite`` file."""
+    with ``fmt="tflite"`` or no SavedModel its fp32 TFLite file), a SavedModel folder,
+    or a ``.tflite`` file; those of an exported folder come with the classes and config
+    of its ``metadata.json``."""
     from cmxl_keras import config as config_lib
 
     if not os.path.exists(source):
@@ -56,9 +57,14 @@ def load(source, fmt=None):
     if fmt is not None and not exported:
         raise RunError(f"{source!r} is not an exported model folder (no metadata.json). "
                        f"Make one with 'python cli.py export RUN_DIR'.")
-    meta = runs.read_json(os.path.join(source, "metadata.json"), {}) if exported else {}
-    cfg = config_lib.from_dict(meta["config"]) if meta.get("config") else None
     saved_model = _saved_model_dir(source)
+    # The exported folder's metadata.json, whichever of its files or folders is named.
+    folder = (source if exported else os.path.dirname(os.path.abspath(source))
+              if source.endswith(".tflite") else
+              os.path.dirname(os.path.dirname(os.path.abspath(saved_model)))
+              if saved_model else None)
+    meta = runs.read_json(os.path.join(folder, "metadata.json"), {}) if folder else {}
+    cfg = config_lib.from_dict(meta["config"]) if meta.get("config") else None
     if fmt == "tflite" or (fmt is None and (source.endswith(".tflite") or (
             exported and saved_model is None))):
         path = os.path.join(source, TFLITE_FILES["tflite"]) if exported else source

@@ -152,12 +152,12 @@ def fit_inputs(cfg, splits, spec, one_hot, stages):
 
         def train_ds(start_step):
             return train_dataset(splits.train, cfg.batch_size, fed, seed=cfg.seed,
-                                          deterministic=cfg.deterministic, repeat=True,
-                                          one_hot=one_hot, num_classes=cfg.num_classes,
-                                          start_step=start_step)
+                                 deterministic=cfg.deterministic, repeat=True,
+                                 one_hot=one_hot, num_classes=cfg.num_classes,
+                                 start_step=start_step)
 
         val_ds = eval_dataset(splits.val, cfg.batch_size, one_hot=one_hot,
-                                       num_classes=cfg.num_classes)
+                              num_classes=cfg.num_classes)
         fit = lambda start: dict(x=train_ds(start), validation_data=val_ds,  # noqa: E731
                                  shuffle=False)
         if cfg.pipeline == "tf.data":
@@ -171,8 +171,8 @@ def fit_inputs(cfg, splits, spec, one_hot, stages):
         train_labels, val = labels(splits.train), (splits.val.images.astype(np.float32),
                                                    labels(splits.val))
         fit = lambda start: dict(  # noqa: E731
-            x=ArrayBatches(splits.train.images, train_labels, cfg.batch_size,
-                                    cfg.seed, start, total - start),
+            x=ArrayBatches(splits.train.images, train_labels, cfg.batch_size, cfg.seed,
+                           start, total - start),
             validation_data=val, validation_batch_size=cfg.batch_size, shuffle=False)
     sample = splits.train.images[:64].astype(np.float32)
     grid = [(augment.apply_keras_layers(stages, sample) if stages else sample, None)]
@@ -193,5 +193,6 @@ def augmentation_grid(dataset, rows=8, scale=2):
     grid = np.full((rows * (h + 2), rows * (w + 2), c), 255, np.uint8)
     for i, image in enumerate(images):
         r, col = divmod(i, rows)
-        grid[r * (h + 2) + 1: r * (h + 2) + 1 + h, col * (w + 2) + 1: col * (w + 2) + 1 + w] = image
+        top, left = r * (h + 2) + 1, col * (w + 2) + 1
+        grid[top:top + h, left:left + w] = image
     return grid

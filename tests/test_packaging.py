@@ -57,7 +57,7 @@ def test_cmxl_is_installed_and_finds_the_shipped_configs_anywhere(installed):
     venv, elsewhere = installed
     cmxl = str(venv / "bin" / "cmxl")
     where = run_process([str(venv / "bin" / "python"), "-c",
-                         "import cmxl_keras.config as c; print(c.__file__); print(c.CONFIG_DIR)"],
+                         "import cmxl_keras.settings as c; print(c.__file__); print(c.CONFIG_DIR)"],
                         timeout=120, cwd=str(elsewhere))
     module, configs = where.stdout.split()
     assert module.startswith(str(venv)) and configs.startswith(str(venv)), where.stdout

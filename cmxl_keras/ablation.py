@@ -18,7 +18,7 @@ import numpy as np
 
 from cmxl_keras import checkpoints, config, report, runs, settings
 from cmxl_keras.architecture import ARCH_KEYS, VARIANTS
-from cmxl_keras.errors import ConfigError, RunError
+from cmxl_keras.errors import ConfigError, RunError, TrainingInterrupted
 
 TABLE1 = tuple(VARIANTS)  # Table 1's rows, in its order
 SCALES = ("paper", "cpu")
@@ -54,6 +54,19 @@ def parse_seeds(text):
             f"--seeds {text!r} is not a list of distinct whole numbers >= 0. Give the "
             f"training seeds separated by commas, e.g. --seeds 1024,1025,1026.")
     return seeds
+
+
+def training_seeds(seeds, changes):
+    """``--seeds``' list (None where not given), checked against the other options'
+    ``changes``: a ConfigError where ``--set seed=`` sets the seed as well."""
+    if seeds is None:
+        return None
+    seed_list = parse_seeds(seeds)
+    if "seed" in changes:
+        raise ConfigError(
+            f"--seeds {seeds} and --set seed={changes['seed']} both set the training seed. "
+            f"Give one: --seeds S for a single seed, or several to average.")
+    return seed_list
 
 
 def scaled_config(variant, scale):
@@ -114,7 +127,11 @@ def run(overrides, out_dir="ablation", scale="paper", seeds=None, argv=(), log=p
 
             tee(f"# {datetime.datetime.now().isoformat(timespec='seconds')}: "
                 f"{' '.join(argv) or 'ablation'}")
-            return _run(plan, overrides, out_dir, scale, seeds, list(argv), tee)
+            try:
+                return _run(plan, overrides, out_dir, scale, seeds, list(argv), tee)
+            except TrainingInterrupted as error:  # every finished step and run is saved
+                raise TrainingInterrupted(
+                    f"{error} Then run the same ablation command again.") from None
 
 
 def planned_runs(overrides, out_dir, scale, seeds):

@@ -98,7 +98,7 @@ def check_architecture(width, depth, patch_size, kernel_size, activation,
 
 
 def count_params(width, depth, patch_size, kernel_size, num_classes=10):
-    """Trainable parameters by the closed form of PAPER_NOTES.md (BN gamma/beta counted)."""
+    """Trainable parameters in closed form: stem, layers and head (BN gamma/beta counted)."""
     stem_params = 3 * patch_size * patch_size * width + width + 2 * width
     layer_params = (width * kernel_size * kernel_size + width + 2 * width
                     + width * width + width + 2 * width)

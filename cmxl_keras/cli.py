@@ -12,7 +12,6 @@ paragraph naming the value and the fix, with a non-zero exit and no traceback.
 """
 
 import functools
-import importlib
 import os
 import sys
 
@@ -25,16 +24,7 @@ from cmxl_keras.config import CHOICES
 # machines without a GPU) out of the user's terminal; set it to 0 to debug.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# Exit codes, so that scripts and schedulers can tell outcomes apart
-# (docs/troubleshooting.md). 2 is also what click uses for a usage error.
-EXIT_OK = 0
-EXIT_USER_ERROR = 2  # a bad flag, config value, run folder or checkpoint
-EXIT_DATA_ERROR = 3  # a missing, partial or unreadable dataset
-EXIT_DIVERGED = 4  # the loss became NaN or infinite; the last good checkpoint is kept
-EXIT_PARITY_MISS = 5  # an export missed a parity target (files kept only on request)
-EXIT_IN_USE = 6  # another live process trains in the run folder (its PID is named)
-EXIT_TIME_LIMIT = 7  # train --time-limit passed; every finished step is saved
-EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; every finished step is saved
+EXIT_USER_ERROR = 2  # errors.EXIT_CODES has the code of each kind of error
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done; 2 bad flag, config value, run folder or checkpoint; 3 bad or "
@@ -49,25 +39,20 @@ def _fail(message, code=EXIT_USER_ERROR):
 
 
 def user_errors(command):
-    """Turns the library's user-facing errors into a clean message and an exit code."""
+    """Turns the library's user-facing errors into one paragraph and an exit code; a run
+    stopped and saved (interrupted, or at its time limit) is said without "Error:"."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from cmxl_keras.errors import (CmxlError, DataError, ParityMiss, RunInUse,
-                                       TrainingDiverged)
+        from cmxl_keras import errors
 
         try:
             return command(*args, **kwargs)
-        except DataError as error:
-            _fail(str(error), EXIT_DATA_ERROR)
-        except ParityMiss as error:
-            _fail(str(error), EXIT_PARITY_MISS)
-        except TrainingDiverged as error:
-            _fail(str(error), EXIT_DIVERGED)
-        except RunInUse as error:
-            _fail(str(error), EXIT_IN_USE)
-        except CmxlError as error:
-            _fail(str(error))
+        except errors.CmxlError as error:
+            if isinstance(error, errors.TrainingInterrupted):  # stopped and saved
+                click.echo(str(error), err=True)
+                sys.exit(errors.exit_code(error))
+            _fail(str(error), errors.exit_code(error))
 
     return wrapper
 
@@ -94,17 +79,12 @@ def _set_backend(ctx, param, value):
               callback=_set_backend, expose_value=False, is_eager=True,
               help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
 @click.version_option(__version__, prog_name="cmxl-keras")
+@user_errors
 def cli():
     """ConvMixer / ConvMixer-XL on CIFAR in Keras 3: train, evaluate, export, serve."""
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    # TensorFlow is a requirement; the other backends are optional installs. (Not checked
-    # for tensorflow: `predict --format tflite` runs where only LiteRT is installed.)
-    if backend in ("jax", "torch") and not _importable(backend):
-        pins = {"jax": "jax==0.10.2 jaxlib==0.10.2", "torch": "torch==2.14.1"}[backend]
-        _fail(f"the Keras backend {backend!r} (from --backend or KERAS_BACKEND) is not "
-              f"installed. Install it with 'pip install {pins}' (pinned in "
-              f"requirements-dev.txt; requirements-gpu.txt has the CUDA build of JAX), or "
-              f"run with --backend tensorflow.")
+    from cmxl_keras import recipe
+
+    recipe.check_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))
 
 
 def _echo_json(data):
@@ -114,14 +94,6 @@ def _echo_json(data):
     from cmxl_keras.runs import json_default
 
     click.echo(json.dumps(data, indent=2, default=json_default))
-
-
-def _importable(module):
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
 
 
 def model_options(command):
@@ -146,12 +118,6 @@ def model_options(command):
     return command
 
 
-def resolve_config(config_file, overrides, base=None, **flags):
-    from cmxl_keras import settings
-
-    return settings.resolve(config_file, overrides, base=base, **flags)
-
-
 @cli.command()
 @model_options
 @click.option("--variant", help="A Table-1 model: cm_vanilla, cm_xl, ... (see docs/fidelity.md).")
@@ -160,34 +126,21 @@ def resolve_config(config_file, overrides, base=None, **flags):
 @user_errors
 def info(config_file, overrides, variant, summary, as_json, **flags):
     """Model summary, parameter counts and FLOPs of a config or Table-1 variant."""
-    from cmxl_keras import config
+    from cmxl_keras import config, settings
 
     base = config.variant_config(variant) if variant else None  # checks the name
-    cfg = resolve_config(None if variant else config_file, overrides, base=base, **flags)
+    cfg = settings.resolve(None if variant else config_file, overrides, base=base, **flags)
 
     from cmxl_keras import models
 
     model = models.from_config(cfg)
     if summary:
         model.summary(line_length=110)
-    trainable = models.trainable_param_count(model)
-    total = model.count_params()
-    macs = models.count_macs(cfg.width, cfg.depth, cfg.patch_size, cfg.kernel_size,
-                             cfg.num_classes, cfg.image_size)
-    skips = (f"{cfg.skip_period} long skips of {cfg.depth // cfg.skip_period} layers"
-             if cfg.skip_period else "no long skips")
+    figures = models.describe(cfg, model)
     if as_json:
-        _echo_json({"config": cfg.to_dict(), "trainable_params": trainable,
-                    "non_trainable_params": total - trainable, "macs_per_image": macs,
-                    "flops_per_image": 2 * macs, "layers": len(model.layers)})
-        return
-    click.echo(f"model: {cfg.name}  (ConvMixer-{cfg.width}/{cfg.depth}, "
-               f"patch {cfg.patch_size}, kernel {cfg.kernel_size}, {cfg.activation}, {skips})")
-    click.echo(f"input: {cfg.image_size}x{cfg.image_size}x3 raw pixels, "
-               f"{cfg.num_classes} classes")
-    click.echo(f"trainable parameters: {trainable:,}")
-    click.echo(f"non-trainable parameters: {total - trainable:,}  (BatchNorm moving statistics)")
-    click.echo(f"MACs per image: {macs:,}  (FLOPs ~ {2 * macs / 1e9:.3f} G)")
+        _echo_json(figures)
+    else:
+        click.echo(models.description_text(cfg, figures))
 
 
 @cli.command()
@@ -225,13 +178,15 @@ def info(config_file, overrides, variant, summary, as_json, **flags):
 def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume, replan,
           time_limit, **flags):
     """Train a model with the paper's recipe (model.fit, one-cycle, AdamW)."""
+    from cmxl_keras import settings
+
     base = None
-    if resume:
-        from cmxl_keras import checkpoints
+    if resume:  # the saved config, under the options given now
+        from cmxl_keras import checkpoints  # (imports Keras: not for a new run's --dry-run)
 
         given = bool(config_file or overrides or any(v is not None for v in flags.values()))
         base = checkpoints.saved_config(resume, given, runs_dir)
-    cfg = resolve_config(config_file, overrides, base=base, **flags)
+    cfg = settings.resolve(config_file, overrides, base=base, **flags)
     if dry_run:
         click.echo(cfg.to_toml(), nl=False)
         return
@@ -242,12 +197,6 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
         train_lib.train(cfg, runs_dir=runs_dir, run_dir=run_dir, resume=resume,
                         overwrite=overwrite, argv=["python"] + sys.argv, replan=replan,
                         time_limit=time_limit)
-    except train_lib.TimeLimitReached as error:
-        click.echo(str(error), err=True)
-        sys.exit(EXIT_TIME_LIMIT)
-    except train_lib.TrainingInterrupted as error:
-        click.echo(str(error), err=True)
-        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         _fail("interrupted before training started; nothing was trained.")
 
@@ -302,44 +251,18 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
     """Export a run (or .keras file) to SavedModel and TFLite, with parity checks.
 
     SOURCE defaults to the newest finished run in --runs-dir."""
-    from cmxl_keras import export as export_lib, inference, runs
+    from cmxl_keras import export as export_lib
 
-    formats = export_lib.check_formats(tuple(f.strip() for f in formats.split(",") if f.strip()))
-    if not source and not checkpoint:
-        source = runs.newest_finished_run(runs_dir)
-        if source is None:
-            from cmxl_keras.errors import RunError
-
-            raise RunError(
-                f"export needs a run: no finished run (model.keras and results.json) in "
-                f"{runs_dir}/. Train one first (python cli.py train ...), or name it: python "
-                f"cli.py export runs/<dir> (or --checkpoint FILE.keras, --runs-dir DIR).")
-        click.echo(f"export: no run given; taking the newest finished run in {runs_dir}/: "
-                   f"{source}", err=True)
     _quiet_tensorflow()
-    loaded = inference.load_keras(source, checkpoint)
-    model, cfg, _ = loaded
-    calibration, images, class_names = export_lib.export_images(
-        cfg, data_dir, parity_images, model.input_shape[1],
-        log=lambda message: click.echo(message, err=True))
-    folder, metadata = export_lib.export(
-        loaded, source, formats, out_dir, name, calibration, images, class_names,
-        allow_parity_miss=allow_parity_miss,
-        log=(lambda m: click.echo(m, err=True)) if as_json else click.echo)
+    folder, metadata = export_lib.export_run(
+        source, checkpoint, tuple(f.strip() for f in formats.split(",") if f.strip()), out_dir,
+        name, data_dir, parity_images, allow_parity_miss, runs_dir,
+        log=lambda message: click.echo(message, err=as_json))  # --json: stdout is the JSON
     failures = export_lib.parity_failures(metadata["parity"])
     if as_json:
         _echo_json(dict(folder=folder, parity_failures=failures, **metadata))
-        if failures:
-            click.echo("parity below target: " + "; ".join(failures), err=True)
-        return
-    report = metadata["parity"]
-    click.echo(f"exported to {folder}")
-    for fname, size in metadata["file_sizes"].items():
-        click.echo(f"  {fname}: {size / 1e6:.2f} MB")
-    click.echo(f"parity on {report.get('images', 0)} images:")
-    for key, value in report.items():
-        if key != "images":
-            click.echo(f"  {key} = {value:.6g}")
+    else:
+        click.echo(export_lib.report_text(folder, metadata))
     if failures:
         click.echo("parity below target: " + "; ".join(failures), err=True)
 
@@ -354,19 +277,13 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
 @user_errors
 def predict(images, model_dir, top_k, fmt, as_json):
     """Classify PNG/JPEG files (any size) with an exported model."""
-    import json
-
     if fmt == "saved_model":  # --format tflite runs on LiteRT alone: no TensorFlow import
         _quiet_tensorflow()
-    from cmxl_keras import inference, serving
+    from cmxl_keras import serving
 
-    metadata = inference.read_metadata(model_dir)
-    size = metadata["input"]["shape"][1]
-    batch = serving.load_images(images, size)
-    probabilities = serving.predict(model_dir, batch, fmt)
-    results = serving.top_k(probabilities, metadata["class_names"], images, top_k)
+    results = serving.predict_files(images, model_dir, top_k, fmt)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        _echo_json(results)
         return
     for item in results:
         click.echo(item["image"])
@@ -410,20 +327,10 @@ def ablation(scale, seeds, epochs, limit_train, data_dir, val_from_train, overri
     changes = settings.command_line_changes(overrides, epochs=epochs, limit_train=limit_train,
                                           data_dir=data_dir, val_from_train=val_from_train)
     config.merge(config.Config(), changes, source="the ablation options")  # fail fast
-    seed_list = ablation_lib.parse_seeds(seeds) if seeds is not None else None
-    if seed_list and "seed" in changes:
-        raise config.ConfigError(
-            f"--seeds {seeds} and --set seed={changes['seed']} both set the training seed. "
-            f"Give one: --seeds S for a single seed, or several to average.")
+    seed_list = ablation_lib.training_seeds(seeds, changes)
     _quiet_tensorflow()
-    from cmxl_keras import train as train_lib
-
-    try:
-        rows, figures = ablation_lib.run(changes, out_dir, scale=scale, seeds=seed_list,
-                                         argv=["ablation", *sys.argv[2:]])
-    except train_lib.TrainingInterrupted as error:
-        click.echo(f"{error} Then run the same ablation command again.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    rows, figures = ablation_lib.run(changes, out_dir, scale=scale, seeds=seed_list,
+                                     argv=["ablation", *sys.argv[2:]])
     click.echo(open(os.path.join(out_dir, "results.md")).read())
     for path in figures:
         click.echo(f"figure: {path}")

@@ -1,8 +1,8 @@
 """Experiment configuration: a frozen dataclass whose defaults are the paper's recipe.
 
-Configs are data (big_vision style): ``Config()`` *is* the CM-Vanilla recipe of
-PAPER_NOTES.md, a file in ``configs/`` holds only what differs (TOML, read with
-the standard library's tomllib, in ``settings.py``), and ``--set key=value`` overrides from the CLI.
+Configs are data (big_vision style): ``Config()`` *is* the paper's CM-Vanilla recipe,
+a file in ``configs/`` holds only what differs (TOML, read with the standard library's
+tomllib, in ``settings.py``), and ``--set key=value`` overrides from the CLI.
 Unknown keys and bad values raise ``ConfigError`` quoting the key, the value and
 what is allowed.
 """

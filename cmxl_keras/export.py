@@ -194,3 +194,36 @@ def export_images(cfg, data_dir, count, size, log=print):
                                                  min(200, len(splits.train)), replace=False)]
     images = splits.val.images[:count]
     return calibration, images, splits.class_names
+
+
+def export_run(source=None, checkpoint=None, formats=FORMATS, out_dir="exported", name=None,
+               data_dir=None, parity_images=512, allow_parity_miss=False, runs_dir="runs",
+               log=print):
+    """``cli.py export``: a run folder or ``.keras`` file (without either, the newest
+    finished run in ``runs_dir``) exported with its own data for calibration and parity
+    (or ``data_dir``'s). Returns (folder, metadata)."""
+    formats = check_formats(formats)
+    if not source and not checkpoint:
+        source = runs.newest_finished_run(runs_dir)
+        if source is None:
+            raise RunError(
+                f"export needs a run: no finished run (model.keras and results.json) in "
+                f"{runs_dir}/. Train one first (python cli.py train ...), or name it: python "
+                f"cli.py export runs/<dir> (or --checkpoint FILE.keras, --runs-dir DIR).")
+        log(f"export: no run given; taking the newest finished run in {runs_dir}/: {source}")
+    loaded = inference.load_keras(source, checkpoint)
+    model, cfg, _ = loaded
+    calibration, images, class_names = export_images(cfg, data_dir, parity_images,
+                                                     model.input_shape[1], log=log)
+    return export(loaded, source, formats, out_dir, name, calibration, images, class_names,
+                  allow_parity_miss=allow_parity_miss, log=log)
+
+
+def report_text(folder, metadata):
+    """The export's files, their sizes and its parity figures, as ``export`` prints them."""
+    report = metadata["parity"]
+    lines = [f"exported to {folder}"]
+    lines += [f"  {fname}: {size / 1e6:.2f} MB" for fname, size in metadata["file_sizes"].items()]
+    lines.append(f"parity on {report.get('images', 0)} images:")
+    lines += [f"  {key} = {value:.6g}" for key, value in report.items() if key != "images"]
+    return "\n".join(lines)

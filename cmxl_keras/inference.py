@@ -42,28 +42,29 @@ def _saved_model_dir(path):
     return None
 
 
-def load(source, fmt=None):
+def load(source, fmt=None, metadata=None):
     """``source`` as a ``Loaded`` model, whatever it is: a run folder or ``.keras`` file
     (the Keras model, with the run's config), an exported folder (its SavedModel, or
     with ``fmt="tflite"`` or no SavedModel its fp32 TFLite file), a SavedModel folder,
     or a ``.tflite`` file; those of an exported folder come with the classes and config
-    of its ``metadata.json``."""
+    of its ``metadata.json`` (``metadata``, where the caller has read it already)."""
     from cmxl_keras import config as config_lib
 
-    if not os.path.exists(source):
-        raise RunError(f"{source!r} does not exist. Give a run folder, a .keras file, an "
-                       f"exported model folder (exported/<name>) or a .tflite file.")
     exported = os.path.isfile(os.path.join(source, "metadata.json"))
     if fmt is not None and not exported:
         raise RunError(f"{source!r} is not an exported model folder (no metadata.json). "
                        f"Make one with 'python cli.py export RUN_DIR'.")
+    if not os.path.exists(source):
+        raise RunError(f"{source!r} does not exist. Give a run folder, a .keras file, an "
+                       f"exported model folder (exported/<name>) or a .tflite file.")
     saved_model = _saved_model_dir(source)
     # The exported folder's metadata.json, whichever of its files or folders is named.
     folder = (source if exported else os.path.dirname(os.path.abspath(source))
               if source.endswith(".tflite") else
               os.path.dirname(os.path.dirname(os.path.abspath(saved_model)))
               if saved_model else None)
-    meta = runs.read_json(os.path.join(folder, "metadata.json"), {}) if folder else {}
+    meta = metadata if metadata is not None else read_metadata(folder) if folder and (
+        os.path.isfile(os.path.join(folder, "metadata.json"))) else {}
     cfg = config_lib.from_dict(meta["config"]) if meta.get("config") else None
     if fmt == "tflite" or (fmt is None and (source.endswith(".tflite") or (
             exported and saved_model is None))):
@@ -206,6 +207,7 @@ def keras_predict(model, images, batch=256, desc="Keras model"):
 
 
 def read_metadata(folder):
+    """An exported folder's ``metadata.json``, checked to hold what loading it reads."""
     path = os.path.join(folder, "metadata.json")
     if not os.path.isfile(path):
         raise RunError(f"{folder!r} is not an exported model folder (no metadata.json). "
@@ -216,7 +218,7 @@ def read_metadata(folder):
         metadata["input"]["shape"][1], metadata["class_names"][0]  # what predict reads
     except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
         raise RunError(
-            f"{path!r} is damaged ({type(error).__name__}: {error}); predict reads the input "
-            f"size and class names from it. Export the model again (python cli.py export "
-            f"RUN_DIR), or restore the folder from a copy.") from None
+            f"{path!r} is damaged ({type(error).__name__}: {error}); the exported model's "
+            f"input size and class names are read from it. Export the model again (python "
+            f"cli.py export RUN_DIR), or restore the folder from a copy.") from None
     return metadata

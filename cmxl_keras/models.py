@@ -7,7 +7,7 @@ seven Table-1 models. Inside the model there are only built-in Keras layers
 ``"gelu"``), so a saved ``.keras`` file loads with no custom objects and the graph
 runs on any Keras backend (TensorFlow, JAX, PyTorch).
 
-Layout, per ../PAPER_NOTES (and the reference PyTorch code)::
+Layout, per the paper (and the reference PyTorch code)::
 
     stem:   Conv2D(h, p, stride p) -> act -> BN
     layer:  x + BN(act(DepthwiseConv2D(k, "same")(x))) -> Conv2D(h, 1) -> act -> BN
@@ -259,3 +259,29 @@ def build_variant(variant, num_classes=10, input_shape=(32, 32, 3), **overrides)
 def trainable_param_count(model):
     """Number of trainable scalars of a built model."""
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))
+
+
+def describe(cfg, model=None):
+    """``info``'s figures of the model ``cfg`` describes: parameters, MACs, layers."""
+    model = model or from_config(cfg)
+    trainable = trainable_param_count(model)
+    macs = count_macs(cfg.width, cfg.depth, cfg.patch_size, cfg.kernel_size, cfg.num_classes,
+                      cfg.image_size)
+    return {"config": cfg.to_dict(), "trainable_params": trainable,
+            "non_trainable_params": model.count_params() - trainable, "macs_per_image": macs,
+            "flops_per_image": 2 * macs, "layers": len(model.layers)}
+
+
+def description_text(cfg, figures):
+    """``describe``'s figures as ``info`` prints them."""
+    skips = (f"{cfg.skip_period} long skips of {cfg.depth // cfg.skip_period} layers"
+             if cfg.skip_period else "no long skips")
+    macs = figures["macs_per_image"]
+    return "\n".join([
+        f"model: {cfg.name}  (ConvMixer-{cfg.width}/{cfg.depth}, patch {cfg.patch_size}, "
+        f"kernel {cfg.kernel_size}, {cfg.activation}, {skips})",
+        f"input: {cfg.image_size}x{cfg.image_size}x3 raw pixels, {cfg.num_classes} classes",
+        f"trainable parameters: {figures['trainable_params']:,}",
+        f"non-trainable parameters: {figures['non_trainable_params']:,}  "
+        f"(BatchNorm moving statistics)",
+        f"MACs per image: {macs:,}  (FLOPs ~ {2 * macs / 1e9:.3f} G)"])

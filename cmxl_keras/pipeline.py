@@ -13,7 +13,7 @@ pipeline; ``augmentation_grid`` draws a picture of augmented training images.
 import keras
 import numpy as np
 
-from cmxl_keras import augment, recipe
+from cmxl_keras import augment
 from cmxl_keras.augment import AugmentSpec, build_tf_augmenter
 
 
@@ -139,9 +139,9 @@ class ArrayBatches(keras.utils.PyDataset):
         return self.images[index].astype(np.float32), self.labels[index]
 
 
-def fit_inputs(cfg, splits, spec, one_hot, stages):
+def fit_inputs(cfg, splits, spec, one_hot, stages, steps):
     """``{"fit": start step -> model.fit's data arguments, "grid": batches to draw the
-    augmentation grid from}`` for the config's pipeline. Each ``fit`` call iterates its
+    augmentation grid from}`` for the config's pipeline, ``steps`` to an epoch. Each ``fit`` call iterates its
     data afresh, so each gets the stream from the step it starts at: a resumed run sees
     the batches an uninterrupted one sees. The device pipeline's batches come
     unaugmented (its stages are in the model): from tf.data on TensorFlow, else from
@@ -167,7 +167,7 @@ def fit_inputs(cfg, splits, spec, one_hot, stages):
             y = split.labels.astype(np.int32)
             return np.eye(cfg.num_classes, dtype=np.float32)[y] if one_hot else y
 
-        total = cfg.epochs * recipe.steps_per_epoch(len(splits.train), cfg)
+        total = cfg.epochs * steps
         train_labels, val = labels(splits.train), (splits.val.images.astype(np.float32),
                                                    labels(splits.val))
         fit = lambda start: dict(  # noqa: E731

@@ -2,9 +2,9 @@
 step resolved from the config, the training model (augmentation layers in front where
 the pipeline is ``device``), and the recipe's optimizer, loss and metrics compiled in.
 
-Recipe (PAPER_NOTES.md): AdamW (lr_max 0.005, weight decay 0.01, PyTorch's epsilon
-1e-8), the one-cycle schedule updated every step, sparse categorical cross-entropy from
-logits, batch 128, 100 epochs; mixed precision on a GPU.
+Recipe (the paper and its reference code): AdamW (lr_max 0.005, weight decay 0.01,
+PyTorch's epsilon 1e-8), the one-cycle schedule updated every step, sparse categorical
+cross-entropy from logits, batch 128, 100 epochs; mixed precision on a GPU.
 """
 
 import math
@@ -43,7 +43,7 @@ def resolve_pipeline(cfg):
     import keras
 
     kind = default_pipeline() if cfg.pipeline == "auto" else cfg.pipeline
-    if kind == "tf.data" and not has_tensorflow():
+    if kind == "tf.data" and not importable("tensorflow"):
         raise ConfigError(
             f"pipeline 'tf.data' needs TensorFlow, which is not installed (Keras runs on "
             f"{keras.backend.backend()!r}). Use --set pipeline=device (augmentation as "
@@ -140,9 +140,27 @@ def compile_model(model, cfg, steps, one_hot=False):
     return model
 
 
-def has_tensorflow():
+def importable(module):
+    """Whether ``module`` (an optional install: tensorflow, jax, torch) can be imported."""
+    import importlib
+
     try:
-        import tensorflow  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
         return False
     return True
+
+
+# The optional Keras backends, and the pins that install them.
+BACKEND_PINS = {"jax": "jax==0.10.2 jaxlib==0.10.2", "torch": "torch==2.14.1"}
+
+
+def check_backend(backend):
+    """A ConfigError where the chosen optional Keras backend is not installed. (TensorFlow
+    is a requirement, and not checked: ``predict --format tflite`` runs on LiteRT alone.)"""
+    if backend in BACKEND_PINS and not importable(backend):
+        raise ConfigError(
+            f"the Keras backend {backend!r} (from --backend or KERAS_BACKEND) is not "
+            f"installed. Install it with 'pip install {BACKEND_PINS[backend]}' (pinned in "
+            f"requirements-dev.txt; requirements-gpu.txt has the CUDA build of JAX), or run "
+            f"with --backend tensorflow.")

@@ -1,4 +1,5 @@
-"""Serving helpers for ``cli.py predict``: read image files, run an exported model."""
+"""Predictions for image files from an exported model (``predict``), and the request and
+response of TF Serving's REST API for the same files."""
 
 import os
 
@@ -32,10 +33,14 @@ def load_images(paths, size):
     return np.stack(batch)
 
 
-def predict(model_dir, images, fmt="saved_model"):
-    """Probabilities from the exported SavedModel or the fp32 TFLite file."""
-    loaded = inference.load(model_dir, fmt)
-    return inference.guarded(loaded.path, lambda: loaded(images), doing="run")
+def predict_files(paths, model_dir, k=3, fmt="saved_model"):
+    """``predict``'s results for image files: the ``k`` likeliest classes of each, by the
+    exported SavedModel or the fp32 TFLite file of ``model_dir``."""
+    metadata = inference.read_metadata(model_dir)  # the images are checked before the load
+    images = load_images(paths, metadata["input"]["shape"][1])
+    loaded = inference.load(model_dir, fmt, metadata)
+    probabilities = inference.guarded(loaded.path, lambda: loaded(images), doing="run")
+    return top_k(probabilities, loaded.class_names, paths, k)
 
 
 def rest_request(paths, signature="serving_bytes"):

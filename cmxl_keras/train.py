@@ -218,7 +218,7 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
                 f.write(" ".join(argv) + "\n")
             runs.write_text(os.path.join(run_dir, "config.toml"), cfg.to_toml())
             runs.write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
-    data_args = pipeline.fit_inputs(cfg, splits, spec, one_hot, stages)
+    data_args = pipeline.fit_inputs(cfg, splits, spec, one_hot, stages, steps)
     if resume and not restart:
         log(f"resuming {resume} at epoch {start_step // steps + 1}, step "
             f"{start_step % steps} of {steps} (optimizer step {start_step})")

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from cmxl_keras import data, splitting
+from cmxl_keras import cifar, data, splitting
 from cmxl_keras.config import Config
 from cmxl_keras.errors import DataError
 from conftest import random_images
@@ -41,7 +41,7 @@ def test_all_three_layouts_read_the_same_images(cifar_dir):
     assert binary.train.images.shape == (2000, 32, 32, 3) and binary.train.images.dtype == np.uint8
     np.testing.assert_array_equal(binary.train.images, python.train.images)
     np.testing.assert_array_equal(binary.train.labels, python.train.labels)
-    assert binary.class_names == python.class_names == folder.class_names == data.CIFAR10_CLASSES
+    assert binary.class_names == python.class_names == folder.class_names == cifar.CIFAR10_CLASSES
     # The folder tree is ordered by class, not by batch: compare as sorted multisets per class.
     for label in range(10):
         a = binary.train.images[binary.train.labels == label].reshape(-1, 3072)
@@ -364,7 +364,7 @@ def _official_like(dataset="cifar10", test_size=10000):
     test[:, 0, 0, 0], test[:, 0, 0, 1] = index // 256, index % 256
     train = data.Split(np.zeros((50, 2, 2, 3), np.uint8), np.arange(50, dtype=np.int32) % 10)
     return data.RawData(train, data.Split(test, (index % 10).astype(np.int32)),
-                        tuple(data.CIFAR10_CLASSES), "official-like", dataset=dataset)
+                        tuple(cifar.CIFAR10_CLASSES), "official-like", dataset=dataset)
 
 
 def _indices(split):

@@ -147,6 +147,12 @@ def test_each_module_imports_only_its_layer_and_below():
     assert not upward, upward
 
 
+def test_every_module_stays_small():
+    sizes = {module: len(read(os.path.join(ROOT, "cmxl_keras", f"{module}.py")).splitlines())
+             for module in MODULES}
+    assert not {module: n for module, n in sizes.items() if n > 350}, sizes
+
+
 def test_no_private_name_crosses_a_module_boundary():
     crossing = []
     for path in glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py")) + [

@@ -321,6 +321,13 @@ def resumed_metrics(run_dir, restored, log, write=True):
     return list(metrics)
 
 
+def require_run_folder(run_dir, runs_dir="runs"):
+    if not os.path.isdir(run_dir):
+        raise RunError(
+            f"--resume {run_dir!r}: no such run folder. Give a folder made by "
+            f"'python cli.py train' (look under {runs_dir}/).")
+
+
 def saved_config(run_dir, given, runs_dir="runs"):
     """The config a run to resume was saved with (config.json, or config.toml if that is
     damaged); None for a run killed before it wrote its config or any checkpoint (no
@@ -328,10 +335,7 @@ def saved_config(run_dir, given, runs_dir="runs"):
     and without one is refused."""
     from cmxl_keras import settings
 
-    if not os.path.isdir(run_dir):
-        raise RunError(
-            f"--resume {run_dir!r}: no such run folder. Give a folder made by "
-            f"'python cli.py train' (look under {runs_dir}/).")
+    require_run_folder(run_dir, runs_dir)
     try:
         return settings.load_saved(run_dir)
     except RunError:

@@ -28,12 +28,11 @@ SCHEDULE_KEYS = ("epochs", "lr_max")
 
 def check_resumable(run_dir, cfg, replan=False):
     """The saved config and state of ``run_dir``; refuses another model, data setup or
-    precision, and (unless ``replan``) another schedule."""
-    from cmxl_keras import config as config_lib, settings
+    precision, and (unless ``replan``) another schedule. (Read here again, under the run
+    folder's lock, whatever the command line read before taking it.)"""
+    from cmxl_keras import checkpoints, config as config_lib, settings
 
-    if not os.path.isdir(run_dir):
-        raise RunError(f"--resume {run_dir!r}: no such run folder. Give a folder made by "
-                       f"'python cli.py train' (look under runs/).")
+    checkpoints.require_run_folder(run_dir)
     saved = settings.load_saved(run_dir)
 
     def differences(keys):

@@ -209,3 +209,15 @@ def test_the_configuration_page_lists_every_config_field_with_its_default():
             expected = float(expected) if isinstance(expected, (int, float)) and not isinstance(
                 expected, bool) else expected
             assert _literal(value) == expected, (key, value, defaults[key])
+
+
+def test_the_exit_code_table_is_the_code_the_cli_uses():
+    """docs/troubleshooting.md's exit codes are 0 and errors.EXIT_CODES' codes, and
+    ``--help`` names each of them."""
+    from cmxl_keras import cli, errors
+
+    page = read(os.path.join(ROOT, "docs", "troubleshooting.md"))
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", page, re.M)}
+    assert documented == {0} | {code for _, code in errors.EXIT_CODES}, documented
+    epilog = " ".join(cli.EXIT_CODES_HELP.split())
+    assert all(re.search(rf"\b{code} ", epilog) for code in documented), epilog

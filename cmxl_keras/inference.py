@@ -63,8 +63,9 @@ def load(source, fmt=None, metadata=None):
               if source.endswith(".tflite") else
               os.path.dirname(os.path.dirname(os.path.abspath(saved_model)))
               if saved_model else None)
-    meta = metadata if metadata is not None else read_metadata(folder) if folder and (
-        os.path.isfile(os.path.join(folder, "metadata.json"))) else {}
+    if metadata is None and folder and os.path.isfile(os.path.join(folder, "metadata.json")):
+        metadata = read_metadata(folder)
+    meta = metadata or {}
     cfg = config_lib.from_dict(meta["config"]) if meta.get("config") else None
     if fmt == "tflite" or (fmt is None and (source.endswith(".tflite") or (
             exported and saved_model is None))):

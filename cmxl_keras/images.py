@@ -32,7 +32,14 @@ def image_pixels(image, size):
     return pixels
 
 
-def decode_image(data, where, size):
+# What the image-folder reader suggests for an image it cannot decode.
+SKIP_CORRUPT = ("Delete or replace it, or pass --set skip_corrupt=true to drop unreadable "
+                "images (they are counted).")
+
+
+def decode_image(data, where, size, fix=SKIP_CORRUPT):
+    """The encoded image ``data`` (the file ``where``) as ``image_pixels`` at ``size``; a
+    ``DataError`` naming the file, and suggesting ``fix``, where it does not decode."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -41,6 +48,6 @@ def decode_image(data, where, size):
             return image_pixels(image, size)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise DataError(
-            f"image {where!r} cannot be decoded ({type(error).__name__}: {error}"
-            f"{'; the file is empty' if not data else ''}). Delete or replace it, or pass "
-            f"--set skip_corrupt=true to drop unreadable images (they are counted).") from None
+            f"image {where!r} cannot be decoded: it is not a readable image "
+            f"({type(error).__name__}: {error}{'; the file is empty' if not data else ''}). "
+            f"{fix}") from None

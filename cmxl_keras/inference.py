@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from cmxl_keras import progress, runs
+from cmxl_keras import progress
 from cmxl_keras.errors import DataError, RunError
 
 # The files of an exported model folder (export.py writes them).
@@ -112,7 +112,7 @@ def load_keras(source=None, checkpoint=None):
     """(keras model, config or None, description) from a run folder or a .keras file."""
     import keras
 
-    from cmxl_keras import checkpoints, config as config_lib
+    from cmxl_keras import checkpoints, settings
 
     path = checkpoint or source
     if not path:
@@ -132,16 +132,15 @@ def load_keras(source=None, checkpoint=None):
                 f"{path!r} is not a finished run folder: it has no model.keras or "
                 f"checkpoints/best.keras and config.json. Finish the run first "
                 f"(python cli.py train --resume {path}) or pass --checkpoint FILE.keras.")
-        cfg = config_lib.from_dict(runs.read_json(cfg_path), source=cfg_path)
+        cfg = settings.load_saved(path)
     else:
         model_path = path
         # A .keras file inside a run folder (model.keras, checkpoints/best.keras) keeps
         # the run's config, and with it the run's data and split protocol.
         here = os.path.dirname(os.path.abspath(path))
         for folder in (here, os.path.dirname(here)):
-            cfg_path = os.path.join(folder, "config.json")
-            if os.path.isfile(cfg_path):
-                cfg = config_lib.from_dict(runs.read_json(cfg_path), source=cfg_path)
+            if os.path.isfile(os.path.join(folder, "config.json")):
+                cfg = settings.load_saved(folder)
                 break
     if not model_path.endswith(".keras"):
         raise RunError(f"{model_path!r} is not a Keras model file (.keras). Give a run "
@@ -172,8 +171,7 @@ class TFLiteRunner:
     def __init__(self, path):
         self.interpreter = interpreter(model_path=str(path), num_threads=os.cpu_count())
         runner = self.interpreter.get_signature_runner()
-        self.input_name = next(iter(runner.get_input_details()))
-        details = runner.get_input_details()[self.input_name]
+        (self.input_name, details), = runner.get_input_details().items()
         self.input_dtype, self.image_size = details["dtype"], int(details["shape"][1])
         self.runner = runner
 

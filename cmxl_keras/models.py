@@ -276,7 +276,7 @@ def description_text(cfg, figures):
     """``describe``'s figures as ``info`` prints them."""
     skips = (f"{cfg.skip_period} long skips of {cfg.depth // cfg.skip_period} layers"
              if cfg.skip_period else "no long skips")
-    macs = figures["macs_per_image"]
+    macs, flops = figures["macs_per_image"], figures["flops_per_image"]
     return "\n".join([
         f"model: {cfg.name}  (ConvMixer-{cfg.width}/{cfg.depth}, patch {cfg.patch_size}, "
         f"kernel {cfg.kernel_size}, {cfg.activation}, {skips})",
@@ -284,4 +284,4 @@ def description_text(cfg, figures):
         f"trainable parameters: {figures['trainable_params']:,}",
         f"non-trainable parameters: {figures['non_trainable_params']:,}  "
         f"(BatchNorm moving statistics)",
-        f"MACs per image: {macs:,}  (FLOPs ~ {2 * macs / 1e9:.3f} G)"])
+        f"MACs per image: {macs:,}  (FLOPs ~ {flops / 1e9:.3f} G)"])

@@ -143,9 +143,9 @@ def fit_inputs(cfg, splits, spec, one_hot, stages, steps):
     """``{"fit": start step -> model.fit's data arguments, "grid": batches to draw the
     augmentation grid from}`` for the config's pipeline, ``steps`` to an epoch. Each
     ``fit`` call iterates its data afresh, so each gets the stream from the step it starts
-    at: a resumed run sees the batches an uninterrupted one sees. The device pipeline's batches come
-    unaugmented (its stages are in the model): from tf.data on TensorFlow, else from
-    ``ArrayBatches``."""
+    at: a resumed run sees the batches an uninterrupted one sees. The device pipeline's
+    batches come unaugmented (its stages are in the model): from tf.data on TensorFlow,
+    else from ``ArrayBatches``."""
     if cfg.pipeline == "tf.data" or keras.backend.backend() == "tensorflow":
         fed = spec if cfg.pipeline == "tf.data" else augment.AugmentSpec.none(
             cfg.image_size, cfg.num_classes)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from cmxl_keras import inference
-from cmxl_keras.images import image_pixels
+from cmxl_keras.images import decode_image
 from cmxl_keras.errors import DataError
 
 
@@ -17,20 +17,20 @@ def load_images(paths, size):
     expanded, CMYK converted, 16-bit samples reduced to their high byte, an animation's
     first frame; the stored pixel grid as it is (no EXIF rotation, which TensorFlow's
     decoders do not apply either). Each of these is tested equal to ``serving_bytes``."""
-    from PIL import Image, UnidentifiedImageError
+    return np.stack([decode_image(image_bytes(path), path, size,
+                                  fix="Give PNG, JPEG, GIF or BMP files.") for path in paths])
 
-    batch = []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise DataError(f"image {path!r} does not exist. Check the path.")
-        try:
-            with Image.open(path) as image:
-                image.load()  # the first frame of an animation
-                batch.append(image_pixels(image, size))  # as the image-folder reader does
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise DataError(f"{path!r} is not a readable image ({type(error).__name__}: "
-                            f"{error}). Give PNG, JPEG, GIF or BMP files.") from None
-    return np.stack(batch)
+
+def image_bytes(path):
+    """The encoded bytes of the image file ``path``, or a ``DataError`` naming it."""
+    if not os.path.isfile(path):
+        raise DataError(f"image {path!r} does not exist. Check the path.")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise DataError(f"image {path!r} cannot be read ({error.strerror or error}). Check "
+                        f"its permissions.") from None
 
 
 def predict_files(paths, model_dir, k=3, fmt="saved_model"):
@@ -48,12 +48,8 @@ def rest_request(paths, signature="serving_bytes"):
     they are (encoded bytes, base64): ``POST http://HOST:8501/v1/models/NAME:predict``."""
     import base64
 
-    instances = []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise DataError(f"image {path!r} does not exist. Check the path.")
-        with open(path, "rb") as f:
-            instances.append({"image_bytes": {"b64": base64.b64encode(f.read()).decode()}})
+    instances = [{"image_bytes": {"b64": base64.b64encode(image_bytes(path)).decode()}}
+                 for path in paths]
     return {"signature_name": signature, "instances": instances}
 
 

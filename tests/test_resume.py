@@ -15,7 +15,7 @@ import h5py
 import keras
 import pytest
 
-from cmxl_keras import checkpoints, config, recipe, runs, settings, train
+from cmxl_keras import checkpoints, config, inference, recipe, runs, settings, train
 from cmxl_keras.errors import DamagedCheckpoint, RunError, RunInUse
 from conftest import ROOT, Child, run_cli
 
@@ -261,6 +261,24 @@ def test_both_saved_configs_damaged_is_refused_with_the_fix(two_epoch_run, tmp_p
     with pytest.raises(RunError, match="saved config cannot be read .*config.json.*"
                                        "config.toml.*Restore config.json or config.toml"):
         train.train(cfg, resume=run_dir, argv=["test"], log=lambda m: None, verbose=0)
+
+
+@pytest.mark.slow
+def test_a_finished_run_with_a_damaged_config_json_loads_with_its_config_toml(two_epoch_run,
+                                                                              tmp_path):
+    """Export and evaluate load a finished run (its folder, or its model.keras) with the
+    saved config as a resume reads it: config.toml where config.json is damaged, and a
+    clear refusal where both are."""
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(two_epoch_run[1], run_dir)
+    truncate(os.path.join(run_dir, "config.json"))
+    for source in (run_dir, os.path.join(run_dir, "model.keras")):
+        _, saved, _ = inference.load_keras(source)
+        assert saved.depth == 4 and saved.epochs == 2, source
+    with open(os.path.join(run_dir, "config.toml"), "a") as f:
+        f.write("depth = = 3\n")
+    with pytest.raises(RunError, match="saved config cannot be read"):
+        inference.load_keras(run_dir)
 
 
 @pytest.mark.slow

@@ -6,12 +6,12 @@ at batch 1 and batch 128, and the batch-1 latency p50 / p99.
 
     python bench/bench_infer.py exported/<name> [--seconds 5]
 
-(The Keras model is the export's source checkpoint, from metadata.json.)
+(The Keras model is the export's own ``model.keras``, float32, or where the export has
+none its source checkpoint from metadata.json, run as ``inference.load`` runs it here.)
 Last lines are machine-readable: ``<form>_b1_images_per_second=...`` and so on.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -41,14 +41,14 @@ def main():
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per form and batch")
     args = parser.parse_args()
 
-    import keras
     import tensorflow as tf
 
     from cmxl_keras import inference
 
-    meta = json.load(open(os.path.join(args.export_dir, "metadata.json")))
+    meta = inference.read_metadata(args.export_dir)
     size = meta["input"]["shape"][1]
-    model = keras.saving.load_model(meta["source_checkpoint"], compile=False)
+    own = os.path.join(args.export_dir, "model.keras")
+    model = inference.load(own if os.path.isfile(own) else meta["source_checkpoint"]).model
     serve = tf.saved_model.load(os.path.join(args.export_dir, "saved_model", "1")) \
         .signatures["serving_default"]
     # The Keras model as a graph (tf.function, no XLA), as Keras' own predict loop runs it;

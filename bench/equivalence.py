@@ -41,7 +41,6 @@ import json
 import math
 import os
 import platform
-import random
 import sys
 import time
 
@@ -50,7 +49,6 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cmxl_keras.architecture import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from cmxl_keras.data import read_data_dir  # noqa: E402
 from cmxl_keras.splitting import make_splits  # noqa: E402
 from cmxl_keras.runs import package_versions, write_text  # noqa: E402
@@ -177,93 +175,19 @@ def train_ours(args, seed, splits, log):
 
 # ----------------------------------------------------------------------------- reference
 def train_reference(args, seed, splits, log):
-    """The paper's ``train.py`` loop, on ``splits``' images; its per-epoch records."""
-    import torch
-    from PIL import Image
-    from torch import nn
-    from torchvision import transforms
+    """The paper's ``train.py`` loop (``ref_train.train``) on ``splits``' images; its
+    per-epoch records."""
+    import ref_train
 
-    import ref_torch
+    spec = {key: getattr(args, key) for key in ("width", "depth", "patch_size", "kernel_size",
+                                               "activation", "skip_period", "epochs",
+                                               "batch_size", "lr", "device", "workers")}
+    spec.update(seed=seed, drop=[TORCHVISION[stage] for stage in args.drop])
+    records, model, _ = ref_train.train(spec, splits, log)
+    if args.device == "cuda":
+        import torch
 
-    # train.py seeds first, then builds its transforms, data and model.
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-    class Images(torch.utils.data.Dataset):  # torchvision's CIFAR10 dataset, from arrays
-        def __init__(self, split, transform):
-            self.split, self.transform = split, transform
-
-        def __len__(self):
-            return len(self.split.labels)
-
-        def __getitem__(self, i):
-            return (self.transform(Image.fromarray(self.split.images[i])),
-                    int(self.split.labels[i]))
-
-    test_transform = transforms.Compose([transforms.ToTensor(),
-                                         transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
-    dropped = {TORCHVISION[stage] for stage in args.drop}
-    train_transform = ref_torch.paper_train_transform()
-    train_transform.transforms = [t for t in train_transform.transforms
-                                  if type(t).__name__ not in dropped]
-    log("  transforms: " + " -> ".join(type(t).__name__ for t in train_transform.transforms))
-    trainloader = torch.utils.data.DataLoader(
-        Images(splits.train, train_transform), batch_size=args.batch_size,
-        shuffle=True, num_workers=args.workers)
-    valloader = torch.utils.data.DataLoader(
-        Images(splits.val, test_transform), batch_size=args.batch_size, shuffle=False,
-        num_workers=args.workers)
-    device = torch.device(args.device)
-    model = ref_torch.build(args.width, args.depth, args.patch_size, args.kernel_size,
-                            len(splits.class_names), args.activation, args.skip_period,
-                            normalize=False).to(device)
-    epochs, lr_max = args.epochs, args.lr
-
-    def lr_schedule(t):
-        return np.interp([t], [0, epochs * 2 // 5, epochs * 4 // 5, epochs],
-                         [0, lr_max, lr_max / 20.0, 0])[0]
-
-    opt = torch.optim.AdamW(model.parameters(), lr=lr_max, weight_decay=0.01)
-    criterion = nn.CrossEntropyLoss()
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    records = []
-    for epoch in range(epochs):
-        start = time.time()
-        train_loss, train_acc, n = 0.0, 0, 0
-        for i, (x, y) in enumerate(trainloader):
-            model.train()
-            x, y = x.to(device), y.to(device)
-            opt.param_groups[0].update(lr=lr_schedule(epoch + (i + 1) / len(trainloader)))
-            opt.zero_grad()
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                output = model(x)
-                loss = criterion(output, y)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            train_loss += loss.item() * y.size(0)
-            train_acc += (output.max(1)[1] == y).sum().item()
-            n += y.size(0)
-        model.eval()
-        val_loss, val_acc, m = 0.0, 0, 0
-        with torch.no_grad():
-            for x, y in valloader:
-                x, y = x.to(device), y.to(device)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    output = model(x)
-                val_loss += criterion(output.float(), y).item() * y.size(0)
-                val_acc += (output.max(1)[1] == y).sum().item()
-                m += y.size(0)
-        records.append({"epoch": epoch + 1, "loss": train_loss / n, "accuracy": train_acc / n,
-                        "val_loss": val_loss / m, "val_accuracy": val_acc / m,
-                        "seconds": time.time() - start})
-        log(f"  epoch {epoch + 1}/{epochs}: loss {train_loss / n:.4f} acc {train_acc / n:.4f}"
-            f" | val loss {val_loss / m:.4f} acc {val_acc / m:.4f} | "
-            f"{time.time() - start:.1f} s")
-    del model, opt
-    if amp:
+        del model
         torch.cuda.empty_cache()  # our next run's JAX takes most of the GPU's memory at start
     return records
 

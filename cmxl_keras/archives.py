@@ -25,6 +25,7 @@ class Files:
                     f"extracts to.") from None
             self.members = {m.name.lstrip("./"): m for m in self.archive.getmembers()
                             if m.isfile()}
+            self._contents = None  # every file's bytes, read in one pass on the first read
             self.dirs = {os.path.dirname(n) for n in self.members}
             for name in list(self.dirs):  # every ancestor is a folder too
                 while name:
@@ -54,10 +55,23 @@ class Files:
             return sorted(n for n in names if n)
         return sorted(os.listdir(os.path.join(self.root, rel)))
 
+    def _read_all(self):
+        """Every file of the archive, read in one pass in the archive's order. Why: a
+        .tar.gz cannot seek back, so each member read out of its order (a reader goes
+        class by class, name by name) decompresses the archive again from its start:
+        50,000 images would decompress it 50,000 times."""
+        if self._contents is None:
+            self._contents = {}
+            for member in self.archive:
+                if member.isfile():
+                    self._contents[member.name.lstrip("./")] = self.archive.extractfile(
+                        member).read()
+        return self._contents
+
     def read(self, rel):
         try:
             if self.archive:
-                return self.archive.extractfile(self.members[rel]).read()
+                return self._read_all()[rel]
             with open(os.path.join(self.root, rel), "rb") as f:
                 return f.read()
         except (OSError, tarfile.TarError, EOFError, KeyError) as error:

@@ -209,14 +209,17 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
 @click.option("--tta", is_flag=True, help="Also report horizontal-flip test-time augmentation.")
 @click.option("--out", "out_dir", type=str,
               help="Where JSON and figures go (default: the run folder, else evaluations/).")
+@click.option("--precision", type=click.Choice(["auto", "saved", "float32"]), default="auto",
+              show_default=True, help="A Keras model saved under mixed precision: auto runs "
+              "it in float32 where no GPU is visible (fast on a CPU), saved as saved.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @user_errors
-def evaluate(source, data_dir, split, tta, out_dir, as_json):
+def evaluate(source, data_dir, split, tta, out_dir, precision, as_json):
     """Evaluate a run folder, .keras file, exported folder, SavedModel or .tflite file."""
     _quiet_tensorflow()
     from cmxl_keras import evaluate as evaluate_lib
 
-    results = evaluate_lib.evaluate(source, data_dir, split, tta, out_dir,
+    results = evaluate_lib.evaluate(source, data_dir, split, tta, out_dir, precision=precision,
                                     log=lambda m: click.echo(m, err=True))
     if as_json:
         _echo_json(results)
@@ -230,8 +233,8 @@ def evaluate(source, data_dir, split, tta, out_dir, as_json):
 @click.argument("source", required=False)
 @click.option("--checkpoint", type=str, help="A .keras file instead of a run folder.")
 @click.option("--formats", default=",".join(["saved_model", "tflite", "tflite_fp16",
-                                              "tflite_int8"]), show_default=True,
-              help="Comma-separated: saved_model, tflite, tflite_fp16, tflite_int8.")
+                                              "tflite_int8", "keras"]), show_default=True,
+              help="Comma-separated: saved_model, tflite, tflite_fp16, tflite_int8, keras.")
 @click.option("--out", "out_dir", default="exported", show_default=True,
               help="Parent folder; the export goes to OUT/<name>/.")
 @click.option("--name", type=str, help="Export name (default: the run's config name).")

@@ -60,11 +60,16 @@ def evaluation_split(cfg, split, data_dir=None, log=print):
                  np.concatenate([splits.val.labels, splits.test.labels])), splits.class_names
 
 
-def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=print):
-    """Evaluates ``source`` on ``split``; writes JSON and figures; returns the results."""
+def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=print,
+             precision="auto"):
+    """Evaluates ``source`` on ``split``; writes JSON and figures; returns the results.
+    A Keras model runs in ``precision`` (``inference.runnable``)."""
     from cmxl_keras import config as config_lib
 
-    predictor = inference.load(source)
+    predictor = inference.load(source, precision=precision)
+    if predictor.precision != predictor.saved_precision:
+        log(f"evaluate: the model was saved under {predictor.saved_precision}; it runs in "
+            f"{predictor.precision} here (no GPU visible; --precision saved keeps its own)")
     cfg = predictor.cfg or config_lib.Config(image_size=predictor.image_size)
     if not predictor.cfg and not data_dir:
         raise RunError(f"{source!r} carries no config to find its data: pass --data-dir.")
@@ -72,6 +77,8 @@ def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=pr
     class_names = list(predictor.class_names or class_names)
     probabilities = predictor(images_split.images, desc="evaluate")
     results = {"source": os.path.abspath(source), "form": predictor.kind, "split": split}
+    if predictor.kind == "keras":
+        results.update(precision=predictor.precision, saved_precision=predictor.saved_precision)
     results.update(metrics(probabilities, images_split.labels, len(class_names)))
     results["class_names"] = class_names
     if tta:

@@ -24,12 +24,16 @@ class Loaded:
     ``kind`` is "keras", "saved_model" or "tflite"; ``path`` the file or folder run;
     ``cfg`` the run's config and ``class_names`` the classes where the source records
     them (else None); ``image_size`` the side of the images it takes; ``model`` the Keras
-    model (kind "keras" only)."""
+    model (kind "keras" only) and ``precision`` the dtype policy it runs in, and
+    ``saved_precision`` the one it was saved with (kind "keras" only: the exported forms
+    compute in float32, or int8/float16 as their files say)."""
 
-    def __init__(self, kind, path, run, image_size, cfg=None, class_names=None, model=None):
+    def __init__(self, kind, path, run, image_size, cfg=None, class_names=None, model=None,
+                 precision=None, saved_precision=None):
         self.kind, self.path, self._run = kind, path, run
         self.image_size, self.cfg, self.class_names, self.model = (image_size, cfg,
                                                                    class_names, model)
+        self.precision, self.saved_precision = precision, saved_precision
 
     def __call__(self, images, batch=256, desc=None):
         return self._run(images, batch, desc)
@@ -42,13 +46,16 @@ def _saved_model_dir(path):
     return None
 
 
-def load(source, fmt=None, metadata=None):
+def load(source, fmt=None, metadata=None, precision="auto"):
     """``source`` as a ``Loaded`` model, whatever it is: a run folder or ``.keras`` file
-    (the Keras model, with the run's config), an exported folder (its SavedModel, or
-    with ``fmt="tflite"`` or no SavedModel its fp32 TFLite file), a SavedModel folder,
-    or a ``.tflite`` file; those of an exported folder come with the classes and config
-    of its ``metadata.json`` (``metadata``, where the caller has read it already)."""
+    (the Keras model, with the run's config, run in ``precision``: see ``runnable``), an
+    exported folder (its SavedModel, or with ``fmt="tflite"`` or no SavedModel its fp32
+    TFLite file), a SavedModel folder, or a ``.tflite`` file; those of an exported folder
+    come with the classes and config of its ``metadata.json`` (``metadata``, where the
+    caller has read it already)."""
     from cmxl_keras import config as config_lib
+
+    check_precision(precision)
 
     exported = os.path.isfile(os.path.join(source, "metadata.json"))
     if fmt is not None and not exported:
@@ -90,9 +97,49 @@ def load(source, fmt=None, metadata=None):
                                                                  desc or "SavedModel"),
                       size, cfg, meta.get("class_names"))
     model, cfg, path = load_keras(source)
+    saved = saved_precision(model)
+    model, runs_in = runnable(model, precision)
     return Loaded("keras", path, lambda x, batch, desc: keras_predict(model, x, batch,
                                                                       desc or "Keras model"),
-                  int(model.input_shape[1]), cfg, model=model)
+                  int(model.input_shape[1]), cfg, model=model, precision=runs_in,
+                  saved_precision=saved)
+
+
+# How ``load`` runs a Keras model: ``auto`` in float32 where no GPU is visible and as
+# saved where one is; ``saved`` as saved; ``float32`` always in float32.
+PRECISIONS = ("auto", "saved", "float32")
+
+
+def check_precision(precision):
+    if precision not in PRECISIONS:
+        raise RunError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}: "
+                       f"'auto' runs a model saved under mixed precision in float32 on a "
+                       f"CPU, 'saved' runs it as saved, 'float32' always in float32.")
+
+
+def saved_precision(model):
+    """The dtype policy a Keras model was saved with: a mixed policy where any layer
+    has one (mixed precision keeps the logits' layer in float32), else ``float32``."""
+    return next((layer.dtype_policy.name for layer in model.layers
+                 if layer.dtype_policy.name != "float32"), "float32")
+
+
+def runnable(model, precision="auto"):
+    """(model, the policy it runs in): a model saved under mixed precision
+    (``mixed_float16``, ``mixed_bfloat16``) keeps that policy when loaded, and float16
+    on a CPU is slow (the GPU-trained CM-Vanilla on 2 cores: 4.1x slower than float32,
+    and bfloat16 2.6x, bench/RESULTS.md); with ``precision="auto"`` and no GPU visible,
+    it runs as a float32 copy with the same weights, which computes the function the
+    mixed model approximates (there: probabilities at most 7e-3 apart on 1,000 real
+    images, the same top-1)."""
+    from cmxl_keras import folding, recipe
+
+    check_precision(precision)
+    saved = saved_precision(model)
+    if saved == "float32" or precision == "saved" or (precision == "auto"
+                                                     and recipe.gpu_visible()):
+        return model, saved
+    return folding.float32_model(model), "float32"
 
 
 def guarded(path, action, doing="loaded"):

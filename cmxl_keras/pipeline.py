@@ -174,7 +174,11 @@ def fit_inputs(cfg, splits, spec, one_hot, stages, steps):
             x=ArrayBatches(splits.train.images, train_labels, cfg.batch_size, cfg.seed,
                            start, total - start),
             validation_data=val, validation_batch_size=cfg.batch_size, shuffle=False)
-    sample = splits.train.images[:64].astype(np.float32)
+    # The first images the run trains on (its first pass's order), as the tf.data form
+    # draws them: not the first of the split, which a class-sorted folder fills with one
+    # class.
+    first = NumpyOrder(len(splits.train), cfg.seed).batch(0, 64)
+    sample = splits.train.images[first].astype(np.float32)
     grid = [(augment.apply_keras_layers(stages, sample) if stages else sample, None)]
     return {"fit": fit, "grid": grid}
 

@@ -16,6 +16,11 @@ def resolve_precision(name):
     """``auto`` is mixed_float16 where a GPU is visible to the backend, else float32."""
     if name != "auto":
         return name
+    return "mixed_float16" if gpu_visible() else "float32"
+
+
+def gpu_visible():
+    """Whether the Keras backend sees a GPU (a broken driver counts as none)."""
     import keras
 
     backend = keras.backend.backend()
@@ -23,18 +28,16 @@ def resolve_precision(name):
         if backend == "tensorflow":
             import tensorflow as tf
 
-            has_gpu = bool(tf.config.list_physical_devices("GPU"))
-        elif backend == "jax":
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
             import jax
 
-            has_gpu = jax.devices()[0].platform == "gpu"
-        else:
-            import torch
+            return jax.devices()[0].platform == "gpu"
+        import torch
 
-            has_gpu = torch.cuda.is_available()
+        return torch.cuda.is_available()
     except Exception:  # a broken driver is a CPU for our purposes
-        has_gpu = False
-    return "mixed_float16" if has_gpu else "float32"
+        return False
 
 
 def resolve_pipeline(cfg):

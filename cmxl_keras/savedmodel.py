@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from cmxl_keras.images import MAX_PIXELS
+
 
 def _serving_fn(model):
     import tensorflow as tf
@@ -19,11 +21,70 @@ def _serving_fn(model):
     return serve
 
 
-def _bytes_serving_fn(serve, height, width):
-    """``serving_bytes``: encoded images (JPEG, PNG, GIF, BMP; any size) -> ``serve``."""
+def declared_size(data):
+    """(height, width) that the encoded image ``data`` (a scalar string tensor) declares in
+    its header, read without decoding it: JPEG by TensorFlow's own header reader, PNG,
+    GIF and BMP from their fixed header fields; (-1, -1) for any other content.
+
+    Why by hand: TensorFlow reads only a JPEG's size without decoding it
+    (``extract_jpeg_shape``); ``decode_image`` allocates whatever size a file declares."""
     import tensorflow as tf
 
+    # The first 32 bytes, zero-padded: a short file reads as zeros, never out of range.
+    head = tf.io.decode_raw(tf.strings.substr(
+        tf.strings.join([tf.strings.substr(data, 0, 32), b"\0" * 32]), 0, 32), tf.uint8)
+    head = tf.cast(head, tf.int64)
+
+    def number(offset, size, big_endian):
+        digits = [head[offset + i] for i in range(size)]
+        value = tf.constant(0, tf.int64)
+        for digit in digits if big_endian else digits[::-1]:
+            value = value * 256 + digit
+        return value
+
+    def signed32(value):  # BMP stores a top-down image's height as a negative number
+        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+
+    def starts(prefix):
+        return tf.strings.substr(data, 0, len(prefix)) == prefix
+
+    unknown = lambda: tf.constant([-1, -1], tf.int64)  # noqa: E731
+    return tf.case([
+        (tf.io.is_jpeg(data),
+         lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
+        (starts(b"\x89PNG\r\n\x1a\n"), lambda: tf.stack([number(20, 4, True),
+                                                          number(16, 4, True)])),
+        (starts(b"GIF8"), lambda: tf.stack([number(8, 2, False), number(6, 2, False)])),
+        (starts(b"BM"), lambda: tf.stack([signed32(number(22, 4, False)),
+                                          signed32(number(18, 4, False))])),
+    ], default=unknown, exclusive=False)
+
+
+def _bytes_serving_fn(serve, height, width, max_pixels):
+    """``serving_bytes``: encoded images (JPEG, PNG, GIF, BMP; up to ``max_pixels``) ->
+    ``serve``. Each image's declared size is checked from its header first: a larger
+    one (a decompression bomb among them) or another format fails the request with
+    the reason (TF-Serving answers 400 with it), before anything is decoded.
+    ``max_pixels=None`` leaves the check out (for the bench's before-and-after only)."""
+    import tensorflow as tf
+
+    def checked(data):
+        if max_pixels is None:
+            return data
+        size = declared_size(data)
+        pixels = size[0] * size[1]
+        known = tf.debugging.Assert(size[0] >= 0, [
+            "serving_bytes takes JPEG, PNG, GIF or BMP images; this one is none of them "
+            "(its first bytes follow)", tf.strings.substr(data, 0, 8)])
+        small = tf.debugging.Assert(pixels <= max_pixels, [
+            f"the image declares more than {max_pixels} pixels (height and width follow), "
+            f"the most this model decodes: a decompression bomb, or an image to downscale "
+            f"before sending", size])
+        with tf.control_dependencies([known, small]):
+            return tf.identity(data)
+
     def decode(data):
+        data = checked(data)
         # JPEG with the accurate integer IDCT, as PIL (and so `predict`) decodes it: the
         # default fast IDCT differs by up to 11 grey levels (measured).
         image = tf.cond(
@@ -44,13 +105,14 @@ def _bytes_serving_fn(serve, height, width):
     return serve_bytes
 
 
-def write_saved_model(model, path, serving=True):
+def write_saved_model(model, path, serving=True, max_pixels=MAX_PIXELS):
     """A SavedModel whose ``serving_default`` takes uint8 images of any batch size.
 
     ``serving_float`` takes float32 pixels in [0, 255]; the int8 TFLite conversion
     starts from it so the converter can make its input uint8 itself. With ``serving``
     (the served copy), ``serving_bytes`` takes encoded images (``image_bytes``: a batch
-    of JPEG/PNG strings, what TF-Serving clients send, base64 over REST), and
+    of JPEG/PNG strings, what TF-Serving clients send, base64 over REST) that declare at
+    most ``max_pixels`` each, and
     ``assets.extra/tf_serving_warmup_requests`` holds one request per signature so
     TF-Serving runs each graph once before it reports the model ready.
     """
@@ -69,7 +131,7 @@ def write_saved_model(model, path, serving=True):
         input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, "images")])
     if serving:
         archive.add_endpoint(
-            name="serving_bytes", fn=_bytes_serving_fn(serve, height, width),
+            name="serving_bytes", fn=_bytes_serving_fn(serve, height, width, max_pixels),
             input_signature=[tf.TensorSpec([None], tf.string, "image_bytes")])
     archive.write_out(path, verbose=False)
     if serving:

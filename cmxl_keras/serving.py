@@ -6,8 +6,11 @@ import os
 import numpy as np
 
 from cmxl_keras import inference
-from cmxl_keras.images import decode_image
+from cmxl_keras.images import check_image, decode_image
 from cmxl_keras.errors import DataError
+
+# What predict suggests for an image it cannot use.
+GIVE_IMAGES = "Give PNG, JPEG, GIF or BMP files."
 
 
 def load_images(paths, size):
@@ -17,8 +20,8 @@ def load_images(paths, size):
     expanded, CMYK converted, 16-bit samples reduced to their high byte, an animation's
     first frame; the stored pixel grid as it is (no EXIF rotation, which TensorFlow's
     decoders do not apply either). Each of these is tested equal to ``serving_bytes``."""
-    return np.stack([decode_image(image_bytes(path), path, size,
-                                  fix="Give PNG, JPEG, GIF or BMP files.") for path in paths])
+    return np.stack([decode_image(image_bytes(path), path, size, fix=GIVE_IMAGES)
+                     for path in paths])
 
 
 def image_bytes(path):
@@ -43,13 +46,19 @@ def predict_files(paths, model_dir, k=3, fmt="saved_model"):
     return top_k(probabilities, loaded.class_names, paths, k)
 
 
-def rest_request(paths, signature="serving_bytes"):
+def rest_request(paths, signature="serving_bytes", size=None):
     """The JSON body of a TF-Serving REST ``:predict`` call for image files, sent as
-    they are (encoded bytes, base64): ``POST http://HOST:8501/v1/models/NAME:predict``."""
+    they are (encoded bytes, base64): ``POST http://HOST:8501/v1/models/NAME:predict``.
+    Each file is checked first as ``predict`` checks it (an image, at most
+    ``images.MAX_PIXELS`` declared), from its header, without decoding it; ``size``, the
+    model's input side where known, is named in the error."""
     import base64
 
-    instances = [{"image_bytes": {"b64": base64.b64encode(image_bytes(path)).decode()}}
-                 for path in paths]
+    instances = []
+    for path in paths:
+        data = image_bytes(path)
+        check_image(data, path, size, fix=GIVE_IMAGES)
+        instances.append({"image_bytes": {"b64": base64.b64encode(data).decode()}})
     return {"signature_name": signature, "instances": instances}
 
 

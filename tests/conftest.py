@@ -1,11 +1,14 @@
 """Shared test helpers: the CLI as a subprocess, small models, real data on demand."""
 
+import functools
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -117,6 +120,21 @@ def run_cli(*args, env=None, timeout=600, cwd=None):
 def random_images(n, size=32, seed=0):
     """Raw uint8 RGB images, never all-zero."""
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def png_bomb(width, height):
+    """A PNG that declares ``width`` x ``height`` grey pixels, all black: a 20,000 x 20,000
+    one is 389 KB on disk and 1.2 GB of RGB once decoded (a decompression bomb)."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    packer, row = zlib.compressobj(9), bytes(width + 1)  # a filter byte, then the row
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
 
 
 @pytest.fixture

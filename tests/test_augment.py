@@ -380,3 +380,24 @@ def test_every_stage_draws_per_image_on_its_own(stage, form):
         assert distinct >= 20, distinct  # than 21 in none of 20,000 simulated batches)
     else:  # continuous draws: every image its own
         assert distinct >= 62, distinct
+
+
+def test_the_device_pipelines_grid_shows_the_first_batch_not_the_first_images(monkeypatch):
+    """The device pipeline's augmentation grid is drawn from the first images the run
+    trains on (its first pass's order), not the split's first 64, which a class-sorted
+    image folder fills with one class."""
+    from cmxl_keras import augment as augment_lib, splitting
+
+    labels = np.repeat(np.arange(10), 20).astype(np.int32)  # sorted by class
+    images = np.broadcast_to(labels[:, None, None, None].astype(np.uint8) * 20,
+                             (200, 8, 8, 3)).copy()  # each image's pixels name its class
+    splits = splitting.Splits(Split(images, labels), Split(images[:20], labels[:20]), None,
+                              tuple(str(i) for i in range(10)), "sorted", {})
+    cfg = Config(image_size=8, pipeline="device", batch_size=16, epochs=1, seed=3)
+    spec = augment_lib.AugmentSpec.none(8, 10)
+    grid = pipeline.fit_inputs(cfg, splits, spec, False, (), 13)["grid"]
+    sample = next(iter(grid))[0]
+    shown = np.unique(np.asarray(sample)[:, 0, 0, 0] // 20)
+    assert len(sample) == 64 and len(shown) >= 8, shown
+    order = pipeline.NumpyOrder(200, 3).batch(0, 64)
+    assert np.array_equal(np.asarray(sample), images[order].astype(np.float32))

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, random_images, run_cli
+from conftest import ROOT, png_bomb, random_images, run_cli
 
 RESULTS = []
 
@@ -45,7 +45,14 @@ def _image_dir(root, bad=None):
         (root / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     elif bad == "empty":
         (root / "train" / "dog" / "zero.jpg").write_bytes(b"")
+    elif bad == "bomb":
+        (root / "train" / "dog" / "bomb.png").write_bytes(png_bomb(20000, 20000))
     return root
+
+
+def _bomb(root, width=20000, height=20000):
+    (root / "bomb.png").write_bytes(png_bomb(width, height))
+    return root / "bomb.png"
 
 
 def _run_folder(root, depth=4):
@@ -105,7 +112,7 @@ def _exported(root, metadata=None, damage=None):
     if damage:
         import shutil
 
-        shutil.copytree(os.path.join(ROOT, "exported", "cpu_quick"), folder)
+        shutil.copytree(os.path.join(ROOT, "exported", "cm_vanilla"), folder)
         (folder / damage).write_bytes(b"\x00garbage" * 100)
         return folder
     folder.mkdir(parents=True)
@@ -239,6 +246,14 @@ CASES = [
      ["none.png", "does not exist"]),
     ("predict non-image", lambda r: ["predict", (r / "t.png").write_text("x") and r / "t.png",
                                      "--model", _exported(r)], ["t.png", "not a readable image"]),
+    ("predict decompression bomb", lambda r: ["predict", _bomb(r), "--model", _exported(r)],
+     ["bomb.png", "400000000 pixels", "more than 40 megapixels", "not decoded", "Downscale"]),
+    ("predict image over the pixel limit", lambda r: ["predict", _bomb(r, 8000, 6000),
+                                                      "--model", _exported(r)],
+     ["bomb.png", "declares 8,000 x 6,000 pixels", "48.0 megapixels", "Downscale"]),
+    ("decompression bomb in the training images", lambda r: [
+        "train", "--config", "smoke", "--data-dir", _image_dir(r, "bomb")],
+     ["bomb.png", "more than 40 megapixels", "skip_corrupt"]),
     ("predict truncated PNG", lambda r: ["predict", _truncated_png(r), "--model", _exported(r)],
      ["cut.png", "not a readable image"]),
     ("predict damaged metadata", lambda r: ["predict", _gray_png(r), "--model", _exported(

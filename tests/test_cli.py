@@ -114,29 +114,31 @@ def test_info_json_is_one_object_with_the_counts():
         "macs_per_image"]
 
 
-EXAMPLES = ["airplane", "cat", "horse", "ship"]  # docs/examples/<class>.png, validation images
+# docs/examples/<class>.png: the first validation image of each class in the shipped
+# model's split (the 1,000 images its run held out).
+EXAMPLES = ["airplane", "cat", "horse", "ship"]
 
 
 def test_the_shipped_model_classifies_the_shipped_examples():
-    """exported/cpu_quick (configs/cpu_quick.toml, trained on the shipped training images)
-    works from a clone, as the README's command runs it, in both formats."""
+    """exported/cm_vanilla (the paper's CM-Vanilla, trained on a GPU) works from a clone,
+    as the README's command runs it, in both formats."""
     import json
 
-    plain = run_cli("predict", "docs/examples/cat.png", "--model", "exported/cpu_quick",
+    plain = run_cli("predict", "docs/examples/cat.png", "--model", "exported/cm_vanilla",
                     cwd=ROOT)
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert plain.stdout.splitlines()[1].split()[0] == "cat"
     paths = [f"docs/examples/{name}.png" for name in EXAMPLES]
     for fmt in ("saved_model", "tflite"):
-        result = run_cli("predict", *paths, "--model", "exported/cpu_quick", "--format", fmt,
+        result = run_cli("predict", *paths, "--model", "exported/cm_vanilla", "--format", fmt,
                          "--json", cwd=ROOT)
         assert result.returncode == 0, result.stderr[-2000:]
         assert [item["top_k"][0]["class"] for item in json.loads(result.stdout)] == EXAMPLES
-    meta = json.load(open(os.path.join(ROOT, "exported", "cpu_quick", "metadata.json")))
-    assert meta["config"]["name"] == "cpu_quick" and meta["validation_accuracy"] > 0.75
+    meta = json.load(open(os.path.join(ROOT, "exported", "cm_vanilla", "metadata.json")))
+    assert meta["config"]["name"] == "cm_vanilla" and meta["validation_accuracy"] > 0.9
     from cmxl_keras import export
 
-    assert meta["parity"]["images"] == 5000 and export.parity_failures(meta["parity"]) == []
+    assert meta["parity"]["images"] == 1000 and export.parity_failures(meta["parity"]) == []
 
 
 def _image_kinds(folder):
@@ -187,13 +189,14 @@ def test_every_kind_of_image_is_classified_as_serving_bytes_classifies_it(tmp_pa
     import tensorflow as tf
 
     paths = _image_kinds(tmp_path)
-    model = os.path.join(ROOT, "exported", "cpu_quick")
+    model = os.path.join(ROOT, "exported", "cm_vanilla")
     served = tf.saved_model.load(os.path.join(model, "saved_model", "1"))
     serve_bytes = served.signatures["serving_bytes"]
     expected = serve_bytes(image_bytes=tf.constant(
         [open(p, "rb").read() for p in paths]))["probabilities"].numpy()
-    # The control: the kinds are not all the same image after decoding.
-    assert len({tuple(np.round(row, 3)) for row in expected}) > 3
+    # The control: the kinds are not all the same image after decoding (compared in log
+    # probabilities: the shipped model is sure of this cat whatever its colours).
+    assert len({tuple(np.round(np.log(np.maximum(row, 1e-30)), 1)) for row in expected}) > 3
     for fmt, tolerance in (("saved_model", 1e-5), ("tflite", 1e-4)):
         result = run_cli("predict", *paths, "--model", model, "--format", fmt, "--json",
                          "--top-k", "10")

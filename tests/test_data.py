@@ -436,3 +436,35 @@ def test_an_image_folder_reads_every_kind_of_image_as_tensorflow_decodes_it(tmp_
             assert diff.max() <= 16 and diff.mean() < 3, (path.name, diff.max(), diff.mean())
         else:
             assert diff.max() == 0, (path.name, diff.max())
+
+
+def test_a_tar_gz_of_images_is_read_in_one_pass_whatever_the_order_asked(tmp_path, monkeypatch):
+    """A .tar.gz cannot seek back: a reader that asks for its members out of the archive's
+    order (class by class, name by name) must not decompress it again for each. Every
+    member is extracted once, in the archive's order, however they are asked for."""
+    from PIL import Image
+
+    from cmxl_keras import archives
+
+    folder = tmp_path / "images"
+    names = []
+    for cls in ("dog", "cat"):
+        (folder / "train" / cls).mkdir(parents=True)
+        for j in (3, 1, 2):
+            Image.fromarray(random_images(1, seed=j)[0]).save(folder / "train" / cls / f"{j}.png")
+            names.append(f"train/{cls}/{j}.png")
+    archive = tmp_path / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in names:  # stored in this order: dog before cat, 3 before 1
+            tar.add(folder / name, arcname=name)
+    extracted = []
+    extract = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile",
+                        lambda self, member: extracted.append(member.name) or extract(self, member))
+    files = archives.Files(str(archive))
+    asked = sorted(names)  # cat before dog, 1 before 3: the reader's order
+    contents = [files.read(name) for name in asked]
+    assert extracted == names  # once each, in the archive's order
+    assert contents == [(folder / name).read_bytes() for name in asked]
+    raw = data.read_data_dir(str(archive))
+    assert raw.class_names == ("cat", "dog") and len(raw.train) == 6

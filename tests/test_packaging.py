@@ -34,7 +34,8 @@ def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("install")
     source = base / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".ci-venv", "__pycache__", "runs", "build", "*.egg-info", "exported"))
+        ".git", ".venv", ".ci-venv", "__pycache__", "runs", "build", "*.egg-info", "results",
+        "saved_model", "*.tflite"))
     venv = base / "venv"
     made = run_process([sys.executable, "-m", "venv", str(venv)], timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
@@ -74,6 +75,25 @@ def test_cmxl_is_installed_and_finds_the_shipped_configs_anywhere(installed):
     (elsewhere / "configs" / "mine.toml").write_text('name = "mine"\ndepth = 6\n')
     mine = run_process([cmxl, "info", "--config", "mine"], timeout=300, cwd=str(elsewhere))
     assert mine.returncode == 0 and "model: mine  (ConvMixer-256/6" in mine.stdout, mine.stderr
+
+
+@pytest.mark.slow
+def test_the_installed_package_carries_the_shipped_model(installed):
+    """``pip install .`` carries the shipped model's Keras file: applications builds it
+    from any folder, the same model as in the repository."""
+    venv, elsewhere = installed
+    script = ("from cmxl_keras import applications as a; import numpy as np; "
+              "m = a.ConvMixer(weights='cifar10'); print(a.preset_dir('cm_vanilla')); "
+              "x = np.arange(2 * 32 * 32 * 3).reshape(2, 32, 32, 3) % 256; "
+              "print(np.asarray(m(x.astype('float32'))).round(4).tolist())")
+    there = run_process([str(venv / "bin" / "python"), "-c", script], timeout=300,
+                        cwd=str(elsewhere))
+    assert there.returncode == 0, there.stderr[-3000:]
+    folder, outputs = there.stdout.strip().splitlines()[-2:]
+    assert folder.startswith(str(venv)) and folder.endswith(os.path.join("presets", "cm_vanilla"))
+    here = run_process([sys.executable, "-c", script], timeout=300, cwd=ROOT)
+    assert here.stdout.strip().splitlines()[-1] == outputs
+    assert here.stdout.strip().splitlines()[-2].startswith(os.path.join(ROOT, "exported"))
 
 
 @pytest.mark.slow

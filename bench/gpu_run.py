@@ -686,6 +686,13 @@ def collect(args):
                     with open(os.path.join(os.path.dirname(target), base), "wb") as f:
                         f.write(tar.extractfile(member).read())
         print(f"collect: {target} ({describe_packed(target)})")
+    # The Table-1 page, from the committed runs (bench/table1.py; commit it with them):
+    # docs/table1.md for the repository's results/gpu, else beside the results given.
+    committed = os.path.abspath(args.results) == os.path.join(ROOT, "results", "gpu")
+    page = (os.path.join(ROOT, "docs", "table1.md") if committed
+            else os.path.join(args.results, "table1.md"))
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "table1.py"), "--results",
+                    args.results, "--out", page], check=True, timeout=120)
     print(f"collect: the period's logs are in {period}/")
     for phase, result in summary.get("phases", {}).items():
         print(f"  {phase}: {result['status']} ({result['seconds']} s)")

@@ -22,8 +22,10 @@ at the epoch after the last one saved and goes on as the run left alone would. I
 itself before ``--time-limit`` seconds (exit 7, as ``cli.py train``) or after
 ``--stop-after`` epochs. At the end: ``model.keras`` (the last weights in our Keras model,
 whose forward pass is proven equal to the reference's), ``metrics.json`` (one record per
-epoch), ``results.json``, ``config.json`` and ``split.json``: ``cli.py evaluate`` scores it
-as it scores our runs. Needs torch and torchvision; Keras (any backend) for the end.
+epoch), ``results.json`` (``"loop": "reference"``); from the start, ``config.toml`` and
+``config.json``, ``split.json``, ``env.json`` and ``command.txt``, as ``cli.py train``
+writes them: ``cli.py evaluate`` scores it as it scores our runs. A resumed run keeps its
+saved config (``--config`` and ``--set`` apply to a new run). Needs torch and torchvision; Keras (any backend) for the end.
 """
 
 import argparse
@@ -220,13 +222,20 @@ def main(argv=None):
     from cmxl_keras import runs, settings, splitting
 
     os.makedirs(args.run_dir, exist_ok=True)
-    saved = os.path.join(args.run_dir, "config.json")
-    cfg = (settings.load_saved(args.run_dir) if os.path.isfile(saved) else settings.resolve(
+    resuming = os.path.isfile(os.path.join(args.run_dir, "config.json"))
+    cfg = (settings.load_saved(args.run_dir) if resuming else settings.resolve(
         args.config, args.overrides, data_dir=args.data, val_from_train=args.val_from_train))
     cfg = cfg.replace(data_dir=args.data)  # the images may lie elsewhere on this machine
     splits = splitting.load_splits(cfg, log=print)
-    runs.write_json(saved, cfg.to_dict())
-    runs.write_json(os.path.join(args.run_dir, "split.json"), splits.info)
+    command = " ".join(["python"] + sys.argv)
+    if resuming:  # the saved config stands (--config and --set apply to a new run only)
+        with open(os.path.join(args.run_dir, "command.txt"), "a") as f:
+            f.write(command + "\n")
+    else:  # as cli.py train records its runs: config, command, split, code and versions
+        runs.write_run_metadata(args.run_dir, cfg, [command], splits.info)
+        env = runs.read_json(os.path.join(args.run_dir, "env.json"), {})
+        env["reference_packages"] = runs.package_versions(("torch", "torchvision", "pillow"))
+        runs.write_json(os.path.join(args.run_dir, "env.json"), env)
     device = args.device
     if device == "auto":
         import torch

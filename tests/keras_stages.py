@@ -36,10 +36,25 @@ def device_stage(fields, images, draws, seed=None):
     return augment.apply_keras_layers([layer], images.astype(np.float32))
 
 
-def device_draws(fields, count, seed=None):
+def device_draws(fields, count, seed=None, batch=128):
     """The random draws (name -> array) for ``count`` images of one stage of
-    ``AugmentSpec(**fields)`` as its Keras layer, from its own seeded generator."""
-    return {name: np.asarray(value) for name, value in _layer(fields, seed).draws(count).items()}
+    ``AugmentSpec(**fields)`` as its Keras layer draws them in training: from its own
+    seeded generator, one batch of ``batch`` images a step, step after step."""
+    layer = _layer(fields, seed)
+    steps = [{name: np.asarray(value) for name, value in layer.draws(batch).items()}
+             for _ in range(-(-count // batch))]
+    return joined(layer.stage, steps, count, batch)
+
+
+def joined(stage, steps, count, batch):
+    """Per-step draws of ``stage`` (a list of name -> array) joined along each draw's
+    batch axis (``stage.shapes`` says which) and cut to ``count`` images."""
+    out = {}
+    for name, shape in stage.shapes(batch).items():
+        axis = shape.index(batch)
+        out[name] = np.take(np.concatenate([step[name] for step in steps], axis=axis),
+                            np.arange(count), axis=axis)
+    return out
 
 
 def main(in_path, out_path):

@@ -221,3 +221,42 @@ def test_the_exit_code_table_is_the_code_the_cli_uses():
     assert documented == {0} | {code for _, code in errors.EXIT_CODES}, documented
     epilog = " ".join(cli.EXIT_CODES_HELP.split())
     assert all(re.search(rf"\b{code} ", epilog) for code in documented), epilog
+
+
+# What each exit code's row in docs/troubleshooting.md and its words in ``--help`` must
+# say: the meaning of the error class that gives the code.
+EXIT_MEANINGS = {"TimeLimitReached": ("--time-limit", "--time-limit"),
+                 "TrainingInterrupted": ("interrupted", "interrupted"),
+                 "DataError": ("dataset", "data"),
+                 "TrainingDiverged": ("diverged", "diverged"),
+                 "ParityMiss": ("parity", "parity"),
+                 "RunInUse": ("in use", "in use"),
+                 "CmxlError": ("bad flag", "bad flag")}
+
+
+def test_each_exit_code_means_its_error_class():
+    """Each error class, raised inside a real click command wrapped as the CLI wraps its
+    commands, exits with its code; that code's row in the docs and its words in
+    ``--help`` say what the class means (a swapped pair of codes fails here)."""
+    import click
+    from click.testing import CliRunner
+
+    from cmxl_keras import cli, errors
+
+    page = read(os.path.join(ROOT, "docs", "troubleshooting.md"))
+    rows = dict(re.findall(r"^\| (\d+) \| (.*) \|$", page, re.M))
+    epilog = " ".join(cli.EXIT_CODES_HELP.split())
+    assert {kind.__name__ for kind, _ in errors.EXIT_CODES} == set(EXIT_MEANINGS)
+    for kind, code in errors.EXIT_CODES:
+        @click.command()
+        @cli.user_errors
+        def fails():
+            raise kind("the message")
+
+        result = CliRunner().invoke(fails, [])
+        assert result.exit_code == code, (kind.__name__, result.exit_code)
+        assert "the message" in result.output
+        in_docs, in_help = EXIT_MEANINGS[kind.__name__]
+        assert in_docs in rows[str(code)], (kind.__name__, code, rows[str(code)])
+        said = re.search(rf"\b{code} ([^;.]*)", epilog).group(1)
+        assert in_help in said, (kind.__name__, code, said)

@@ -126,6 +126,11 @@ def test_rehearsal_every_phase_then_resume_then_cut_off(tiny_images, tmp_path):
         assert [e.step for e in events.Scalars("epoch_loss")][-1] == 1, folder
     collected = gpu_run("--collect", out2, "--results", results)
     assert "(finished)" in collected.stdout, collected.stdout
+    # The Table-1 page, written beside these results (not over docs/table1.md): the run
+    # is no Table-1 row (the smoke model), and its line says where it stands.
+    page = open(results / "table1.md").read()
+    assert "Runs that are no Table-1 row: smoke." in page
+    assert "- `smoke`: ours, None, seed 1024, 2/2 epochs" in page, page
 
     # Period 3, cut off in the middle of training (as a command past its limit is): the
     # phase before it has left its file, and the summary says it finished.

@@ -361,6 +361,8 @@ class Period:
                  "        found[m] = importlib.import_module(m).__version__\n"
                  "    except ImportError:\n"
                  "        found[m] = None\n"
+                 # where keras came from: the carried wheel (site/), or the host's own
+                 "found['keras_file'] = importlib.import_module('keras').__file__\n"
                  # the free memory before JAX takes its share (it preallocates 75 %)
                  "try:\n"
                  "    import torch\n"

@@ -11,7 +11,7 @@ import sys
 import keras
 import pytest
 
-from cmxl_keras import checkpoints
+from cmxl_keras import checkpoints, runs
 from conftest import ROOT, Child, run_cli
 from test_train import read_events
 
@@ -157,7 +157,20 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
     Resumed equals uninterrupted: with ``deterministic = true`` each resumed run ends
     with the uninterrupted run's weights, BatchNorm statistics, optimizer state and
     metrics, bit for bit, whether it was killed mid-epoch (a checkpoint every step) or
-    between epochs."""
+    between epochs.
+
+    Each kill lands inside a write, after its temporary file is written and before the
+    rename that commits it (the harness wraps ``runs.atomic_path``): the temporary file is
+    there after the kill, and gone after the resume. Each resume starts from the step the
+    uninterrupted run's write log says was committed last (its checkpoints, one a step, in
+    order), so a resume that fell back to an older checkpoint (``good.weights.h5``) or
+    started over needlessly fails here, though it would end equal.
+
+    Out of scope, because they do not go through ``runs.atomic_path``: TensorBoard's
+    event files (appended by its writer as it goes; a kill may cut the last record
+    short), the run folder's ``.lock`` (an ``flock``, which the kernel releases at the
+    kill; every resume here takes it again) and ``command.txt``'s line per resume
+    (appended)."""
     import concurrent.futures
 
     flags = ["--config", "smoke", "--data-dir", cifar_dir, "--epochs", "2",
@@ -177,12 +190,28 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
     assert writes.index("checkpoints/last.weights.h5") < writes.index("metrics.json")
     assert len(writes) >= 12, writes
 
+    def partials(run_dir):
+        return [os.path.relpath(os.path.join(folder, name), run_dir)
+                for folder, _, names in os.walk(run_dir) for name in names
+                if runs.TMP_SUFFIX in name]
+
     def kill_then_resume(k):
         run_dir, killed, done = run(f"kill{k}", k)
         assert killed.returncode == -9, (k, killed.stderr[-2000:])
         assert done[-1] == writes[k - 1], (k, done, writes)  # the same write sequence
+        # Killed inside write k: its temporary file written, not yet renamed.
+        folder, name = os.path.split(writes[k - 1])
+        stem = f".{name.partition('.')[0]}{runs.TMP_SUFFIX}-"
+        assert [p for p in partials(run_dir) if os.path.dirname(p) == folder
+                and os.path.basename(p).startswith(stem)], (k, writes[k - 1], partials(run_dir))
+        # The step it must resume from: the last checkpoint the writes before k committed.
+        committed_step = writes[:k - 1].count("checkpoints/last.weights.h5")
         resumed = run_cli("train", "--resume", run_dir, *flags, timeout=600)
         assert resumed.returncode == 0, (k, writes[k - 1], resumed.stderr[-3000:])
+        if committed_step:
+            assert f"(optimizer step {committed_step})" in resumed.stdout, (
+                k, writes[k - 1], committed_step, resumed.stdout[-2000:])
+        assert not partials(run_dir), (k, partials(run_dir))
         metrics = json.load(open(run_dir / "metrics.json"))
         assert [m["epoch"] for m in metrics] == [1, 2], (k, writes[k - 1], metrics)
         last = checkpoints.checkpoint_paths(str(run_dir))["last"]

@@ -74,6 +74,8 @@ def test_rehearsal_every_phase_then_resume_then_cut_off(tiny_images, tmp_path):
                                         "smoke.txt", "summary.json", "train.txt"]
     machine = summary(out1)["machine"]
     assert machine["tensorflow"] is None and machine["keras"] == "3.15.1", machine
+    # Keras from the carried wheel, which the command installed, not this Python's own.
+    assert machine["keras_file"].startswith(str(tmp_path / "work1" / "site")), machine
     smoke = open(out1 / "smoke.txt").read()
     assert "SMOKE jax" in smoke and "mixed_float16" in smoke, smoke
     bench = open(out1 / "bench.txt").read()
@@ -140,11 +142,20 @@ def test_rehearsal_every_phase_then_resume_then_cut_off(tiny_images, tmp_path):
                    "--set", "epochs=200"], env=dict(GPU_HOST, OUT=str(out3)))
     child.wait_until(lambda: "epoch 1/200" in _read(out3 / "train.txt"), 300,
                      "the first epoch of the cut-off period")
-    _kill_phases(child.proc.pid)
+    killed = _kill_phases(child.proc.pid)
     child.kill()
+    # What was killed: the training command the period had started, mid-run.
+    assert any("cli.py" in command and "train" in command for command in killed), killed
     phases = summary(out3)["phases"]
     assert phases["setup"]["status"].startswith("ok"), phases
+    assert "train" not in phases  # it never reported: it was killed, not finished
     assert "VERSIONS " in open(out3 / "setup.txt").read()
+    # What it left: the run folder with its first epoch saved and resumable, unfinished.
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_run as gpu_run_module
+
+    left = gpu_run_module.run_state(str(tmp_path / "work3" / "run" / "smoke"))
+    assert left["epochs_done"] >= 1 and left["step"] >= 3 and not left["finished"], left
 
 
 def _read(path):
@@ -156,7 +167,8 @@ def _read(path):
 
 def _kill_phases(pid):
     """SIGKILL to the process groups that ``pid`` started (each phase's child leads one),
-    as the end of a command kills everything it started."""
+    as the end of a command kills everything it started; the command lines killed."""
+    killed = []
     for stat in os.listdir("/proc"):
         if not stat.isdigit():
             continue
@@ -164,9 +176,13 @@ def _kill_phases(pid):
             with open(f"/proc/{stat}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
             if ppid == pid:
+                with open(f"/proc/{stat}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
                 os.killpg(int(stat), signal.SIGKILL)
+                killed.append(command)
         except (OSError, ValueError, IndexError):
             pass
+    return killed
 
 
 def test_plan_refuses_missing_data(tmp_path):

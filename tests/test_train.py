@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from cmxl_keras import checkpoints, config, recipe, settings, train
+from cmxl_keras import checkpoints, config, recipe, runs, settings, train
 from cmxl_keras.errors import RunError
 from cmxl_keras.schedules import one_cycle_lr
 from conftest import ROOT, Child, run_cli, run_process
@@ -153,13 +153,17 @@ def test_sigkill_then_resume_under_mixed_precision_equals_the_run_left_alone(cif
     child.kill()
     state = json.load(open(os.path.join(run_dir, "checkpoints", "state.json")))
     assert state["epoch"] >= 1 and not os.path.exists(os.path.join(run_dir, "results.json"))
+    # The newest whole checkpoint on disk after the kill: the resume must start there.
+    newest = checkpoints.checkpoint_state(checkpoints.checkpoint_paths(run_dir)["last"])
+    assert newest["step"] >= 10 and newest["step"] % 2 == 0, newest["step"]
     result = run_cli("train", "--resume", run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming" in result.stdout
+    assert f"(optimizer step {newest['step']})" in result.stdout, result.stdout[-2000:]
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["step"] == 24
-    leftovers = [f for f in os.listdir(os.path.join(run_dir, "checkpoints")) if "partial" in f]
+    leftovers = [name for _, _, names in os.walk(run_dir) for name in names
+                 if runs.TMP_SUFFIX in name]
     assert not leftovers
     scalars, _, _ = read_events(os.path.join(run_dir, "tensorboard", "train"))
     lr = scalars["learning_rate"]

@@ -62,6 +62,23 @@ class CountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     tests/test_train.py fails if a Keras upgrade changes them.
     """
 
+    def save_own_variables(self, store):
+        """Its own variables only (the loss scale and its step counters). Why: Keras'
+        ``variables`` of a LossScaleOptimizer include the wrapped optimizer's, which that
+        optimizer also saves itself (``optimizer/inner_optimizer``), so Keras' own
+        ``save_own_variables`` stores every AdamW moment twice: a mixed-precision
+        checkpoint of CM-XL is 99.4 MB where its state is 60 MB (measured)."""
+        for i, variable in enumerate(self._variables):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store):
+        """Its own variables; a checkpoint written with Keras' layout (the wrapped
+        optimizer's variables here as well) loads as Keras loads it."""
+        if len(store.keys()) != len(self._variables):
+            return super().load_own_variables(store)
+        for i, variable in enumerate(self._variables):
+            variable.assign(store[str(i)])
+
     def _stateful_handle_non_finite_grads(self):
         super()._stateful_handle_non_finite_grads()
         self.inner_optimizer.iterations.assign_add(1)

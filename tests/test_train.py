@@ -337,3 +337,45 @@ def test_the_paper_augmentation_trains_under_mixed_precision(cifar_dir, tmp_path
     assert np.isfinite(metrics[0]["loss"]) and np.isfinite(metrics[0]["val_loss"])
     grid = np.asarray(Image.open(run_dir / "augmentations.png"))
     assert grid.std() > 20  # images, not a flat (NaN-cast) grid
+
+
+def test_a_mixed_precision_checkpoint_holds_each_optimizer_variable_once(tmp_path):
+    """Keras' LossScaleOptimizer saves the wrapped optimizer's variables twice (its own
+    ``variables`` include them, and the wrapped optimizer saves them too); ours saves
+    them once, and reloads both its own checkpoints and ones in Keras' layout."""
+    import h5py
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    cfg = settings.load("smoke").replace(precision="mixed_float16", aug="none")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        def compiled():
+            return recipe.compile_model(recipe.build_model(cfg), cfg, steps=8)
+
+        model = compiled()
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (16, 32, 32, 3)).astype("float32")
+        y = rng.integers(0, 10, 16).astype("int32")
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        ours, theirs = str(tmp_path / "ours.weights.h5"), str(tmp_path / "keras.weights.h5")
+        model.save_weights(ours)
+        optimizer = model.optimizer
+        own = len(optimizer.variables) - len(optimizer.inner_optimizer.variables)
+        with h5py.File(ours) as f:
+            assert len(f["optimizer/vars"]) == own == 4
+            assert len(f["optimizer/inner_optimizer/vars"]) == len(
+                optimizer.inner_optimizer.variables)
+        optimizer.save_own_variables = lambda store: BaseOptimizer.save_own_variables(
+            optimizer, store)  # Keras' own layout, as checkpoints written before this had
+        model.save_weights(theirs)
+        with h5py.File(theirs) as f:
+            assert len(f["optimizer/vars"]) == len(optimizer.variables)
+        assert os.path.getsize(ours) < 0.8 * os.path.getsize(theirs)  # 0.6 for CM-XL
+        for path in (ours, theirs):
+            again = compiled()
+            again.load_weights(path)
+            for a, b in zip(optimizer.variables, again.optimizer.variables):
+                assert np.array_equal(np.asarray(a), np.asarray(b)), (path, a.path)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

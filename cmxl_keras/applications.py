@@ -94,8 +94,7 @@ def _builder(variant, include_top, weights, input_shape, pooling, classes,
     arch = {key: models.VARIANTS[variant][key] for key in models.ARCH_KEYS}
     arch.update(architecture)
     if weights == "cifar10":
-        trained = [name for name in presets() if name == variant]
-        if not trained:
+        if variant not in presets():
             raise RunError(f"weights='cifar10': no trained {variant} ships yet (shipped: "
                            f"{', '.join(presets()) or 'none'}); use weights=None (random "
                            f"initialization) or the path of a .keras / .weights.h5 file.")

@@ -174,9 +174,10 @@ def fit_inputs(cfg, splits, spec, one_hot, stages, steps):
             x=ArrayBatches(splits.train.images, train_labels, cfg.batch_size, cfg.seed,
                            start, total - start),
             validation_data=val, validation_batch_size=cfg.batch_size, shuffle=False)
-    # The first images the run trains on (its first pass's order), as the tf.data form
-    # draws them: not the first of the split, which a class-sorted folder fills with one
-    # class.
+    # 64 images drawn across the split by the seed (the first batch of NumpyOrder's
+    # first pass: the batch a run off TensorFlow trains on first), as the tf.data form's
+    # grid shows its first shuffled batch: not the split's first 64, which a class-sorted
+    # image folder fills with one class.
     first = NumpyOrder(len(splits.train), cfg.seed).batch(0, 64)
     sample = splits.train.images[first].astype(np.float32)
     grid = [(augment.apply_keras_layers(stages, sample) if stages else sample, None)]

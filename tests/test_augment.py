@@ -383,9 +383,9 @@ def test_every_stage_draws_per_image_on_its_own(stage, form):
 
 
 def test_the_device_pipelines_grid_shows_the_first_batch_not_the_first_images(monkeypatch):
-    """The device pipeline's augmentation grid is drawn from the first images the run
-    trains on (its first pass's order), not the split's first 64, which a class-sorted
-    image folder fills with one class."""
+    """The device pipeline's augmentation grid shows 64 images drawn across the split by
+    the seed (``NumpyOrder``'s first batch), not the split's first 64, which a
+    class-sorted image folder fills with one class."""
     from cmxl_keras import augment as augment_lib, splitting
 
     labels = np.repeat(np.arange(10), 20).astype(np.int32)  # sorted by class

@@ -34,11 +34,10 @@ def gpu_model(folder):
     unpacked into ``folder``."""
     import tarfile
 
-    for name in ("model.keras", "config.json", "config.toml"):
-        with tarfile.open(GPU_RUN) as archive:
-            data = archive.extractfile(f"cm_vanilla/{name}").read()
-        with open(os.path.join(folder, name), "wb") as f:
-            f.write(data)
+    with tarfile.open(GPU_RUN) as archive:  # one pass: a .tar.gz cannot seek back cheaply
+        for name in ("config.json", "config.toml", "model.keras"):  # the archive's order
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(archive.extractfile(f"cm_vanilla/{name}").read())
     return os.path.join(folder, "model.keras")
 
 

@@ -164,6 +164,9 @@ def train(spec, splits, log, run_dir=None, stop=lambda seconds: False):
                      "random": random_states(torch)}
             torch.save(state, path + ".tmp")  # replaced whole: a kill leaves the older one
             os.replace(path + ".tmp", path)
+            from cmxl_keras.runs import write_json  # the records so far, as cli.py's runs
+
+            write_json(os.path.join(run_dir, "metrics.json"), records)
         if epoch + 1 < epochs and stop(seconds):
             return records, model, False
     return records, model, True

@@ -20,7 +20,7 @@ ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_
              "num_classes", "image_size")
 # ... and see the same data in the same number of steps per epoch, or the one-cycle
 # schedule (which counts optimizer steps) would land somewhere else.
-DATA_KEYS = ("dataset", "data_dir", "val_size", "val_from_train", "limit_train", "split_seed",
+DATA_KEYS = ("dataset", "val_size", "val_from_train", "limit_train", "split_seed",
              "split", "seed", "batch_size", "steps_per_epoch", "pipeline")
 # ... and follow the one-cycle it planned, unless the user asks to re-plan it (--replan).
 SCHEDULE_KEYS = ("epochs", "lr_max")
@@ -78,6 +78,25 @@ def _hparams(cfg):
             "aug", "epochs", "batch_size", "lr_max", "weight_decay", "label_smoothing",
             "clip_norm", "precision", "seed")
     return {k: getattr(cfg, k) for k in keys}
+
+
+def check_same_split(run_dir, cfg, info, log):
+    """A run resumed with its images elsewhere (``--data-dir``, another machine) goes on
+    only if they split as the saved ones did: the same counts and index digests as its
+    ``split.json``."""
+    saved = runs.read_json(os.path.join(run_dir, "split.json"), None)
+    keys = ("train", "val", "test", "train_indices_sha256", "val_indices_sha256",
+            "test_indices_sha256")
+    diffs = [f"{k}: saved {saved.get(k)!r}, now {info.get(k)!r}" for k in keys
+             if saved is not None and saved.get(k) != info.get(k)]
+    if saved is None or diffs:
+        raise RunError(
+            f"--resume {run_dir!r} is refused: the images at --data-dir {cfg.data_dir!r} "
+            f"do not split as those the run trained on did ("
+            f"{'; '.join(diffs) if saved else 'the run has no readable split.json'}). "
+            f"Point --data-dir at the same images.")
+    log(f"resuming with the images at {cfg.data_dir} (the run's split, the same counts "
+        f"and index digests)")
 
 
 def train(cfg, runs_dir="runs", run_dir=None, resume=None, overwrite=False, argv=None,
@@ -164,8 +183,9 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
         log(f"{resume}: the run stopped before its first checkpoint (no step was finished); "
             f"starting it over in that folder with its config.")
         os.makedirs(os.path.join(resume, "checkpoints"), exist_ok=True)
-    elif resume:
-        check_resumable(resume, cfg, replan)
+    moved = False  # a resumed run's images now elsewhere: the split must match
+    if resume and not restart:
+        moved = check_resumable(resume, cfg, replan).data_dir != cfg.data_dir
     precision = cfg.precision
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(cfg.seed)
@@ -175,6 +195,8 @@ def _train_locked(held, cfg, strategy, runs_dir, run_dir, resume, overwrite, arg
         tf.config.experimental.enable_op_determinism()
 
     splits = splitting.load_splits(cfg, log=log)  # before the run folder: bad data leaves nothing
+    if moved:
+        check_same_split(resume, cfg, splits.info, log)
     if chief:
         run_dir = resume or runs.new_run_dir(runs_dir, cfg.name, run_dir, overwrite,
                                              held=held, argv=argv)

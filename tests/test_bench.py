@@ -60,7 +60,7 @@ def test_convs_only_strips_the_same_layers_from_ours_and_the_reference(arch):
     import numpy as np
     import torch
 
-    import bench_train
+    import bench_forms
     import ref_torch
 
     full = ref_torch.build(**arch)
@@ -72,7 +72,7 @@ def test_convs_only_strips_the_same_layers_from_ours_and_the_reference(arch):
     torch_params = sum(p.numel() for p in stripped.parameters())
     assert bn_params > 0 and torch_params == sum(p.numel() for p in full.parameters()) - bn_params
 
-    _, model = bench_train.keras_model(arch, batch=4, convs_only=True)
+    _, model = bench_forms.keras_model(arch, batch=4, convs_only=True)
     kept = {type(layer).__name__ for layer in model.layers}
     assert not kept & {"BatchNormalization", "Activation", "ReLU", "LeakyReLU"}
     assert {"Conv2D", "DepthwiseConv2D", "Add"} <= kept

@@ -11,16 +11,20 @@ import tarfile
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA, Child, run_process
+from conftest import ROOT, SHARED_DATA, Child, run_cli, run_process
 
 SCRIPT = os.path.join(ROOT, "bench", "gpu_run.py")
 GPU_HOST = {"PYTHONPATH": os.path.join(ROOT, "tests", "gpu_host")}
-# A rehearsal's sizes: the smoke config, 2 epochs of 3 steps; a two-layer bench model.
-TINY = ["--config", "smoke", "--set", "epochs=2", "--set", "steps_per_epoch=3",
-        "--val-from-train", "50", "--bench-models", "vanilla", "--arch", "width=32,depth=2",
+# A rehearsal's sizes: every job a two-layer ConvMixer of 2 epochs on 250 images (4
+# batches of 64, the last one partial); the bench's model two layers wide 32.
+TINY = ["--set", "width=16", "--set", "depth=2", "--set", "patch_size=4", "--set",
+        "kernel_size=3", "--set", "epochs=2", "--set", "batch_size=64", "--val-from-train",
+        "50", "--ref-workers", "2", "--min-job-seconds", "5",
+        "--bench-models", "vanilla", "--arch", "width=32,depth=2",
         "--bench-args", "--batch 16 --steps 2 --infer-batches 2 --workers 2",
         "--equivalence-args", "--width 16 --depth 2 --patch-size 4 --train 150 --val 60 "
-                              "--epochs 2 --seeds 1,2 --workers 0 --batch-size 32"]
+                              "--epochs 2 --seeds 1 --workers 0 --batch-size 32"]
+JOBS = ["--jobs", "reference-1204,cm_vanilla-1204"]
 
 
 def gpu_run(*args, env=None, timeout=600):
@@ -49,8 +53,16 @@ def tiny_images(tmp_path_factory):
     return str(path)
 
 
+def _state(results, job):
+    """The committed archives of a job, and the files its archive holds."""
+    folder = results / job
+    archives = sorted(p for p in os.listdir(folder) if p.endswith(".tgz"))
+    with tarfile.open(folder / archives[0]) as tar:
+        return archives, {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+
+
 @pytest.mark.slow
-def test_rehearsal_every_phase_then_resume_then_cut_off(tiny_images, tmp_path):
+def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, tmp_path):
     carry, results = tmp_path / "carry", tmp_path / "results"
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     planned = gpu_run("--plan", "--carry", carry, "--data", tiny_images, "--results", results,
@@ -60,65 +72,103 @@ def test_rehearsal_every_phase_then_resume_then_cut_off(tiny_images, tmp_path):
     assert [w.split("-")[0] for w in wheels] == ["keras", "namex", "optree"], wheels
     assert "command:  python3 bench/gpu_run.py" in planned.stdout
     assert f"carry:    {carry}" in planned.stdout
+    # What travels, part by part, and the sum against the limit.
+    for part in ("repository: everything else", "repository: the shipped model",
+                 "carry: wheels/", "carry: data/", "in all, of 64 MiB"):
+        assert part in planned.stdout, planned.stdout
+    assert "the smoke step and the bench run" in planned.stdout  # no bench filed yet
 
-    # Period 1, a fresh machine: every phase; the run stops at its time limit (1 s from the
-    # start of training: after its first step) and comes back packed.
-    out1 = tmp_path / "out1"
-    first = gpu_run("--carry", carry, "--work", tmp_path / "work1", "--results", results,
-                    "--train-seconds", "1", *TINY, env={"OUT": str(out1)})
+    # Period 1, command 1, a fresh machine: setup, then the smoke step and the bench (no
+    # bench of this code is filed), then the queue: the reference's loop stops at its time
+    # limit after its first epoch and comes back resumable; ours is not reached.
+    out1, work1 = tmp_path / "out1", tmp_path / "work1"
+    first = gpu_run("--carry", carry, "--work", work1, "--results", results,
+                    "--train-seconds", "1", *TINY, *JOBS, env={"OUT": str(out1)})
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     phases = summary(out1)["phases"]
-    assert all(phases[p]["status"].startswith("ok") for p in phases), phases
-    assert "stopped at its time limit" in phases["train"]["status"]
-    assert sorted(os.listdir(out1)) == ["bench.txt", "equivalence.txt", "run.tgz", "setup.txt",
-                                        "smoke.txt", "summary.json", "train.txt"]
+    assert [p for p in phases if phases[p]["status"].startswith("ok")] == [
+        "setup", "smoke", "bench", "queue"], phases
+    assert phases["equivalence"]["status"].startswith("skipped"), phases
+    assert phases["queue"]["status"] == (
+        "ok: reference-1204 stopped and saved, epoch 1 of 2 finished, checkpoint after it")
+    assert sorted(os.listdir(out1)) == ["bench.txt", "jobs.tar", "queue.txt", "setup.txt",
+                                        "smoke.txt", "summary.json"]
     machine = summary(out1)["machine"]
     assert machine["tensorflow"] is None and machine["keras"] == "3.15.1", machine
     # Keras from the carried wheel, which the command installed, not this Python's own.
-    assert machine["keras_file"].startswith(str(tmp_path / "work1" / "site")), machine
+    assert machine["keras_file"].startswith(str(work1 / "site")), machine
     smoke = open(out1 / "smoke.txt").read()
     assert "SMOKE jax" in smoke and "mixed_float16" in smoke, smoke
     bench = open(out1 / "bench.txt").read()
     for form in ("keras_jax_aug", "keras_jax", "torch", "torch_loader"):
         assert f"train_images_per_second_vanilla_{form}=" in bench, bench[-3000:]
-        assert f"train_first_call_seconds_vanilla_{form}=" in bench, bench[-3000:]
-    assert summary(out1)["run"]["step"] == 1 and summary(out1)["run"]["epochs_done"] == 0
-
-    # bench/equivalence.py, both sides, each seed: our run under JAX against the
-    # reference's loop, on the images and split it drew.
-    equivalence = summary(out1)["equivalence"]
-    assert phases["equivalence"]["status"] == "ok: 2 ours, 2 reference runs", phases
-    assert equivalence["results"]["config"]["backend"] == "jax"
-    for side in ("ours", "reference"):
-        runs = equivalence["results"]["runs"][side]
-        assert [r["seed"] for r in runs] == [1, 2]
-        assert all([e["epoch"] for e in r["epochs"]] == [1, 2] for r in runs), runs
-    assert "standard_error" in equivalence["results"]["summary"]
-    assert "training step: jax" in open(out1 / "equivalence.txt").read()
-
+    assert list(summary(out1)["pack"]["jobs"]) == ["reference-1204"]
     collected = gpu_run("--collect", out1, "--results", results)
     assert collected.returncode == 0, collected.stderr[-3000:]
-    assert "checkpoint at optimizer step 1" in collected.stdout, collected.stdout
-    assert os.path.exists(results / "smoke" / "run.tgz")
-    filed = [p for p in (results / "periods").iterdir()][0] / "equivalence"
-    assert sorted(os.listdir(filed)) == ["curves.png", "log.txt", "machine.json",
-                                         "results.json"]
-    assert open(filed / "curves.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    archives, files = _state(results, "reference-1204")
+    assert archives == ["state.tgz"] and "checkpoint.pt" in files, files
+    assert json.load(open(results / "bench.json"))["code"] == summary(out1)["bench_code"]
 
-    # Period 2, another fresh machine: the committed run resumes mid-epoch and finishes.
-    out2, work2 = tmp_path / "out2", tmp_path / "work2"
-    second = gpu_run("--carry", carry, "--work", work2, "--results", results,
-                     "--phases", "setup,train", *TINY, env={"OUT": str(out2)})
+    # Command 2, the same machine still warm, nothing carried: setup reuses the wheels,
+    # the images and the probe; no bench (it ran here); the reference resumes from the
+    # folder it left here and finishes; ours starts and stops after its first step.
+    os.rename(carry, tmp_path / "carry-not-carried")
+    out2 = tmp_path / "out2"
+    second = gpu_run("--carry", carry, "--work", work1, "--results", results,
+                     "--train-seconds", "1", *TINY, *JOBS, env={"OUT": str(out2)})
+    os.rename(tmp_path / "carry-not-carried", carry)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert summary(out2)["phases"]["train"]["status"] == "ok: finished"
-    train_log = open(out2 / "train.txt").read()
-    assert "continuing the run packed in" in train_log
-    assert "resuming" in train_log and "step 1 of 3" in train_log, train_log
-    run_dir = work2 / "run" / "smoke"
+    phases = summary(out2)["phases"]
+    assert phases["setup"]["status"].startswith(
+        "ok (warm: wheels installed, images unpacked"), phases
+    assert "$ " not in open(out2 / "setup.txt").read()  # nothing installed, nothing probed
+    assert phases["smoke"]["status"] == phases["bench"]["status"] == (
+        "skipped (not asked for, and the code it measures was measured)"), phases
+    queue = open(out2 / "queue.txt").read()
+    assert "reference-1204: continuing the folder left on this machine" in queue, queue
+    assert "resumed" in queue and "after epoch 1 of 2" in queue, queue
+    assert phases["queue"]["status"] == (
+        "ok: reference-1204 finished here; cm_vanilla-1204 stopped and saved, epoch 0 of 2 "
+        "finished, checkpoint at optimizer step 1"), phases
+    collected = gpu_run("--collect", out2, "--results", results)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    # The finished reference: only what a user needs, its state gone.
+    archives, files = _state(results, "reference-1204")
+    assert archives == ["run.tgz"], archives
+    assert "model.keras" in files and "checkpoint.pt" not in files, files
+    assert json.load(open(results / "reference-1204" / "results.json"))["loop"] == "reference"
+    archives, files = _state(results, "cm_vanilla-1204")
+    assert archives == ["state.tgz"] and "checkpoints/last.weights.h5" in files, files
+    assert not {"checkpoints/best.keras", "checkpoints/good.weights.h5"} & files, files
+    # The converted reference model, scored as our runs are, gives the reference's own
+    # last validation top-1 on the same carved images.
+    with tarfile.open(results / "reference-1204" / "run.tgz") as tar:
+        tar.extractall(tmp_path / "filed", filter="data")
+    scored = run_cli("evaluate", tmp_path / "filed" / "reference-1204" / "model.keras",
+                     "--data-dir", work1 / "data", "--json", timeout=300)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    ref_final = json.load(open(results / "reference-1204" / "results.json"))["final"]
+    scored = json.loads(scored.stdout)
+    assert scored["images"] == 50 and scored["top1"] == ref_final["val_accuracy"], scored
+
+    # Period 2, a fresh machine: the reference is finished in the repository (not run,
+    # not packed); ours resumes from its committed state mid-epoch and finishes; the
+    # equivalence phase asked for runs after it.
+    out3, work3 = tmp_path / "out3", tmp_path / "work3"
+    third = gpu_run("--carry", carry, "--work", work3, "--results", results, "--phases",
+                    "setup,queue,equivalence", *TINY, *JOBS, env={"OUT": str(out3)})
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    phases = summary(out3)["phases"]
+    assert phases["queue"]["status"] == ("ok: reference-1204 finished (committed, "
+                                         "finished); cm_vanilla-1204 finished here"), phases
+    assert phases["equivalence"]["status"] == "ok: 1 ours, 1 reference runs", phases
+    queue = open(out3 / "queue.txt").read()
+    assert "cm_vanilla-1204: continuing the committed" in queue, queue
+    assert "resuming" in queue and "step 1 of 4" in queue, queue
+    assert list(summary(out3)["pack"]["jobs"]) == ["cm_vanilla-1204"]
+    run_dir = work3 / "jobs" / "cm_vanilla-1204"
     metrics = json.load(open(run_dir / "metrics.json"))
-    assert [m["epoch"] for m in metrics] == [1, 2]
-    assert metrics[-1]["step"] == 6
-    assert os.path.exists(run_dir / "results.json") and os.path.exists(run_dir / "model.keras")
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[-1]["step"] == 8, metrics
     # TensorBoard logs, written without TensorFlow, read back by TensorBoard's own reader.
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -126,36 +176,66 @@ def test_rehearsal_every_phase_then_resume_then_cut_off(tiny_images, tmp_path):
         events = event_accumulator.EventAccumulator(str(run_dir / "tensorboard" / folder))
         events.Reload()
         assert [e.step for e in events.Scalars("epoch_loss")][-1] == 1, folder
-    collected = gpu_run("--collect", out2, "--results", results)
-    assert "(finished)" in collected.stdout, collected.stdout
-    # The Table-1 page, written beside these results (not over docs/table1.md): the run
-    # is no Table-1 row (the smoke model), and its line says where it stands.
+    collected = gpu_run("--collect", out3, "--results", results)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    archives, files = _state(results, "cm_vanilla-1204")
+    assert archives == ["run.tgz"] and "model.keras" in files, archives
+    assert not any(f.startswith("checkpoints/") for f in files), files
+    filed = [p for p in sorted((results / "periods").iterdir())][-1] / "equivalence"
+    assert sorted(os.listdir(filed)) == ["curves.png", "log.txt", "machine.json",
+                                         "results.json"]
+    # The Table-1 page, written beside these results (not over docs/table1.md): the
+    # two-layer rehearsal models are no Table-1 row; each run's line says where it stands.
     page = open(results / "table1.md").read()
-    assert "Runs that are no Table-1 row: smoke." in page
-    assert "- `smoke`: ours, None, seed 1024, 2/2 epochs" in page, page
+    assert "Runs that are no Table-1 row: cm_vanilla-1204, reference-1204." in page, page
+    assert "- `reference-1204`: reference, None, seed 1204, 2/2 epochs" in page, page
+    assert "- `cm_vanilla-1204`: ours, None, seed 1204, 2/2 epochs" in page, page
+    # A finished job never travels or runs again: the plan says so.
+    replanned = gpu_run("--plan", "--carry", carry, "--results", results,
+                        "--python-version", python)
+    assert "plan: reference-1204: finished" in replanned.stdout, replanned.stdout
+    assert "plan: cm_vanilla-1204: finished" in replanned.stdout, replanned.stdout
+    assert "are skipped: the code they measure" in replanned.stdout, replanned.stdout
 
-    # Period 3, cut off in the middle of training (as a command past its limit is): the
-    # phase before it has left its file, and the summary says it finished.
-    out3 = tmp_path / "out3"
-    child = Child([sys.executable, SCRIPT, "--carry", carry, "--work", tmp_path / "work3",
-                   "--results", results, "--fresh", "--phases", "setup,train", *TINY,
-                   "--set", "epochs=200"], env=dict(GPU_HOST, OUT=str(out3)))
-    child.wait_until(lambda: "epoch 1/200" in _read(out3 / "train.txt"), 300,
-                     "the first epoch of the cut-off period")
+    # A command cut off in the middle of a job (as a command past its limit is): the
+    # phase before it has left its file, and the job its saved, resumable state.
+    out4 = tmp_path / "out4"
+    child = Child([sys.executable, SCRIPT, "--carry", carry, "--work", tmp_path / "work4",
+                   "--results", results, "--phases", "setup,queue", *TINY,
+                   "--jobs", "cm_vanilla-1205", "--set", "epochs=200"],
+                  env=dict(GPU_HOST, OUT=str(out4)))
+    child.wait_until(lambda: "epoch 1/200" in _read(out4 / "queue.txt"), 300,
+                     "the first epoch of the cut-off command")
     killed = _kill_phases(child.proc.pid)
     child.kill()
-    # What was killed: the training command the period had started, mid-run.
+    # What was killed: the training command the queue had started, mid-run.
     assert any("cli.py" in command and "train" in command for command in killed), killed
-    phases = summary(out3)["phases"]
+    phases = summary(out4)["phases"]
     assert phases["setup"]["status"].startswith("ok"), phases
-    assert "train" not in phases  # it never reported: it was killed, not finished
-    assert "VERSIONS " in open(out3 / "setup.txt").read()
-    # What it left: the run folder with its first epoch saved and resumable, unfinished.
+    assert "queue" not in phases  # it never reported: it was killed, not finished
     sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import gpu_run as gpu_run_module
+    import gpu_queue
 
-    left = gpu_run_module.run_state(str(tmp_path / "work3" / "run" / "smoke"))
-    assert left["epochs_done"] >= 1 and left["step"] >= 3 and not left["finished"], left
+    left = gpu_queue.run_state(str(tmp_path / "work4" / "jobs" / "cm_vanilla-1205"))
+    assert left["epochs_done"] >= 1 and left["step"] >= 4 and not left["finished"], left
+
+
+def test_the_plan_fails_loudly_when_what_travels_is_over_the_limit(tmp_path):
+    data = tmp_path / "images" / "train" / "cat"
+    data.mkdir(parents=True)
+    (data / "0.jpg").write_bytes(b"\xff" * 2**20)
+    over = gpu_run("--plan", "--carry", tmp_path / "carry", "--data", tmp_path / "images",
+                   "--results", tmp_path / "results", "--transfer-limit", "1", timeout=120)
+    assert over.returncode != 0
+    assert "MiB would travel, over the 1 MiB limit" in over.stderr, over.stderr
+    assert "carry: data/" in over.stdout, over.stdout
+
+
+def test_an_unknown_job_is_refused_with_the_queue(tmp_path):
+    refused = gpu_run("--jobs", "reference-1204,cm_vanila-1204", "--out", tmp_path, timeout=60)
+    assert refused.returncode != 0
+    assert "no job cm_vanila-1204 in the queue" in refused.stderr, refused.stderr
+    assert "cm_vanilla-1204" in refused.stderr
 
 
 def _read(path):

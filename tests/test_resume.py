@@ -282,6 +282,39 @@ def test_a_finished_run_with_a_damaged_config_json_loads_with_its_config_toml(tw
 
 
 @pytest.mark.slow
+def test_a_run_resumes_with_its_images_elsewhere_only_if_they_split_the_same(
+        two_epoch_run, cifar_dir, tmp_path):
+    """Another machine, the images in another folder (``--data-dir`` on ``--resume``):
+    the run goes on if they split as its ``split.json`` says; else it is refused with the
+    difference and the fix, and nothing in the run folder changes."""
+    cfg, template = two_epoch_run
+    moved = str(tmp_path / "images-here")
+    shutil.copytree(cifar_dir, moved)
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(template, run_dir)
+    split_path = os.path.join(run_dir, "split.json")
+    kept = open(split_path).read()
+    split = json.loads(kept)
+    split["train_indices_sha256"] = "0" * 16  # as if the images there drew another split
+    runs.write_json(split_path, split)
+    before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
+    with pytest.raises(RunError, match="do not split as those the run trained on did "
+                                       "\\(train_indices_sha256: saved '0000000000000000', "
+                                       "now '[0-9a-f]{16}'\\)\\. Point --data-dir at the same"):
+        train.train(cfg.replace(data_dir=moved), resume=run_dir, argv=["test"],
+                    log=lambda m: None, verbose=0)
+    after = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
+    assert after == before
+    with open(split_path, "w") as f:
+        f.write(kept)
+    logs = []
+    out = train.train(cfg.replace(data_dir=moved), resume=run_dir, argv=["test"],
+                      log=logs.append, verbose=0)
+    assert f"resuming with the images at {moved} (the run's split" in "\n".join(logs)
+    assert out["results"]["epochs"] == 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
 def test_a_damaged_metrics_json_is_set_aside_and_rebuilt_from_the_checkpoint(
         two_epoch_run, tmp_path, damage):

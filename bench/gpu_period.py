@@ -1,0 +1,349 @@
+"""``bench/gpu_run.py``'s work there: the phases of one command on the GPU host, each
+with its own time cap and its own file in ``OUT``, against one deadline."""
+
+import glob
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+
+import gpu_carry
+import gpu_queue
+
+PHASES = ("setup", "smoke", "bench", "queue", "equivalence")
+AUTO = ("setup", "smoke", "bench", "queue")  # smoke and bench only when the code changed
+CAPS = {"setup": 120, "smoke": 150, "bench": 300}  # seconds; the queue takes the rest
+# The bench's time by model: CM-XL's 66 layers take longer to compile and to step.
+BENCH_SHARE = {"vanilla": 2, "xl": 3}
+PACK_MARGIN = 30  # seconds kept after the queue to pack the jobs and exit
+PART_SIZE = 15 * 2**20  # a file that comes back holds at most 16 MiB
+FILES_BACK = 8  # files that come back: the phases' logs, summary.json and the jobs' parts
+PROBE = """import json, platform, importlib
+found = {'python': platform.python_version()}
+for m in ('keras', 'jax', 'jaxlib', 'torch', 'torchvision', 'numpy', 'tensorboard',
+          'tensorflow'):
+    try:
+        found[m] = importlib.import_module(m).__version__
+    except ImportError:
+        found[m] = None
+found['keras_file'] = importlib.import_module('keras').__file__  # the carried wheel's?
+try:  # the free memory before JAX takes its share (it preallocates 75 %)
+    import torch
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        found['gpu'] = torch.cuda.get_device_name(0)
+        found['gpu_memory_free_gib'] = round(free / 2**30, 1)
+        found['gpu_memory_total_gib'] = round(total / 2**30, 1)
+except ImportError:
+    pass
+import jax
+devices = jax.devices()
+found['jax_devices'] = [str(d) for d in devices]
+stats = devices[0].memory_stats() or {}
+found['jax_memory_limit_gib'] = round(stats.get('bytes_limit', 0) / 2**30, 1)
+print('VERSIONS ' + json.dumps(found))
+"""
+
+
+class PhaseFailed(Exception):
+    pass
+
+
+class Period:
+    """The phases of one command on the GPU host, against one deadline."""
+
+    def __init__(self, args):
+        self.args = args
+        self.start = time.monotonic()
+        self.deadline = self.start + args.budget
+        self.out = args.out
+        os.makedirs(self.out, exist_ok=True)
+        os.makedirs(args.work, exist_ok=True)
+        self.site = os.path.abspath(os.path.join(args.work, "site"))
+        self.summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "phases": {},
+                        "budget_seconds": args.budget}
+        self.env = dict(os.environ, KERAS_BACKEND="jax", PYTHONUNBUFFERED="1",
+                        TF_CPP_MIN_LOG_LEVEL="3")
+        self.data_dir = None
+        self.queue = None
+        self.stopped = None
+
+    def left(self):
+        return self.deadline - time.monotonic()
+
+    def wanted(self):
+        """The phases to run, and why each other one is skipped."""
+        if self.args.phases != "auto":
+            return self.args.phases.split(","), "not asked for"
+        code = self.summary["bench_code"]
+        filed = gpu_carry.read_json(os.path.join(self.args.results, gpu_carry.BENCH_RECORD))
+        here = gpu_carry.read_json(os.path.join(self.args.work, gpu_carry.BENCH_RECORD))
+        if code in ((filed or {}).get("code"), (here or {}).get("code")):
+            # this code's bench is filed, or ran on this machine already
+            return ["setup", "queue"], "not asked for, and the code it measures was measured"
+        return list(AUTO), "not asked for"
+
+    def run(self):
+        self.summary["bench_code"] = gpu_carry.code_digest()
+        wanted, why = self.wanted()
+        for phase in PHASES:
+            if phase not in wanted:
+                self.record(phase, f"skipped ({why})", 0)
+                continue
+            if phase in ("queue", "equivalence"):  # these take what is left
+                cap = self.left() - PACK_MARGIN
+            else:
+                cap = min(CAPS[phase], self.left() - PACK_MARGIN)
+            if cap <= 5:
+                self.record(phase, "skipped (no time left)", 0)
+                continue
+            began = time.monotonic()
+            with open(os.path.join(self.out, f"{phase}.txt"), "a") as log:
+                try:
+                    status = getattr(self, f"phase_{phase}")(log, began + cap)
+                except (PhaseFailed, gpu_queue.QueueFailed) as error:
+                    status = f"failed: {error}"
+                    log.write(f"\n{phase}: {status}\n")
+                except Exception as error:  # a fault of this script: the next phases still run
+                    status = f"failed: {type(error).__name__}: {error}"
+                    log.write(f"\n{phase}: {status}\n{traceback.format_exc()}")
+            self.record(phase, status, time.monotonic() - began)
+            if phase == "setup" and not status.startswith("ok"):
+                break  # nothing after it can run
+        if self.queue is not None:
+            self.summary["jobs"] = self.queue.states
+            try:
+                self.pack()
+            except (OSError, tarfile.TarError) as error:
+                self.summary["pack"] = f"failed: {type(error).__name__}: {error}"
+        self.summary["seconds"] = round(time.monotonic() - self.start, 1)
+        self.write_summary()
+        print(json.dumps(self.summary, indent=2))
+        failed = [p for p, r in self.summary["phases"].items() if r["status"].startswith("failed")]
+        return 1 if failed or str(self.summary.get("pack", "")).startswith("failed") else 0
+
+    def record(self, phase, status, seconds):
+        self.summary["phases"][phase] = {"status": status, "seconds": round(seconds, 1)}
+        print(f"gpu_run: {phase}: {status} ({seconds:.0f} s)", flush=True)
+        self.write_summary()
+
+    def write_summary(self):
+        path = os.path.join(self.out, "summary.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.summary, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+    def child(self, command, log, until, label, shown=None):
+        """Runs ``command`` with its output streamed into ``log`` (under the name ``shown``,
+        if given); past ``until`` it is sent SIGTERM (saving what it can), then SIGKILL 20 s
+        later. Returns its exit code, or None if it had to be stopped (``self.stopped``
+        then holds the exit code it ended with, which says whether it saved)."""
+        log.write(f"$ {shown or ' '.join(command)}\n")
+        log.flush()
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                start_new_session=True)
+        self.stopped = None
+        try:
+            return proc.wait(timeout=max(1.0, until - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        log.write(f"\ngpu_run: {label} ran past its time cap; stopping it (SIGTERM)\n")
+        log.flush()
+        for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.stopped = proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        return None
+
+    # -- phases: each returns a status line ("ok ...") or raises PhaseFailed
+
+    def phase_setup(self, log, until):
+        reused = []
+        wheels = sorted(glob.glob(os.path.join(self.args.carry, "wheels", "*.whl")))
+        stamp = os.path.join(self.site, ".installed")
+        installed = open(stamp).read().split() if os.path.exists(stamp) else None
+        if wheels and installed != [os.path.basename(w) for w in wheels]:
+            shutil.rmtree(self.site, ignore_errors=True)
+            code = self.child([sys.executable, "-m", "pip", "install", "--quiet", "--no-index",
+                               "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade",
+                               "--target", self.site] + wheels, log, until, "pip install")
+            if code != 0:
+                raise PhaseFailed(f"installing the carried wheels failed (exit {code})")
+            with open(stamp, "w") as f:
+                f.write("\n".join(os.path.basename(w) for w in wheels))
+        elif installed is not None:
+            reused.append("wheels installed")
+            log.write(f"setup: the wheels installed on this machine: {' '.join(installed)}\n")
+        if os.path.exists(stamp):
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                [self.site] + [p for p in [self.env.get("PYTHONPATH")] if p])
+        self.data_dir, unpacked = self.unpack_data()
+        if not unpacked:
+            reused.append("images unpacked")
+        log.write(f"data: {self.data_dir}\n")
+        machine = os.path.join(self.args.work, "machine.json")
+        if len(reused) == 2 and os.path.exists(machine):
+            self.summary["machine"] = gpu_carry.read_json(machine)
+            log.write("setup: a warm machine: the versions probed by its first command\n")
+            return f"ok (warm: {', '.join(reused)}; {self.summary['machine'].get('gpu') or 'no GPU'})"
+        if shutil.which("nvidia-smi"):
+            self.child(["nvidia-smi"], log, min(until, time.monotonic() + 30), "nvidia-smi")
+        code = self.child([sys.executable, "-c", PROBE], log, until, "the version probe",
+                          shown="python3 -c <print the versions, devices and memory>")
+        if code != 0:
+            raise PhaseFailed(f"the version probe failed (exit {code}): see setup.txt")
+        log.flush()
+        with open(log.name) as f:
+            line = [l for l in f if l.startswith("VERSIONS ")][-1]
+        self.summary["machine"] = json.loads(line[len("VERSIONS "):])
+        with open(machine, "w") as f:
+            json.dump(self.summary["machine"], f)
+        return f"ok ({self.summary['machine'].get('gpu') or 'no GPU'})"
+
+    def unpack_data(self):
+        """The images' folder (or archive), and whether this command unpacked them."""
+        target = os.path.join(self.args.work, "data")
+        carried = sorted(glob.glob(os.path.join(self.args.carry, "data", "*")))
+        if not carried:
+            if os.path.isdir(os.path.join(target, "train")):
+                return target, False  # a warm machine, nothing carried this time
+            raise PhaseFailed(f"no training images in {self.args.carry}/data/: run "
+                              f"'python bench/gpu_run.py --plan --data ...' first")
+        source = carried[0]
+        if os.path.isdir(source):
+            return source, False
+        if os.path.isdir(os.path.join(target, "train")):
+            return target, False
+        try:
+            with tarfile.open(source) as tar:
+                members = tar.getmembers()
+                if any(m.name.split("/")[0].startswith("cifar-10-batches") for m in members):
+                    return source, False  # an official archive: cli.py reads it as it is
+                shutil.rmtree(target + ".partial", ignore_errors=True)
+                tar.extractall(target + ".partial", filter="data")
+                os.replace(target + ".partial", target)
+        except (OSError, tarfile.TarError) as error:
+            raise PhaseFailed(f"cannot unpack {source}: {error}") from None
+        if not os.path.isdir(os.path.join(target, "train")):
+            raise PhaseFailed(f"{source} holds no train/ folder of class folders")
+        return target, True
+
+    def phase_smoke(self, log, until):
+        command = [sys.executable, os.path.join("bench", "gpu_run.py"), "--smoke-step",
+                   "--precision", self.args.precision, "--arch", self.args.arch]
+        code = self.child(command, log, until, "the smoke step")
+        if code != 0:
+            raise PhaseFailed("the smoke step " + ("ran past its cap" if code is None
+                                                   else f"failed (exit {code})"))
+        log.flush()
+        with open(log.name) as f:
+            line = [l for l in f if l.startswith("SMOKE ")][-1]
+        return "ok " + line[len("SMOKE "):].strip()
+
+    def phase_bench(self, log, until):
+        models = [m for m in self.args.bench_models.split(",") if m]
+        done = []
+        for i, model in enumerate(models):
+            weights = [BENCH_SHARE.get(m, 1) for m in models[i:]]
+            share = (until - time.monotonic()) * weights[0] / sum(weights)
+            command = [sys.executable, os.path.join("bench", "bench_train.py"),
+                       "--frameworks", "keras-jax-aug,keras-jax,torch,torch-loader",
+                       "--models", model, "--repeats", "1", "--infer-batch-sizes", "128",
+                       "--precision", self.args.precision, "--timeout", f"{max(share, 1):.0f}"]
+            if self.args.arch:
+                command += ["--arch", self.args.arch]
+            command += self.args.bench_args.split()
+            if "--batch" in command:  # a rehearsal's smaller batch: infer at it
+                command[command.index("--infer-batch-sizes") + 1] = \
+                    command[command.index("--batch") + 1]
+            code = self.child(command, log, time.monotonic() + share, f"bench {model}")
+            done.append(f"{model} " + ("ok" if code == 0 else "cut off" if code is None
+                                        else f"failed (exit {code})"))
+        if not any(d.endswith(" ok") for d in done):
+            raise PhaseFailed("; ".join(done))
+        with open(os.path.join(self.args.work, gpu_carry.BENCH_RECORD), "w") as f:
+            json.dump({"code": self.summary["bench_code"]}, f)
+        return "ok: " + "; ".join(done)
+
+    def phase_queue(self, log, until):
+        if self.data_dir is None:
+            raise PhaseFailed("setup did not run, so there are no images")
+        jobs = gpu_queue.select([j for j in self.args.jobs.split(",") if j])
+        self.queue = gpu_queue.Queue(self, jobs)
+        return "ok: " + self.queue.run(log, until)
+
+    def phase_equivalence(self, log, until):
+        if self.data_dir is None:
+            raise PhaseFailed("setup did not run, so there are no images")
+        # Its files travel inside summary.json (few files come back); --collect writes them.
+        out = os.path.join(self.args.work, "equivalence-out")
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, os.path.join("bench", "equivalence.py"), "--data",
+                   self.data_dir, "--backend", "jax", "--device", "auto", "--out", out,
+                   "--work", os.path.join(self.args.work, "equivalence"),
+                   "--timeout", f"{max(until - time.monotonic(), 1):.0f}"]
+        command += self.args.equivalence_args.split()
+        code = self.child(command, log, until, "the equivalence runs")
+        results = gpu_carry.read_json(os.path.join(out, "results.json"))
+        if results is None:
+            raise PhaseFailed("no run finished " + ("before the phase's cap" if code is None
+                                                     else f"(exit {code}): see equivalence.txt"))
+        self.summary["equivalence"] = {
+            "results": results, "machine": gpu_carry.read_json(os.path.join(out, "machine.json"))}
+        done = {side: len(runs) for side, runs in results["runs"].items()}
+        status = ", ".join(f"{n} {side}" for side, n in done.items()) + " runs"
+        if code == 0:
+            return f"ok: {status}"
+        return f"ok: cut off with {status} finished" if code is None else \
+            f"failed (exit {code}) after {status}: see equivalence.txt"
+
+    def pack(self):
+        """Each job ahead of its committed state, packed (``gpu_queue.pack``: resumable, or
+        lean once finished), in one tar ``jobs.tar`` in OUT (in parts past PART_SIZE)."""
+        jobs = self.queue.to_pack()
+        for old in glob.glob(os.path.join(self.out, "jobs.tar*")):
+            os.remove(old)
+        if not jobs:
+            return
+        target = os.path.join(self.args.work, "jobs.tar")
+        packed = {}
+        with tarfile.open(target, "w") as tar:
+            for job in jobs:
+                data, finished = gpu_queue.pack(self.queue.run_dir(job), job.name)
+                name = f"{job.name}/{gpu_queue.FINISHED if finished else gpu_queue.STATE}"
+                member = tarfile.TarInfo(name)
+                member.size, member.mtime = len(data), int(time.time())
+                tar.addfile(member, io.BytesIO(data))
+                packed[job.name] = {"archive": name, "bytes": len(data)}
+        size = os.path.getsize(target)
+        parts = max(1, -(-size // PART_SIZE))
+        room = FILES_BACK - len(os.listdir(self.out))
+        if parts > room:
+            self.summary["pack"] = (f"failed: {size} bytes would need {parts} parts, and "
+                                    f"{room} more files can come back")
+            return
+        names = []
+        digest = hashlib.sha256()
+        with open(target, "rb") as f:
+            for i in range(parts):
+                name = "jobs.tar" if parts == 1 else f"jobs.tar.{i:02d}"
+                chunk = f.read(PART_SIZE)
+                digest.update(chunk)
+                with open(os.path.join(self.out, name), "wb") as part:
+                    part.write(chunk)
+                names.append(name)
+        self.summary["pack"] = {"jobs": packed, "parts": names, "bytes": size,
+                                "sha256": digest.hexdigest()}

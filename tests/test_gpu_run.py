@@ -145,7 +145,8 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     with tarfile.open(results / "reference-1204" / "run.tgz") as tar:
         tar.extractall(tmp_path / "filed", filter="data")
     scored = run_cli("evaluate", tmp_path / "filed" / "reference-1204" / "model.keras",
-                     "--data-dir", work1 / "data", "--json", timeout=300)
+                     "--data-dir", work1 / "data", "--out", tmp_path / "scored", "--json",
+                     timeout=300)
     assert scored.returncode == 0, scored.stderr[-3000:]
     ref_final = json.load(open(results / "reference-1204" / "results.json"))["final"]
     scored = json.loads(scored.stdout)

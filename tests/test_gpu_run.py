@@ -286,3 +286,23 @@ def test_run_needs_an_output_folder(tmp_path):
     assert out.returncode != 0 and "set OUT" in out.stderr
     bad = gpu_run("--phases", "setup,fly", env={"OUT": str(tmp_path / "o")}, timeout=60)
     assert bad.returncode != 0 and "unknown fly" in bad.stderr
+
+
+def test_the_bench_runs_again_only_when_the_code_it_measures_changes(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_carry
+
+    for path in gpu_carry.BENCHED_CODE:  # each names a file that is there
+        assert os.path.isfile(os.path.join(ROOT, path)), path
+    for path in gpu_carry.BENCHED_CODE + ("cmxl_keras/serving.py",):
+        os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
+        with open(os.path.join(ROOT, path), "rb") as f:
+            (tmp_path / path).write_bytes(f.read())
+    monkeypatch.setattr(gpu_carry, "ROOT", str(tmp_path))
+    before = gpu_carry.code_digest()
+    with open(tmp_path / "cmxl_keras" / "serving.py", "a") as f:
+        f.write("\n# not the training step\n")
+    assert gpu_carry.code_digest() == before
+    with open(tmp_path / "cmxl_keras" / "models.py", "a") as f:
+        f.write("\n# the model\n")
+    assert gpu_carry.code_digest() != before

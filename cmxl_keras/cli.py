@@ -11,7 +11,6 @@ Errors caused by input (a flag, a config value, a file) are printed as one
 paragraph naming the value and the fix, with a non-zero exit and no traceback.
 """
 
-import functools
 import os
 import sys
 
@@ -19,52 +18,12 @@ import click
 
 from cmxl_keras import __version__
 from cmxl_keras.config import CHOICES
+from cmxl_keras.cli_support import (EXIT_CODES_HELP, echo_json, fail, quiet_tensorflow,
+                                    user_errors)
 
 # Keep TensorFlow's C++ start-up chatter (including "failed call to cuInit" on
 # machines without a GPU) out of the user's terminal; set it to 0 to debug.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-EXIT_USER_ERROR = 2  # errors.EXIT_CODES has the code of each kind of error
-
-EXIT_CODES_HELP = (
-    "Exit codes: 0 done; 2 bad flag, config value, run folder or checkpoint; 3 bad or "
-    "missing data; 4 training diverged (NaN); 5 export parity below target; 6 run "
-    "folder in use by another process; 7 stopped at --time-limit (saved, resumable); "
-    "130 interrupted (saved, resumable).")
-
-
-def _fail(message, code=EXIT_USER_ERROR):
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
-
-
-def user_errors(command):
-    """Turns the library's user-facing errors into one paragraph and an exit code; a run
-    stopped and saved (interrupted, or at its time limit) is said without "Error:"."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from cmxl_keras import errors
-
-        try:
-            return command(*args, **kwargs)
-        except errors.CmxlError as error:
-            if isinstance(error, errors.TrainingInterrupted):  # stopped and saved
-                click.echo(str(error), err=True)
-                sys.exit(errors.exit_code(error))
-            _fail(str(error), errors.exit_code(error))
-
-    return wrapper
-
-
-def _quiet_tensorflow():
-    """keras-cv's vectorized augmentations log a warning per op they cannot vectorize."""
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return
-    tf.get_logger().setLevel("ERROR")
-
 
 def _set_backend(ctx, param, value):
     # The backend must be chosen before Keras is imported; commands import the
@@ -85,15 +44,6 @@ def cli():
     from cmxl_keras import recipe
 
     recipe.check_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))
-
-
-def _echo_json(data):
-    """One JSON object on stdout (numpy scalars and arrays as plain numbers and lists)."""
-    import json
-
-    from cmxl_keras.runs import json_default
-
-    click.echo(json.dumps(data, indent=2, default=json_default))
 
 
 def model_options(command):
@@ -138,7 +88,7 @@ def info(config_file, overrides, variant, summary, as_json, **flags):
         model.summary(line_length=110)
     figures = models.describe(cfg, model)
     if as_json:
-        _echo_json(figures)
+        echo_json(figures)
     else:
         click.echo(models.description_text(cfg, figures))
 
@@ -192,13 +142,13 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
         return
     from cmxl_keras import train as train_lib
 
-    _quiet_tensorflow()
+    quiet_tensorflow()
     try:
         train_lib.train(cfg, runs_dir=runs_dir, run_dir=run_dir, resume=resume,
                         overwrite=overwrite, argv=["python"] + sys.argv, replan=replan,
                         time_limit=time_limit)
     except KeyboardInterrupt:
-        _fail("interrupted before training started; nothing was trained.")
+        fail("interrupted before training started; nothing was trained.")
 
 
 @cli.command()
@@ -216,13 +166,13 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
 @user_errors
 def evaluate(source, data_dir, split, tta, out_dir, precision, as_json):
     """Evaluate a run folder, .keras file, exported folder, SavedModel or .tflite file."""
-    _quiet_tensorflow()
+    quiet_tensorflow()
     from cmxl_keras import evaluate as evaluate_lib
 
     results = evaluate_lib.evaluate(source, data_dir, split, tta, out_dir, precision=precision,
                                     log=lambda m: click.echo(m, err=True))
     if as_json:
-        _echo_json(results)
+        echo_json(results)
         return
     click.echo(evaluate_lib.format_table(results))
     for path in results["figures"].values():
@@ -256,14 +206,14 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
     SOURCE defaults to the newest finished run in --runs-dir."""
     from cmxl_keras import export as export_lib
 
-    _quiet_tensorflow()
+    quiet_tensorflow()
     folder, metadata = export_lib.export_run(
         source, checkpoint, tuple(f.strip() for f in formats.split(",") if f.strip()), out_dir,
         name, data_dir, parity_images, allow_parity_miss, runs_dir,
         log=lambda message: click.echo(message, err=as_json))  # --json: stdout is the JSON
     failures = export_lib.parity_failures(metadata["parity"])
     if as_json:
-        _echo_json(dict(folder=folder, parity_failures=failures, **metadata))
+        echo_json(dict(folder=folder, parity_failures=failures, **metadata))
     else:
         click.echo(export_lib.report_text(folder, metadata))
     if failures:
@@ -281,17 +231,50 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
 def predict(images, model_dir, top_k, fmt, as_json):
     """Classify PNG/JPEG files (any size) with an exported model."""
     if fmt == "saved_model":  # --format tflite runs on LiteRT alone: no TensorFlow import
-        _quiet_tensorflow()
+        quiet_tensorflow()
     from cmxl_keras import serving
 
     results = serving.predict_files(images, model_dir, top_k, fmt)
     if as_json:
-        _echo_json(results)
+        echo_json(results)
         return
     for item in results:
         click.echo(item["image"])
         for guess in item["top_k"]:
             click.echo(f"  {guess['class']:<12} {guess['probability']:.4f}")
+
+
+@cli.command()
+@click.argument("model_dir", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8501, show_default=True,
+              help="TensorFlow Serving's REST port; 0 picks a free one.")
+@click.option("--runtime", type=click.Choice(["tflite", "saved_model"]), default="tflite",
+              show_default=True, help="LiteRT on the fp32 TFLite file (no TensorFlow), or "
+                                      "the SavedModel's own signatures.")
+@click.option("--name", help="The model's name in the URLs (default: its config's name).")
+@click.option("--max-batch", type=int, default=64, show_default=True,
+              help="Images per model call when concurrent requests are batched (1: none).")
+@click.option("--batch-wait-ms", type=float, default=0.0, show_default=True,
+              help="How long a batch waits for more requests; 0: it takes those that "
+                   "arrived while the model ran, and waits for none.")
+@click.option("--max-queue", type=int, default=1024, show_default=True,
+              help="Images that may wait; past that a request gets 503.")
+@click.option("--max-body-mb", type=float, default=8.0, show_default=True,
+              help="The largest request body read; past that 413.")
+@user_errors
+def serve(model_dir, host, port, runtime, name, max_batch, batch_wait_ms, max_queue,
+          max_body_mb):
+    """Serve an exported model over TensorFlow Serving's REST API, with a page to try it
+    (default MODEL_DIR: the shipped exported/cm_vanilla)."""
+    from cmxl_keras import server
+
+    if runtime == "saved_model":
+        quiet_tensorflow()
+    server.serve(model_dir, host, port, runtime, name, log=lambda m: click.echo(m, err=True),
+                 max_body=int(max_body_mb * 2**20), max_batch=max_batch,
+                 wait=batch_wait_ms / 1000, max_queue=max_queue)
 
 
 @cli.command()
@@ -331,7 +314,7 @@ def ablation(scale, seeds, epochs, limit_train, data_dir, val_from_train, overri
                                           data_dir=data_dir, val_from_train=val_from_train)
     config.merge(config.Config(), changes, source="the ablation options")  # fail fast
     seed_list = ablation_lib.training_seeds(seeds, changes)
-    _quiet_tensorflow()
+    quiet_tensorflow()
     rows, figures = ablation_lib.run(changes, out_dir, scale=scale, seeds=seed_list,
                                      argv=["ablation", *sys.argv[2:]])
     click.echo(open(os.path.join(out_dir, "results.md")).read())

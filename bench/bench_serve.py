@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""``cli.py serve`` under load on localhost: throughput and latency for 1, 8 and 64
+concurrent clients, with and without batching, against the model called in this process.
+
+    python bench/bench_serve.py [MODEL_DIR] [--requests 512] [--clients 1,8,64]
+                                [--runtime tflite]
+
+Each client sends one image per request, as a TensorFlow Serving client sends uint8
+pixels (``{"instances": [...]}``, ``serving_default``), back to back, until ``--requests``
+have been answered; the images are the first of ``docs/examples/`` repeated. The server
+runs in a child process, once batching concurrent requests (``--max-batch 64``, its
+default) and once not (``--max-batch 1``). In-process, the same model (the same runtime)
+is called one image at a time, and 64 at a time. Reported per form and client count:
+images/s, p50 and p99 latency in ms, and images/s over the in-process one-at-a-time
+figure. The last lines are machine-readable.
+"""
+
+import argparse
+import asyncio
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def image():
+    from PIL import Image
+
+    path = sorted(glob.glob(os.path.join(ROOT, "docs", "examples", "*.png")))[0]
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def in_process(model_dir, runtime, pixels, requests):
+    from cmxl_keras import inference
+
+    model = inference.load(model_dir, "tflite" if runtime == "tflite" else None)
+    one = pixels[None]
+    model(one)
+    start = time.perf_counter()
+    for _ in range(requests):
+        model(one)
+    single = requests / (time.perf_counter() - start)
+    batch = np.repeat(one, 64, axis=0)
+    model(batch)
+    start = time.perf_counter()
+    for _ in range(max(1, requests // 64)):
+        model(batch)
+    batched = max(1, requests // 64) * 64 / (time.perf_counter() - start)
+    return single, batched
+
+
+async def load(url, body, clients, requests):
+    import aiohttp
+
+    latencies, left = [], [requests]
+
+    async def client(session):
+        while left[0] > 0:
+            left[0] -= 1
+            start = time.perf_counter()
+            async with session.post(url, data=body,
+                                    headers={"Content-Type": "application/json"}) as answer:
+                await answer.read()
+                if answer.status != 200:
+                    raise SystemExit(f"the server answered {answer.status}")
+            latencies.append(time.perf_counter() - start)
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(client(session) for _ in range(min(clients, 4))))  # warm-up
+        latencies.clear()
+        left[0] = requests
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        seconds = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return requests / seconds, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def serving(model_dir, runtime, max_batch):
+    server = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "cli.py"), "serve", model_dir, "--port", "0",
+         "--runtime", runtime, "--max-batch", str(max_batch), "--max-queue", "4096"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    line = ""
+    while "serving" not in line:
+        line = server.stderr.readline()
+        if (not line and server.poll() is not None) or time.monotonic() > deadline:
+            server.kill()
+            sys.exit(f"the server did not start: {line}")
+    url = re.search(r"(http://[0-9.]+:\d+/v1/models/[\w.-]+)", line).group(1) + ":predict"
+    return server, url
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", nargs="?", default=os.path.join(ROOT, "exported",
+                                                                     "cm_vanilla"))
+    parser.add_argument("--requests", type=int, default=512)
+    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--runtime", default="tflite", choices=("tflite", "saved_model"))
+    args = parser.parse_args()
+    pixels = image()
+    body = json.dumps({"instances": [pixels.tolist()]}).encode()
+    single, batched = in_process(args.model_dir, args.runtime, pixels, args.requests)
+    print(f"in process ({args.runtime}): {single:.0f} images/s one at a time, "
+          f"{batched:.0f} at 64 a call", flush=True)
+    figures = {"in_process_images_per_second": round(single, 1),
+               "in_process_batch64_images_per_second": round(batched, 1)}
+    for form, max_batch in (("batched", 64), ("unbatched", 1)):
+        server, url = serving(args.model_dir, args.runtime, max_batch)
+        try:
+            for clients in (int(c) for c in args.clients.split(",")):
+                rate, p50, p99 = asyncio.run(load(url, body, clients, args.requests))
+                print(f"serve, {form:9s} {clients:3d} clients: {rate:7.0f} images/s "
+                      f"({rate / single:.2f}x in-process one at a time), p50 {p50:6.1f} ms, "
+                      f"p99 {p99:6.1f} ms", flush=True)
+                key = f"{form}_{clients}"
+                figures.update({f"{key}_images_per_second": round(rate, 1),
+                                f"{key}_ratio": round(rate / single, 3),
+                                f"{key}_p50_ms": round(p50, 2), f"{key}_p99_ms": round(p99, 2)})
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+    for key, value in figures.items():
+        print(f"{key}={value}")
+
+
+if __name__ == "__main__":
+    main()

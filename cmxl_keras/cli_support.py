@@ -1,0 +1,57 @@
+"""The command line's plumbing, shared by its commands: the library's user-facing errors
+as one paragraph and an exit code, JSON on stdout, TensorFlow's logger quieted."""
+
+import functools
+import sys
+
+import click
+
+EXIT_USER_ERROR = 2  # errors.EXIT_CODES has the code of each kind of error
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 2 bad flag, config value, run folder or checkpoint; 3 bad or "
+    "missing data; 4 training diverged (NaN); 5 export parity below target; 6 run "
+    "folder in use by another process; 7 stopped at --time-limit (saved, resumable); "
+    "130 interrupted (saved, resumable).")
+
+
+def fail(message, code=EXIT_USER_ERROR):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def user_errors(command):
+    """Turns the library's user-facing errors into one paragraph and an exit code; a run
+    stopped and saved (interrupted, or at its time limit) is said without "Error:"."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from cmxl_keras import errors
+
+        try:
+            return command(*args, **kwargs)
+        except errors.CmxlError as error:
+            if isinstance(error, errors.TrainingInterrupted):  # stopped and saved
+                click.echo(str(error), err=True)
+                sys.exit(errors.exit_code(error))
+            fail(str(error), errors.exit_code(error))
+
+    return wrapper
+
+
+def quiet_tensorflow():
+    """keras-cv's vectorized augmentations log a warning per op they cannot vectorize."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    tf.get_logger().setLevel("ERROR")
+
+
+def echo_json(data):
+    """One JSON object on stdout (numpy scalars and arrays as plain numbers and lists)."""
+    import json
+
+    from cmxl_keras.runs import json_default
+
+    click.echo(json.dumps(data, indent=2, default=json_default))

@@ -49,8 +49,8 @@ class Server:
     def predict(self, body):
         return self.call("/v1/models/cm_vanilla:predict", body)
 
-    def stop(self):
-        self.child.proc.send_signal(signal.SIGTERM)
+    def stop(self, sig=signal.SIGTERM):
+        self.child.proc.send_signal(sig)
         return self.child.wait(60)
 
 
@@ -257,8 +257,8 @@ def test_the_page_classifies_an_uploaded_image_in_a_real_browser(tmp_path):
         not_image.write_bytes(b"these are notes, not an image")
         shown = asyncio.run(_drive(served.url, [EXAMPLES[1], str(not_image)], tmp_path))
     finally:
-        ended = served.stop()
-    assert ended.returncode == 0
+        ended = served.stop(signal.SIGINT)  # Ctrl-C
+    assert ended.returncode == 0 and "stopped after" in ended.stderr, ended.stderr[-2000:]
     guess, refused = shown
     assert guess["status"].startswith("cat.png: answered in"), guess
     assert guess["rows"][0][0] == "cat" and guess["rows"][0][1].endswith(" %"), guess

@@ -198,7 +198,8 @@ class Period:
         if len(reused) == 2 and os.path.exists(machine):
             self.summary["machine"] = gpu_carry.read_json(machine)
             log.write("setup: a warm machine: the versions probed by its first command\n")
-            return f"ok (warm: {', '.join(reused)}; {self.summary['machine'].get('gpu') or 'no GPU'})"
+            gpu = self.summary["machine"].get("gpu") or "no GPU"
+            return f"ok (warm: {', '.join(reused)}; {gpu})"
         if shutil.which("nvidia-smi"):
             self.child(["nvidia-smi"], log, min(until, time.monotonic() + 30), "nvidia-smi")
         code = self.child([sys.executable, "-c", PROBE], log, until, "the version probe",
@@ -260,7 +261,7 @@ class Period:
             weights = [BENCH_SHARE.get(m, 1) for m in models[i:]]
             share = (until - time.monotonic()) * weights[0] / sum(weights)
             command = [sys.executable, os.path.join("bench", "bench_train.py"),
-                       "--frameworks", "keras-jax-aug,keras-jax,torch,torch-loader",
+                       "--frameworks", "keras-jax-aug,keras-jax,torch,torch-tuned,torch-loader",
                        "--models", model, "--repeats", "1", "--infer-batch-sizes", "128",
                        "--precision", self.args.precision, "--timeout", f"{max(share, 1):.0f}"]
             if self.args.arch:

@@ -29,7 +29,9 @@ returns what it finished (at most 8 files come back: these):
                   augmentation as Keras layers on the device
     bench.txt     bench_train.py on the GPU, CM-Vanilla and CM-XL, batch 128: ours (JAX,
                   compiled, with and without the device augmentation) against the
-                  reference (fp16 autocast + GradScaler) from GPU tensors and fed as the
+                  reference (fp16 autocast + GradScaler) from GPU tensors, tuned as a
+                  competent PyTorch user runs it (torch.compile, channels_last,
+                  cudnn.benchmark, fused AdamW; its compile time apart), and fed as the
                   paper's script feeds it (torchvision transforms, DataLoader, 8 workers)
     queue.txt     the jobs of ``gpu_queue.QUEUE`` in order (``--jobs`` picks), each on the
                   training images less 1,000 carved for monitoring, with the paper's 100

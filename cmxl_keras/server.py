@@ -146,9 +146,10 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
         return web.json_response({"error": message}, status=status)
 
     def model(request):
-        if request.match_info["name"] != name:
-            raise BadRequest(f"Servable not found for request: Latest({request.match_info['name']})."
-                             f" This server serves {name!r}: /v1/models/{name}.", status=404)
+        asked = request.match_info["name"]
+        if asked != name:
+            raise BadRequest(f"Servable not found for request: Latest({asked}). This server "
+                             f"serves {name!r}: /v1/models/{name}.", status=404)
 
     async def status(request):
         model(request)

@@ -119,20 +119,55 @@ class Batcher:
                         break
                 batch.append(item)
                 size += len(item[0])
-            inputs = [x for item, _ in batch for x in item]
-            joined = np.stack(inputs) if isinstance(inputs[0], np.ndarray) else inputs
             try:
-                out = await loop.run_in_executor(None, self.run, joined)
-            except Exception as error:  # the model's own refusal (TensorFlow's Assert)
-                out = error
-            start = 0
-            for item, future in batch:
-                self.queued -= len(item)
-                if isinstance(out, Exception):
-                    future.set_exception(BadRequest(f"the model refused the batch: {out}"))
-                else:
-                    future.set_result(out[start:start + len(item)])
-                start += len(item)
+                await self._answer(batch, loop)
+            except Exception as error:  # a fault here must not stop the worker: say it
+                for _, future in batch:
+                    _settle(future, BadRequest(f"the server failed on this request: "
+                                               f"{type(error).__name__}: {error}", 500))
+            finally:
+                self.queued -= size
+
+    async def _answer(self, batch, loop):
+        """Runs one batch and answers each request in it. If the model refuses the
+        batch, each request is run alone, so only the one it refuses gets the error."""
+        def joined(items):
+            inputs = [x for item, _ in items for x in item]
+            return np.stack(inputs) if isinstance(inputs[0], np.ndarray) else inputs
+
+        try:
+            out = await loop.run_in_executor(None, self.run, joined(batch))
+        except Exception as error:  # the model's own refusal (TensorFlow's Assert)
+            if len(batch) > 1:
+                for one in batch:
+                    await self._answer([one], loop)
+                return
+            refused = type(error).__name__ == "InvalidArgumentError"
+            # TensorFlow's message names graph nodes around the reason: keep the reason.
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()
+                     and not line.strip().startswith(("[[", "Detected at", "<stack",
+                                                      "Graph execution error"))]
+            reason = (lines[0] if lines else str(error))[:2000]
+            _settle(batch[0][1], BadRequest(
+                f"the model refused this request: {reason}. Send JPEG, PNG, GIF or BMP "
+                f"files that decode." if refused else
+                f"the model failed on this request: {type(error).__name__}: {reason}",
+                status=400 if refused else 500))
+            return
+        start = 0
+        for item, future in batch:
+            _settle(future, out[start:start + len(item)])
+            start += len(item)
+
+
+def _settle(future, result):
+    """Answers a waiting request, unless it is gone (its client hung up)."""
+    if future.done():
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue=1024):

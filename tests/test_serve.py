@@ -219,6 +219,52 @@ def test_the_batcher_joins_concurrent_requests_and_bounds_its_queue():
     np.testing.assert_allclose(np.concatenate([first, second]), alone[:2], atol=1e-6)
 
 
+def _corrupt_png():
+    """cat.png with 20 bytes of its compressed pixels zeroed: its header is whole (it
+    passes the header check), its pixels do not decode."""
+    data = open(EXAMPLES[1], "rb").read()
+    return data[:60] + bytes(20) + data[80:]
+
+
+def test_an_image_that_does_not_decode_is_refused_alone(server):
+    got, answer = server.predict(_b64(_corrupt_png()))
+    assert got == 400, answer
+    assert ("Invalid PNG data" in answer["error"] if "saved_model" in server.child.command
+            else "not a readable image" in answer["error"]), answer
+
+
+def test_a_refused_request_in_a_batch_does_not_fail_the_others(saved_model):
+    """In this process, on the SavedModel's own ``serving_bytes``: three requests that
+    arrive together form one batch, which TensorFlow refuses for the middle one's
+    pixels; each is then run alone, the two good ones answered as alone, the bad one
+    refused with TensorFlow's reason (400)."""
+    import tensorflow as tf
+
+    from cmxl_keras import rest, server as server_lib
+
+    calls = []
+
+    def run(items):
+        calls.append(len(items))
+        return saved_model.signatures["serving_bytes"](image_bytes=tf.constant(items))[
+            "probabilities"].numpy()
+
+    good = [open(p, "rb").read() for p in EXAMPLES[:2]]
+    alone = run(good)
+    calls.clear()
+
+    async def together():
+        batcher = server_lib.Batcher(run, max_batch=8, wait=0.2, max_queue=8)
+        return await asyncio.gather(batcher([good[0]]), batcher([_corrupt_png()]),
+                                    batcher([good[1]]), return_exceptions=True)
+
+    first, refused, second = asyncio.run(together())
+    assert calls == [3, 1, 1, 1], calls  # one batch, refused; then each request alone
+    assert isinstance(refused, rest.BadRequest) and refused.status == 400, refused
+    assert str(refused).startswith("the model refused this request: Invalid PNG data")
+    np.testing.assert_allclose(np.concatenate([first, second]), alone, atol=1e-6)
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--max-batch", "0"], "--max-batch 0: it must be at least 1"),
     (["--max-queue", "4"], "--max-queue 4 is smaller than --max-batch 64"),

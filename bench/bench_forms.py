@@ -101,6 +101,54 @@ class KerasAugmented(Keras):
     augment = True
 
 
+class KerasDevice(Keras):
+    """Ours under JAX with the batch already on the device, as the reference's GPU
+    tensors are (the model-only figure on equal footing): Keras' own compiled training
+    step (``model.train_function``, what ``fit`` runs) called on the model's state with
+    device arrays, no host copy or state sync per step; inference is the model's
+    stateless call, compiled, on the device batch. JAX only."""
+
+    def __init__(self, arch, batch, x, y, convs_only=False):
+        import jax
+
+        super().__init__(arch, batch, x, y, convs_only)
+        model, self.state = self.model, None
+        self.x_dev, self.y_dev = jax.device_put(x), jax.device_put(y)
+        self.forward = jax.jit(lambda trainable, other, images: model.stateless_call(
+            trainable, other, images, training=False)[0])
+
+    def _build(self):
+        """The model, optimizer and compiled step built by one ordinary step (in the
+        first, timed apart call: its compile time), then the state the step carries."""
+        model = self.model
+        model.train_on_batch(self.x, self.y)
+        model.make_train_function()
+        self.state = ([v.value for v in model.trainable_variables],
+                      [v.value for v in model.non_trainable_variables],
+                      [v.value for v in model.optimizer.variables],
+                      [v.value for v in model.metrics_variables])
+
+    def train(self, steps):
+        import jax
+
+        if self.state is None:
+            self._build()
+        batch = (self.x_dev, self.y_dev, None)
+        start = time.perf_counter()
+        for _ in range(steps):
+            logs, self.state = self.model.train_function(self.state, iter([batch]))
+        jax.block_until_ready(logs)
+        return steps * self.batch / (time.perf_counter() - start)
+
+    def infer(self, batches, size):
+        if self.state is None:
+            self._build()
+        images = self.x_dev[:size]
+        trainable, other = self.state[0], self.state[1]
+        return images_per_second(
+            lambda x: self.forward(trainable, other, x).block_until_ready(), images, batches)
+
+
 class KerasTFLite:
     """Our model as deployed for inference: ``folding.inference_graph`` (BatchNorm and
     the input normalization folded), written as the SavedModel ``cli.py export`` writes
@@ -276,6 +324,7 @@ class TorchLoader(Torch):
 
 # A framework form is ``name`` or ``name+allocator``.
 RUNNERS = {"keras": Keras, "keras-jax": Keras, "keras-jax-aug": KerasAugmented,
+           "keras-jax-device": KerasDevice,
            "keras-tflite": KerasTFLite, "torch": Torch, "torch-compile": TorchCompiled,
            "torch-tuned": TorchTuned, "torch-loader": TorchLoader}
 # Set from the command line in each worker (bench_train.py's --precision, --workers).

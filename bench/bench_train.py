@@ -14,7 +14,9 @@ script runs it (``torch``), with tcmalloc or jemalloc preloaded (``torch+tcmallo
 every large buffer at every step), and ``torch.compile`` (``torch-compile``, also with an
 allocator); on a GPU, as a competent user tunes it (``torch-tuned``: ``torch.compile``,
 channels_last, ``cudnn.benchmark``, fused AdamW, inputs on the device, no read-back per
-step; its compile time is the ``train_first_call_seconds`` line). Ours can take an allocator the same way (``keras+tcmalloc``), and is also
+step; its compile time is the ``train_first_call_seconds`` line). Ours can take an
+allocator the same way (``keras+tcmalloc``), runs under JAX from device arrays
+(``keras-jax-device``: its compiled step without a host copy per step), and is also
 measured in the form a user deploys for inference (``keras-tflite``: the exported fp32
 TFLite file, from the folded graph ``cli.py export`` writes, run by LiteRT with XNNPACK;
 inference only). Inference is timed at batch 128 and at batch 1

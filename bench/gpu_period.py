@@ -16,40 +16,21 @@ import traceback
 
 import gpu_carry
 import gpu_queue
+from gpu_probe import PROBE
 
 PHASES = ("setup", "smoke", "bench", "queue", "equivalence")
 AUTO = ("setup", "smoke", "bench", "queue")  # smoke and bench only when the code changed
 CAPS = {"setup": 120, "smoke": 150, "bench": 300}  # seconds; the queue takes the rest
+# The bench's forms: ours with the device augmentation, fed from the host, and from
+# device arrays (the model-only figure beside the reference's GPU tensors); the reference
+# as the paper runs it, tuned (torch.compile, channels_last, ...), and fed by its loader.
+BENCH_FORMS = ("keras-jax-aug", "keras-jax", "keras-jax-device", "torch", "torch-tuned",
+               "torch-loader")
 # The bench's time by model: CM-XL's 66 layers take longer to compile and to step.
 BENCH_SHARE = {"vanilla": 2, "xl": 3}
 PACK_MARGIN = 30  # seconds kept after the queue to pack the jobs and exit
 PART_SIZE = 15 * 2**20  # a file that comes back holds at most 16 MiB
 FILES_BACK = 8  # files that come back: the phases' logs, summary.json and the jobs' parts
-PROBE = """import json, platform, importlib
-found = {'python': platform.python_version()}
-for m in ('keras', 'jax', 'jaxlib', 'torch', 'torchvision', 'numpy', 'tensorboard',
-          'tensorflow'):
-    try:
-        found[m] = importlib.import_module(m).__version__
-    except ImportError:
-        found[m] = None
-found['keras_file'] = importlib.import_module('keras').__file__  # the carried wheel's?
-try:  # the free memory before JAX takes its share (it preallocates 75 %)
-    import torch
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        found['gpu'] = torch.cuda.get_device_name(0)
-        found['gpu_memory_free_gib'] = round(free / 2**30, 1)
-        found['gpu_memory_total_gib'] = round(total / 2**30, 1)
-except ImportError:
-    pass
-import jax
-devices = jax.devices()
-found['jax_devices'] = [str(d) for d in devices]
-stats = devices[0].memory_stats() or {}
-found['jax_memory_limit_gib'] = round(stats.get('bytes_limit', 0) / 2**30, 1)
-print('VERSIONS ' + json.dumps(found))
-"""
 
 
 class PhaseFailed(Exception):
@@ -261,7 +242,7 @@ class Period:
             weights = [BENCH_SHARE.get(m, 1) for m in models[i:]]
             share = (until - time.monotonic()) * weights[0] / sum(weights)
             command = [sys.executable, os.path.join("bench", "bench_train.py"),
-                       "--frameworks", "keras-jax-aug,keras-jax,torch,torch-tuned,torch-loader",
+                       "--frameworks", ",".join(BENCH_FORMS),
                        "--models", model, "--repeats", "1", "--infer-batch-sizes", "128",
                        "--precision", self.args.precision, "--timeout", f"{max(share, 1):.0f}"]
             if self.args.arch:

@@ -28,8 +28,9 @@ returns what it finished (at most 8 files come back: these):
     smoke.txt     one compiled training step of CM-Vanilla: JAX, mixed_float16, the
                   augmentation as Keras layers on the device
     bench.txt     bench_train.py on the GPU, CM-Vanilla and CM-XL, batch 128: ours (JAX,
-                  compiled, with and without the device augmentation) against the
-                  reference (fp16 autocast + GradScaler) from GPU tensors, tuned as a
+                  compiled, with and without the device augmentation, and from device
+                  arrays) against the reference (fp16 autocast + GradScaler) from GPU
+                  tensors, tuned as a
                   competent PyTorch user runs it (torch.compile, channels_last,
                   cudnn.benchmark, fused AdamW; its compile time apart), and fed as the
                   paper's script feeds it (torchvision transforms, DataLoader, 8 workers)
@@ -59,13 +60,13 @@ packages of ``requirements-gpu.txt``), the same command works without the wheels
 import argparse
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_carry  # noqa: E402
 import gpu_period  # noqa: E402
+import gpu_probe  # noqa: E402
 
 # The equivalence phase's default: CM-Vanilla itself, ours (JAX) against the reference's
 # loop (DataLoader, 8 workers, fp16 autocast), two seeds of a 10-epoch one-cycle: about
@@ -138,7 +139,7 @@ def main():
     if args.collect:
         return gpu_carry.collect(args, gpu_period.PHASES)
     if args.smoke_step:
-        return smoke_step(args)
+        return gpu_probe.smoke_step(args)
     if not args.out:
         sys.exit("gpu_run: no output folder: set OUT (or pass --out DIR).")
     unknown = set(args.phases.split(",")) - set(gpu_period.PHASES) - {"auto"}
@@ -150,39 +151,6 @@ def main():
     except ValueError as error:
         sys.exit(f"gpu_run: {error}")
     return gpu_period.Period(args).run()
-
-
-
-def smoke_step(args):  # there, in a child process of the smoke phase
-    """One compiled training step of CM-Vanilla as training runs it under JAX: the
-    paper's augmentation as Keras layers in the step, the loss-scaled AdamW on the
-    one-cycle, then a second step; prints a SMOKE line."""
-    import keras
-    import numpy as np
-
-    from bench_train import parse_arch
-    from cmxl_keras import augment, config, recipe
-
-    keras.mixed_precision.set_global_policy(args.precision)
-    cfg = config.variant_config("cm_vanilla").replace(**parse_arch(args.arch))
-    layers = augment.keras_layers(augment.AugmentSpec.from_config(cfg), seed=0)
-    model = recipe.compile_model(recipe.build_model(cfg, augmentation=layers), cfg, steps=390)
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (cfg.batch_size, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, cfg.batch_size).astype("int32")
-    times, losses = [], []
-    for _ in range(2):
-        start = time.perf_counter()
-        loss = model.train_on_batch(x, y, return_dict=True)["loss"]
-        times.append(time.perf_counter() - start)
-        losses.append(float(loss))
-    device = str(keras.backend.backend()) + " on " + str(
-        __import__("jax").devices()[0].platform)
-    print(f"SMOKE {keras.backend.backend()} ({device}), {args.precision}, batch "
-          f"{cfg.batch_size}: compile and first step {times[0]:.1f} s, second step "
-          f"{times[1] * 1000:.0f} ms, losses {losses[0]:.3f} {losses[1]:.3f}", flush=True)
-    if not all(np.isfinite(losses)):
-        sys.exit("smoke: a loss is not finite")
 
 
 if __name__ == "__main__":

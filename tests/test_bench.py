@@ -99,3 +99,41 @@ def test_equivalence_reading_is_welchs_standard_error_of_the_difference():
     assert "outside two standard errors (8.5 SE)" in equivalence.reading(apart)[-1]
     # One run a side has no spread: no verdict is drawn.
     assert "difference" not in equivalence.summarize({"ours": [0.8], "reference": [0.9]})
+
+
+DEVICE_STEP = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import bench_forms
+
+arch = dict(width=16, depth=2, patch_size=4, kernel_size=3, activation="gelu", skip_period=0)
+rng = np.random.default_rng(0)
+x = rng.integers(0, 256, (8, 32, 32, 3)).astype("float32")
+y = rng.integers(0, 10, 8).astype("int32")
+device = bench_forms.KerasDevice(arch, 8, x, y)
+start = device.model.get_weights()
+device.train(2)  # the first call builds (one ordinary step), then two device steps
+plain = bench_forms.Keras(arch, 8, x, y)
+plain.model.set_weights(start)
+for _ in range(3):
+    plain.model.train_on_batch(x, y)
+# The same compiled step on the same inputs: the same weights, bit for bit (the
+# one-cycle's first learning rates move them by about 1e-7: a step more or less shows).
+first = {id(v): w for v, w in zip(plain.model.weights, start)}
+for got, want in zip(device.state[0], plain.model.trainable_weights):
+    assert np.any(np.asarray(want.value) != first[id(want)])
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want.value))
+print("SAME")
+"""
+
+
+def test_the_device_form_runs_keras_own_training_step():
+    """``keras-jax-device`` (ours from device arrays) must time the step that ``fit``
+    runs, not another: from the same weights, its steps end where the same number of
+    ``train_on_batch`` steps do (and the weights moved)."""
+    from conftest import ROOT, run_process
+
+    result = run_process([sys.executable, "-c", DEVICE_STEP, os.path.join(ROOT, "bench")],
+                         timeout=300, env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0 and "SAME" in result.stdout, result.stderr[-3000:]

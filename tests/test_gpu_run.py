@@ -100,7 +100,8 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     smoke = open(out1 / "smoke.txt").read()
     assert "SMOKE jax" in smoke and "mixed_float16" in smoke, smoke
     bench = open(out1 / "bench.txt").read()
-    for form in ("keras_jax_aug", "keras_jax", "torch", "torch_tuned", "torch_loader"):
+    for form in ("keras_jax_aug", "keras_jax", "keras_jax_device", "torch", "torch_tuned",
+                 "torch_loader"):
         assert f"train_images_per_second_vanilla_{form}=" in bench, bench[-3000:]
         assert f"train_first_call_seconds_vanilla_{form}=" in bench, bench[-3000:]
     assert list(summary(out1)["pack"]["jobs"]) == ["reference-1204"]

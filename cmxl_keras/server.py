@@ -206,7 +206,10 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
             raise BadRequest(f"the body is larger than {max_body} bytes, the most this server "
                              f"reads (--max-body-mb). Send fewer or smaller images per "
                              f"request.", status=413) from None
-        signature, inputs, columnar = parse_predict(body, served)
+        # Parsed and checked (and, on LiteRT, decoded) off the event loop, which goes on
+        # reading other requests meanwhile.
+        signature, inputs, columnar = await loop_run().run_in_executor(
+            None, parse_predict, body, served)
         if signature == "serving_bytes" and encoded is None:  # LiteRT: decoded here
             inputs = await loop_run().run_in_executor(None, lambda: [
                 served.decode(data, f"instance {i}") for i, data in enumerate(inputs)])

@@ -269,6 +269,9 @@ def serve(model_dir=None, host="127.0.0.1", port=8501, runtime="tflite", name=No
             raise RunError(f"no MODEL_DIR given, and the shipped model is not here "
                            f"({SHIPPED}): give an exported folder, made by 'cli.py export'.")
         model_dir = SHIPPED
+    if not os.path.isdir(model_dir):
+        raise RunError(f"{model_dir!r} does not exist. Give an exported model folder "
+                       f"(exported/<name>), made by 'cli.py export'.")
     served = Served(model_dir, runtime)
     name = name or served.metadata.get("config", {}).get("name") or "model"
 

@@ -254,6 +254,16 @@ CASES = [
     ("decompression bomb in the training images", lambda r: [
         "train", "--config", "smoke", "--data-dir", _image_dir(r, "bomb")],
      ["bomb.png", "more than 40 megapixels", "skip_corrupt"]),
+    ("serve a folder that is not there", lambda r: ["serve", r / "gone"],
+     ["gone'", "does not exist", "cli.py export"]),
+    ("serve a folder that is no export", lambda r: ["serve", (r / "run").mkdir() or r / "run"],
+     ["run'", "is not an exported model folder", "cli.py export"]),
+    ("serve without room to batch", lambda r: ["serve", "--max-batch", "0"],
+     ["--max-batch 0", "at least 1"]),
+    ("serve a queue smaller than a batch", lambda r: ["serve", "--max-queue", "8"],
+     ["--max-queue 8", "--max-batch 64", "Raise --max-queue"]),
+    ("serve a model name no URL takes", lambda r: ["serve", "--name", "my model"],
+     ["'my model'", "letters, digits"]),
     ("predict truncated PNG", lambda r: ["predict", _truncated_png(r), "--model", _exported(r)],
      ["cut.png", "not a readable image"]),
     ("predict damaged metadata", lambda r: ["predict", _gray_png(r), "--model", _exported(

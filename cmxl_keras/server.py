@@ -223,6 +223,11 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
             return await handler(request)
         except BadRequest as refused:
             return error(refused.status, str(refused))
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as http:  # JSON, as TF Serving
+            return error(http.status, f"{request.method} {request.path}: no such route here. "
+                                      f"This server answers GET /v1/models/{name}, GET "
+                                      f"/v1/models/{name}/metadata and POST "
+                                      f"/v1/models/{name}:predict (also under /versions/1).")
 
     async def page(request):
         with open(PAGE) as f:

@@ -169,9 +169,15 @@ def test_a_bad_request_gets_a_4xx_with_the_fix_and_the_next_is_served(server, bo
     assert good[0] == 200 and good[1]["predictions"][0]["class_id"] == 0, good
 
 
-def test_another_model_name_is_not_found(server):
+def test_another_model_name_or_route_is_not_found_in_json(server):
     status, answer = server.call("/v1/models/resnet")
     assert status == 404 and "Servable not found for request: Latest(resnet)" in answer["error"]
+    for path, body, code in (("/v1/models/cm_vanilla/versions/2", None, 404),
+                             ("/v1/models/cm_vanilla:classify", {"examples": []}, 405),
+                             ("/v1/models/cm_vanilla:predict", None, 405)):
+        status, answer = server.call(path, body)
+        assert status == code and "no such route here" in answer["error"], (path, answer)
+        assert "POST /v1/models/cm_vanilla:predict" in answer["error"]
 
 
 def test_the_batcher_joins_concurrent_requests_and_bounds_its_queue():

@@ -174,7 +174,7 @@ def test_another_model_name_or_route_is_not_found_in_json(server):
     assert status == 404 and "Servable not found for request: Latest(resnet)" in answer["error"]
     for path, body, code in (("/v1/models/cm_vanilla/versions/2", None, 404),
                              ("/v1/models/cm_vanilla:classify", {"examples": []}, 405),
-                             ("/v1/models/cm_vanilla:predict", None, 405)):
+                             ("/v2/models", None, 404)):
         status, answer = server.call(path, body)
         assert status == code and "no such route here" in answer["error"], (path, answer)
         assert "POST /v1/models/cm_vanilla:predict" in answer["error"]

@@ -109,11 +109,22 @@ class KerasDevice(Keras):
     stateless call, compiled, on the device batch. JAX only."""
 
     def __init__(self, arch, batch, x, y, convs_only=False):
+        super().__init__(arch, batch, x, y, convs_only)
+        self._on_device()
+
+    @classmethod
+    def of(cls, compiled, batch, x, y):
+        """The form around a compiled Keras model of one's own (bench_variants.py)."""
+        form = cls.__new__(cls)
+        form.model, form.batch, form.x, form.y = compiled, batch, x, y
+        form._on_device()
+        return form
+
+    def _on_device(self):
         import jax
 
-        super().__init__(arch, batch, x, y, convs_only)
         model, self.state = self.model, None
-        self.x_dev, self.y_dev = jax.device_put(x), jax.device_put(y)
+        self.x_dev, self.y_dev = jax.device_put(self.x), jax.device_put(self.y)
         self.forward = jax.jit(lambda trainable, other, images: model.stateless_call(
             trainable, other, images, training=False)[0])
 

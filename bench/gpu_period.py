@@ -18,9 +18,9 @@ import gpu_carry
 import gpu_queue
 from gpu_probe import PROBE
 
-PHASES = ("setup", "smoke", "bench", "queue", "equivalence")
+PHASES = ("setup", "smoke", "bench", "variants", "queue", "equivalence")
 AUTO = ("setup", "smoke", "bench", "queue")  # smoke and bench only when the code changed
-CAPS = {"setup": 120, "smoke": 150, "bench": 300}  # seconds; the queue takes the rest
+CAPS = {"setup": 120, "smoke": 150, "bench": 300, "variants": 240}  # the queue: the rest
 # The bench's forms: ours with the device augmentation, fed from the host, and from
 # device arrays (the model-only figure beside the reference's GPU tensors); the reference
 # as the paper runs it, tuned (torch.compile, channels_last, ...), and fed by its loader.
@@ -259,6 +259,15 @@ class Period:
         with open(os.path.join(self.args.work, gpu_carry.BENCH_RECORD), "w") as f:
             json.dump({"code": self.summary["bench_code"]}, f)
         return "ok: " + "; ".join(done)
+
+    def phase_variants(self, log, until):  # only when asked: bench_variants.py
+        command = [sys.executable, os.path.join("bench", "bench_variants.py"),
+                   "--timeout", f"{max((until - time.monotonic()) / 6, 10):.0f}"]
+        code = self.child(command + self.args.variants_args.split(), log, until, "variants")
+        if code != 0:
+            raise PhaseFailed("the variants bench " + ("ran past its cap" if code is None
+                                                       else f"failed (exit {code})"))
+        return "ok: see variants.txt"
 
     def phase_queue(self, log, until):
         if self.data_dir is None:

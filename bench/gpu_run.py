@@ -41,6 +41,9 @@ returns what it finished (at most 8 files come back: these):
                   resumes from the folder left on this warm machine, else its committed
                   ``results/gpu/<job>/state.tgz``; stopped by its own time limit before
                   the command's time is up, saved
+    variants.txt  only when asked (``--phases``): ``bench/bench_variants.py``, CM-XL's
+                  training step in the formulations a profile points at (bf16, float32,
+                  the depthwise convolution as shifted multiply-adds, XLA flags)
     equivalence.txt  only when asked (``--phases``): ``bench/equivalence.py`` on the same
                   images, ours (JAX) against the reference's loop, short one-cycles
     jobs.tar      each job this machine took further than its committed state, packed:
@@ -124,6 +127,9 @@ def main():
     parser.add_argument("--transfer-limit", type=float,
                         default=gpu_carry.TRANSFER_LIMIT_MIB,
                         help="--plan: MiB that may travel (default %(default)s)")
+    parser.add_argument("--variants-args", default="--model xl --steps 20",
+                        help="bench_variants.py's arguments (phase variants, only when "
+                             "asked; default: %(default)s)")
     parser.add_argument("--bench-models", default="vanilla,xl")
     parser.add_argument("--bench-args", default="--steps 20 --infer-batches 20",
                         help="more bench_train.py arguments (default: %(default)s)")

@@ -23,7 +23,9 @@ TINY = ["--set", "width=16", "--set", "depth=2", "--set", "patch_size=4", "--set
         "--bench-models", "vanilla", "--arch", "width=32,depth=2",
         "--bench-args", "--batch 16 --steps 2 --infer-batches 2 --workers 2",
         "--equivalence-args", "--width 16 --depth 2 --patch-size 4 --train 150 --val 60 "
-                              "--epochs 2 --seeds 1 --workers 0 --batch-size 32"]
+                              "--epochs 2 --seeds 1 --workers 0 --batch-size 32",
+        "--variants-args", "--arch width=32,depth=3 --batch 16 --steps 2 "
+                           "--variants shifted-depthwise"]
 JOBS = ["--jobs", "reference-1204,cm_vanilla-1204"]
 
 
@@ -159,12 +161,20 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     # equivalence phase asked for runs after it.
     out3, work3 = tmp_path / "out3", tmp_path / "work3"
     third = gpu_run("--carry", carry, "--work", work3, "--results", results, "--phases",
-                    "setup,queue,equivalence", *TINY, *JOBS, env={"OUT": str(out3)})
+                    "setup,variants,queue,equivalence", *TINY, *JOBS, env={"OUT": str(out3)})
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     phases = summary(out3)["phases"]
     assert phases["queue"]["status"] == ("ok: reference-1204 finished (committed, "
                                          "finished); cm_vanilla-1204 finished here"), phases
     assert phases["equivalence"]["status"] == "ok: 1 ours, 1 reference runs", phases
+    # The variants bench: the baseline around the shifted-add depthwise convolution, whose
+    # logits equal the built-in layer's (float32, the same weights).
+    variants = open(out3 / "variants.txt").read()
+    assert phases["variants"]["status"] == "ok: see variants.txt", phases
+    assert "variant_ratio_shifted_depthwise=" in variants, variants[-3000:]
+    difference = float(variants.split("variant_logits_max_difference_shifted_depthwise=")[1]
+                       .split()[0])
+    assert difference < 1e-5, variants[-2000:]
     queue = open(out3 / "queue.txt").read()
     assert "cm_vanilla-1204: continuing the committed" in queue, queue
     assert "resuming" in queue and "step 1 of 4" in queue, queue

@@ -182,8 +182,8 @@ def trained_run(cifar_dir, tmp_path_factory):
 # they are handed to the two workers (-n 2 --dist loadfile) in this order, so that the
 # longest start first and the workers end together, instead of one running a long file
 # alone at the end. Files not named keep their order, after these.
-LONGEST_FIRST = ("test_crash.py", "test_export.py", "test_distribute.py", "test_train.py",
-                 "test_gpu_run.py", "test_ablation.py", "test_backends.py")
+LONGEST_FIRST = ("test_crash.py", "test_export.py", "test_gpu_run.py", "test_distribute.py",
+                 "test_train.py", "test_ablation.py", "test_backends.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -215,6 +215,11 @@ def collect(args, phases):
             json.dump({"code": summary["bench_code"], "period": os.path.basename(period)}, f)
     pack = summary.get("pack")
     if isinstance(pack, dict):
+        missing = [p for p in pack["parts"] if not os.path.isfile(os.path.join(back, p))]
+        if missing:
+            sys.exit(f"gpu_run --collect: {back!r} lacks {', '.join(missing)} of the jobs' "
+                     f"archive (a file that did not come back); nothing was filed. The jobs "
+                     f"resume from their committed state next time.")
         joined = io.BytesIO()
         for part in pack["parts"]:
             with open(os.path.join(back, part), "rb") as f:
@@ -224,8 +229,12 @@ def collect(args, phases):
                      f"add up to it (sha256 differs); nothing was filed.")
         joined.seek(0)
         with tarfile.open(fileobj=joined) as jobs:
+            known = {job.name for job in gpu_queue.QUEUE}
             for member in jobs.getmembers():
                 name = member.name.split("/")[0]
+                if name not in known or not member.isfile():
+                    sys.exit(f"gpu_run --collect: the jobs' archive holds {member.name!r}, "
+                             f"no job of the queue; nothing more was filed.")
                 target, _ = gpu_queue.file_job(jobs.extractfile(member).read(), name,
                                                args.results)
                 print(f"collect: {target} ({describe(target)})")

@@ -64,12 +64,12 @@ def parse_predict(body, served):
 
 def _b64(item, i, served):
     if not (isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str)):
-        raise BadRequest(f"image {i}: serving_bytes takes each image as {{\"b64\": \"<base64 "
+        raise BadRequest(f"instance {i}: serving_bytes takes each image as {{\"b64\": \"<base64 "
                          f"of the encoded file>\"}}, got {json.dumps(item)[:80]}.")
     try:
         data = base64.b64decode(item["b64"], validate=True)
     except (binascii.Error, ValueError) as error:
-        raise BadRequest(f"image {i}: its \"b64\" is not base64 ({error}). Encode the file's "
+        raise BadRequest(f"instance {i}: its \"b64\" is not base64 ({error}). Encode the file's "
                          f"bytes with standard base64.") from None
     check_bytes(data, f"instance {i}", served.size)
     return data

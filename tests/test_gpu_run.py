@@ -318,3 +318,18 @@ def test_the_bench_runs_again_only_when_the_code_it_measures_changes(tmp_path, m
     with open(tmp_path / "cmxl_keras" / "models.py", "a") as f:
         f.write("\n# the model\n")
     assert gpu_carry.code_digest() != before
+
+
+def test_collect_refuses_a_pack_that_did_not_all_come_back(tmp_path):
+    back = tmp_path / "back"
+    back.mkdir()
+    (back / "summary.json").write_text(json.dumps({
+        "started": "2026-12-06 10:00:00 UTC", "phases": {},
+        "pack": {"jobs": {"cm_vanilla-1204": {}}, "parts": ["jobs.tar.00", "jobs.tar.01"],
+                 "bytes": 2, "sha256": "0"}}))
+    (back / "jobs.tar.00").write_bytes(b"x")
+    refused = gpu_run("--collect", back, "--results", tmp_path / "results", timeout=60)
+    assert refused.returncode != 0
+    assert "lacks jobs.tar.01 of the jobs' archive" in refused.stderr, refused.stderr
+    assert "nothing was filed" in refused.stderr
+    assert not (tmp_path / "results" / "cm_vanilla-1204").exists()

@@ -34,10 +34,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def image():
-    from PIL import Image
+    from cmxl_keras import serving
 
     path = sorted(glob.glob(os.path.join(ROOT, "docs", "examples", "*.png")))[0]
-    return np.asarray(Image.open(path).convert("RGB"))
+    return serving.load_images([path], 32)[0]
 
 
 def in_process(model_dir, runtime, pixels, requests):

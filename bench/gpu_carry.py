@@ -178,14 +178,6 @@ def read_json(path):
         return None
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def collect(args, phases):
     back = args.collect
     summary = read_json(os.path.join(back, "summary.json"))

@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from cmxl_keras import inference
+from cmxl_keras.applications import PRESET_DIRS
 from cmxl_keras.errors import ConfigError, DataError, RunError
 from cmxl_keras.images import decode_image
 from cmxl_keras.rest import BadRequest, parse_predict, respond, signature_defs
@@ -244,8 +245,7 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
     return app
 
 
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "exported", "cm_vanilla")
+SHIPPED = os.path.join(PRESET_DIRS[0], "cm_vanilla")  # a clone's exported/cm_vanilla
 
 
 def check_limits(name, port, max_body, max_batch, wait, max_queue):

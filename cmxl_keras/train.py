@@ -84,7 +84,10 @@ def check_same_split(run_dir, cfg, info, log):
     """A run resumed with its images elsewhere (``--data-dir``, another machine) goes on
     only if they split as the saved ones did: the same counts and index digests as its
     ``split.json``."""
-    saved = runs.read_json(os.path.join(run_dir, "split.json"), None)
+    try:
+        saved = runs.read_json(os.path.join(run_dir, "split.json"), None)
+    except (OSError, ValueError):  # damaged: said below as unreadable
+        saved = None
     keys = ("train", "val", "test", "train_indices_sha256", "val_indices_sha256",
             "test_indices_sha256")
     diffs = [f"{k}: saved {saved.get(k)!r}, now {info.get(k)!r}" for k in keys

@@ -306,6 +306,11 @@ def test_a_run_resumes_with_its_images_elsewhere_only_if_they_split_the_same(
     after = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
     assert after == before
     with open(split_path, "w") as f:
+        f.write(kept[:len(kept) // 2])  # damaged: refused as unreadable, no traceback
+    with pytest.raises(RunError, match="the run has no readable split.json"):
+        train.train(cfg.replace(data_dir=moved), resume=run_dir, argv=["test"],
+                    log=lambda m: None, verbose=0)
+    with open(split_path, "w") as f:
         f.write(kept)
     logs = []
     out = train.train(cfg.replace(data_dir=moved), resume=run_dir, argv=["test"],

@@ -7,7 +7,8 @@ For each seed, trains the same model twice on the same training images and score
 epoch on the same validation images:
 
 - **ours**: ``cli.py train`` (the configs' recipe: AdamW, the one-cycle per step, the
-  paper's augmentation chain in our pipeline), as a user runs it;
+  paper's augmentation chain in our pipeline), as a user runs it; ``--backend jax`` runs
+  the GPU runs' path (Keras on JAX, the augmentation as layers in the compiled step);
 - **the reference**: the training loop of the paper's ``train.py`` transcribed step for
   step (the reference network of ``bench/ref_torch.py``, torchvision's transforms on PIL
   images in a ``DataLoader``, AdamW, the learning rate set before every step to
@@ -27,24 +28,28 @@ seeds a side.
 
 Writes to ``--out`` (default ``results/equivalence/<time>``): ``results.json`` (every run's
 curves, each side's final top-1 mean and sample standard deviation, the difference and
-its standard error, the reading), ``curves.png`` (the validation curves of both sides),
+its standard error, the gap between the sides' mean curves epoch by epoch, the reading),
+``curves.png`` (the validation curves of both sides, and the gap with two standard errors),
 ``log.txt`` (everything printed) and ``machine.json`` (host, versions, time), all of them
 again after every run, so a command cut off keeps the runs it finished. The final top-1 is
 the last epoch's (the reference scores its runs with the last weights). ``--redraw DIR``
 draws ``curves.png`` again from ``DIR/results.json`` (a host without matplotlib).
+
+Long comparisons span commands: ``--resume`` with the same arguments keeps the runs that
+``--out`` holds and resumes a run cut off from its folder under ``--work`` (ours from its
+checkpoint, mid-epoch; the reference's after its last epoch). The sides can run as two
+commands side by side (``--sides ours`` and ``--sides reference --threads 1``, each with
+its own ``--out``); ``--join A,B --out C`` then reads them as one comparison.
 Needs ``pip install -r bench/requirements.txt`` (torch, torchvision).
 """
 
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import sys
 import time
-
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -53,6 +58,8 @@ from cmxl_keras.data import read_data_dir  # noqa: E402
 from cmxl_keras.splitting import make_splits  # noqa: E402
 from cmxl_keras.runs import package_versions, write_text  # noqa: E402
 from runner import run_or_exit  # noqa: E402
+from equivalence_report import (draw, earlier, reading, redraw, summarize,  # noqa: E402,F401
+                                summary_of, write_join)
 
 # The paper's training augmentation, stage by stage: our config keys that turn each off,
 # and the reference transform's class.
@@ -72,6 +79,12 @@ def parse_args(argv=None):
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--redraw", metavar="DIR",
                         help="only draw DIR/curves.png again from DIR/results.json")
+    parser.add_argument("--join", metavar="DIR,DIR",
+                        help="only join the runs in these folders' results.json (the same "
+                             "images, split and model; other seeds or sides) into --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with --out's runs: the seeds finished there are kept, a "
+                             "run cut off resumes from its folder under --work")
     parser.add_argument("--data",
                         help="the images: what cli.py's --data-dir takes (official CIFAR-10 "
                              "files or archive, or train/<class>/ images, or their .tar.gz)")
@@ -96,13 +109,15 @@ def parse_args(argv=None):
                              "cuda where there is one)")
     parser.add_argument("--workers", type=int, default=1,
                         help="the reference's DataLoader workers (its script: 8)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the reference's torch threads (0: torch's default); with a "
+                             "second command running the other side beside it")
     parser.add_argument("--drop", default="",
                         help="augmentation stages left out on both sides, comma-separated: "
                              f"{', '.join(STAGES)} (all: no augmentation); to find which "
                              "stage a difference comes from")
     parser.add_argument("--sides", default="ours,reference")
-    parser.add_argument("--out", default=os.path.join(
-        "results", "equivalence", time.strftime("%Y-%m-%d_%H%M%S")))
+    parser.add_argument("--out", help="default: results/equivalence/<time>")
     parser.add_argument("--work", default=os.path.join(".equivalence"),
                         help="our runs' folders (kept; git-ignored)")
     parser.add_argument("--timeout", type=float, default=3600,
@@ -119,7 +134,12 @@ def parse_args(argv=None):
     if set(args.drop) - set(STAGES):
         parser.error(f"--drop takes {', '.join(STAGES)} or all (got {args.drop})")
     unknown = set(args.sides) - {"ours", "reference"}
-    if not args.data and not args.redraw:
+    args.join = [d for d in (args.join or "").split(",") if d.strip()]
+    if args.join and not args.out:
+        parser.error("--join needs --out: the folder for the joined reading")
+    args.out = args.out or os.path.join("results", "equivalence",
+                                        time.strftime("%Y-%m-%d_%H%M%S"))
+    if not args.data and not args.redraw and not args.join:
         parser.error("--data is required: the images both sides train on")
     if unknown or not args.seeds:
         parser.error(f"--sides takes ours and/or reference (got {sorted(unknown)}); "
@@ -142,6 +162,7 @@ class Log:
 def train_ours(args, seed, splits, log):
     """One ``cli.py train`` run; its per-epoch records (``metrics.json``)."""
     run_dir = os.path.abspath(os.path.join(args.work, f"ours-{seed}"))
+    resumable = os.path.exists(os.path.join(run_dir, "checkpoints", "state.json"))
     sets = {"width": args.width, "depth": args.depth, "patch_size": args.patch_size,
             "kernel_size": args.kernel_size, "activation": args.activation,
             "skip_period": args.skip_period, "epochs": args.epochs,
@@ -151,10 +172,14 @@ def train_ours(args, seed, splits, log):
     for stage in args.drop:
         sets.update(OFF[stage])
     command = [sys.executable, os.path.join(ROOT, "cli.py"), "--backend", args.backend,
-               "train", "--config", "cm_vanilla", "--data-dir", os.path.abspath(args.data),
-               "--run-dir", run_dir, "--overwrite"]
-    for key, value in sets.items():
-        command += ["--set", f"{key}={value}"]
+               "train", "--data-dir", os.path.abspath(args.data)]
+    if args.resume and resumable:  # the run's own config.toml, checked against ours below
+        log(f"  resuming {run_dir}")
+        command += ["--resume", run_dir]
+    else:
+        command += ["--config", "cm_vanilla", "--run-dir", run_dir, "--overwrite"]
+        for key, value in sets.items():
+            command += ["--set", f"{key}={value}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     out = run_or_exit(command, args.timeout, f"ours, seed {seed}", env=env, cwd=ROOT)
     log("\n".join("  " + line for line in out.stdout.splitlines()
@@ -166,11 +191,25 @@ def train_ours(args, seed, splits, log):
             sys.exit(f"ours, seed {seed}: split.json's {key} {split.get(key)} is not the "
                      f"split this script drew ({splits.info[key]}): the two sides would "
                      f"not train on the same images")
+    with open(os.path.join(run_dir, "config.json")) as f:
+        saved = json.load(f)
+    differ = {k: (saved.get(k), v) for k, v in sets.items() if not same(saved.get(k), v)}
+    if differ:
+        sys.exit(f"ours, seed {seed}: {run_dir} was trained with {differ} (saved, asked): "
+                 f"not this comparison's run; run without --resume to start it again")
     with open(os.path.join(run_dir, "metrics.json")) as f:
         metrics = json.load(f)
     return [{"epoch": m["epoch"], "loss": m["loss"], "accuracy": m["accuracy"],
              "val_loss": m["val_loss"], "val_accuracy": m["val_accuracy"],
              "seconds": m["epoch_seconds"]} for m in metrics]
+
+
+def same(saved, asked):
+    """Whether a config value saved in ``config.json`` is the ``--set`` value asked."""
+    try:
+        return float(saved) == float(asked)
+    except (TypeError, ValueError):
+        return str(saved).lower() == str(asked).lower()
 
 
 # ----------------------------------------------------------------------------- reference
@@ -183,78 +222,31 @@ def train_reference(args, seed, splits, log):
                                                "activation", "skip_period", "epochs",
                                                "batch_size", "lr", "device", "workers")}
     spec.update(seed=seed, drop=[TORCHVISION[stage] for stage in args.drop])
-    records, model, _ = ref_train.train(spec, splits, log)
+    run_dir = os.path.join(args.work, f"reference-{seed}")
+    os.makedirs(run_dir, exist_ok=True)
+    checkpoint = os.path.join(run_dir, ref_train.CHECKPOINT)
+    spec_path = os.path.join(run_dir, "spec.json")
+    if os.path.exists(checkpoint) and args.resume:  # it goes on after its last epoch
+        with open(spec_path) as f:
+            saved = json.load(f)
+        if saved != spec:
+            sys.exit(f"reference, seed {seed}: {run_dir} was trained with "
+                     f"{ {k: saved.get(k) for k in spec if saved.get(k) != spec[k]} }, not "
+                     f"this comparison's spec; run without --resume to start it again")
+    elif os.path.exists(checkpoint):
+        os.remove(checkpoint)  # a new run
+    write_text(spec_path, json.dumps(spec, indent=1))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    records, model, _ = ref_train.train(spec, splits, log, run_dir=run_dir)
     if args.device == "cuda":
         import torch
 
         del model
         torch.cuda.empty_cache()  # our next run's JAX takes most of the GPU's memory at start
     return records
-
-
-# ----------------------------------------------------------------------------- reading
-def summarize(finals):
-    """Each side's mean and sample standard deviation of the final top-1, the difference
-    (ours - reference) with its standard error, and whether it lies within two."""
-    sides = {}
-    for side, values in finals.items():
-        values = np.asarray(values, np.float64)
-        sd = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-        sides[side] = {"runs": len(values), "mean": float(values.mean()), "sd": sd,
-                       "values": values.tolist()}
-    summary = {"sides": sides}
-    if set(sides) == {"ours", "reference"} and min(len(v) for v in finals.values()) > 1:
-        a, b = sides["ours"], sides["reference"]
-        se = math.sqrt(a["sd"] ** 2 / a["runs"] + b["sd"] ** 2 / b["runs"])
-        diff = a["mean"] - b["mean"]
-        summary.update(difference=diff, standard_error=se,
-                       within_two_standard_errors=bool(abs(diff) <= 2 * se))
-    return summary
-
-
-def reading(summary):
-    lines = [f"{side}: final top-1 {s['mean'] * 100:.2f} % mean, {s['sd'] * 100:.2f} sd over "
-             f"{s['runs']} seeds ({', '.join(f'{v * 100:.2f}' for v in s['values'])})"
-             for side, s in summary["sides"].items()]
-    if "difference" in summary:
-        d, se = summary["difference"] * 100, summary["standard_error"] * 100
-        lines.append(f"difference (ours - reference): {d:+.2f} points, standard error "
-                     f"{se:.2f}: " + ("within two standard errors"
-                                      if summary["within_two_standard_errors"] else
-                                      f"outside two standard errors ({abs(d) / se:.1f} SE)"
-                                      if se > 0 else "no spread to judge it by"))
-    return lines
-
-
-def draw(results, path):
-    """The validation curves of every run, both sides on one figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    colors = {"ours": "tab:blue", "reference": "tab:orange"}
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for side, runs in results["runs"].items():
-        if not runs:
-            continue
-        curves = np.array([[r["val_accuracy"] for r in run["epochs"]] for run in runs])
-        epochs = np.arange(1, curves.shape[1] + 1)
-        for curve in curves:
-            ax.plot(epochs, curve * 100, color=colors[side], alpha=0.3, linewidth=0.8)
-        ax.plot(epochs, curves.mean(0) * 100, color=colors[side], linewidth=2,
-                label=f"{side} (mean of {len(curves)})")
-    c = results["config"]
-    ax.set(xlabel="epoch", ylabel="validation top-1 (%)",
-           title=f"ConvMixer-{c['width']}/{c['depth']}, patch {c['patch_size']}: "
-                 f"{c['train']:,} training, {c['val']:,} validation images")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def machine(args, seconds):
@@ -274,6 +266,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.redraw:
         return redraw(args.redraw)
+    if args.join:
+        return write_join(args.join, args.out)
     started = time.time()
     log = Log()
     raw = read_data_dir(args.data)
@@ -290,8 +284,12 @@ def main(argv=None):
     trainers = {"ours": train_ours, "reference": train_reference}
     runs = {side: [] for side in args.sides}
     results = {"config": config, "runs": runs}
+    if args.resume:
+        args.earlier = earlier(args.out, results, log)
     for seed in args.seeds:  # the sides alternate, so a drift in the machine meets both
         for side in args.sides:
+            if any(r["seed"] == seed for r in runs[side]):
+                continue  # finished by an earlier command (--resume)
             log(f"{side}, seed {seed}:")
             t0 = time.time()
             epochs = trainers[side](args, seed, splits, log)
@@ -300,7 +298,7 @@ def main(argv=None):
             log(f"{side}, seed {seed}: final top-1 {epochs[-1]['val_accuracy'] * 100:.2f} % "
                 f"({time.time() - t0:.0f} s)")
             write(args, results, log, started)  # a run cut off keeps the finished ones
-    for line in reading(results["summary"]):
+    for line in reading(summary_of(results)):
         log(line)
     write(args, results, log, started)
     print(f"wrote {args.out}/: results.json, curves.png, log.txt, machine.json")
@@ -310,11 +308,11 @@ def main(argv=None):
 def write(args, results, log, started):
     """``results.json`` (with the summary of the runs finished so far), the figure, the
     log and the machine record, each replaced whole."""
-    results["summary"] = summarize({side: [r["epochs"][-1]["val_accuracy"] for r in runs]
-                                    for side, runs in results["runs"].items() if runs})
+    results["summary"] = summary_of(results)
     os.makedirs(args.out, exist_ok=True)
     texts = {"results.json": json.dumps(results, indent=1),
-             "machine.json": json.dumps(machine(args, time.time() - started), indent=1),
+             "machine.json": json.dumps(dict(machine(args, time.time() - started),
+                                             earlier=getattr(args, "earlier", [])), indent=1),
              "log.txt": "\n".join(log.lines) + "\n"}
     for name, text in texts.items():
         write_text(os.path.join(args.out, name), text)
@@ -322,14 +320,6 @@ def write(args, results, log, started):
         draw(results, os.path.join(args.out, "curves.png"))
     except ImportError:  # a host without matplotlib: --redraw draws it from results.json
         pass
-
-
-def redraw(folder):
-    with open(os.path.join(folder, "results.json")) as f:
-        results = json.load(f)
-    draw(results, os.path.join(folder, "curves.png"))
-    for line in reading(results["summary"]):
-        print(line)
 
 
 if __name__ == "__main__":

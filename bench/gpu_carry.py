@@ -201,6 +201,9 @@ def collect(args, phases):
                             os.path.join(folder, "log.txt"))
         subprocess.run([sys.executable, os.path.join(ROOT, "bench", "equivalence.py"),
                         "--redraw", folder], check=True, timeout=120)
+    if summary.get("profile"):  # bench/bench_profile.py's JSON, from summary.json
+        with open(os.path.join(period, "profile.json"), "w") as f:
+            json.dump(summary["profile"], f, indent=1)
     bench = summary.get("phases", {}).get("bench", {})
     if bench.get("status", "").startswith("ok") and summary.get("bench_code"):
         with open(os.path.join(args.results, BENCH_RECORD), "w") as f:

@@ -2,8 +2,6 @@
 with its own time cap and its own file in ``OUT``, against one deadline."""
 
 import glob
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -18,9 +16,9 @@ import gpu_carry
 import gpu_queue
 from gpu_probe import PROBE
 
-PHASES = ("setup", "smoke", "bench", "variants", "queue", "equivalence")
+PHASES = ("setup", "smoke", "bench", "profile", "variants", "queue", "equivalence")
 AUTO = ("setup", "smoke", "bench", "queue")  # smoke and bench only when the code changed
-CAPS = {"setup": 120, "smoke": 150, "bench": 300, "variants": 240}  # the queue: the rest
+CAPS = {"setup": 120, "smoke": 150, "bench": 300, "profile": 150, "variants": 240}  # the queue: the rest
 # The bench's forms: ours with the device augmentation, fed from the host, and from
 # device arrays (the model-only figure beside the reference's GPU tensors); the reference
 # as the paper runs it, tuned (torch.compile, channels_last, ...), and fed by its loader.
@@ -29,8 +27,6 @@ BENCH_FORMS = ("keras-jax-aug", "keras-jax", "keras-jax-device", "torch", "torch
 # The bench's time by model: CM-XL's 66 layers take longer to compile and to step.
 BENCH_SHARE = {"vanilla": 2, "xl": 3}
 PACK_MARGIN = 30  # seconds kept after the queue to pack the jobs and exit
-PART_SIZE = 15 * 2**20  # a file that comes back holds at most 16 MiB
-FILES_BACK = 8  # files that come back: the phases' logs, summary.json and the jobs' parts
 
 
 class PhaseFailed(Exception):
@@ -101,7 +97,9 @@ class Period:
         if self.queue is not None:
             self.summary["jobs"] = self.queue.states
             try:
-                self.pack()
+                packed = self.queue.pack_into(self.out)
+                if packed is not None:
+                    self.summary["pack"] = packed
             except (OSError, tarfile.TarError) as error:
                 self.summary["pack"] = f"failed: {type(error).__name__}: {error}"
         self.summary["seconds"] = round(time.monotonic() - self.start, 1)
@@ -260,6 +258,23 @@ class Period:
             json.dump({"code": self.summary["bench_code"]}, f)
         return "ok: " + "; ".join(done)
 
+    def phase_profile(self, log, until):  # only when asked: bench_profile.py
+        # Its JSON travels inside summary.json (few files come back); --collect writes it.
+        path = os.path.join(self.args.work, "profile.json")
+        if os.path.exists(path):
+            os.remove(path)
+        command = [sys.executable, os.path.join("bench", "bench_profile.py"), "--json", path,
+                   "--precision", self.args.precision] + self.args.profile_args.split()
+        code = self.child(command, log, until, "the profile")
+        if code != 0:
+            raise PhaseFailed("the profile " + ("ran past its cap" if code is None
+                                                else f"failed (exit {code})"))
+        profile = gpu_carry.read_json(path)
+        self.summary["profile"] = profile
+        top = max(profile["parts"].items(), key=lambda kv: kv[1])
+        return (f"ok: {profile['kernel_ms_per_step']:.2f} ms of kernels a step, "
+                f"{top[0]} {top[1] * 100:.0f} %: see profile.txt")
+
     def phase_variants(self, log, until):  # only when asked: bench_variants.py
         command = [sys.executable, os.path.join("bench", "bench_variants.py"),
                    "--timeout", f"{max((until - time.monotonic()) / 6, 10):.0f}"]
@@ -300,41 +315,3 @@ class Period:
             return f"ok: {status}"
         return f"ok: cut off with {status} finished" if code is None else \
             f"failed (exit {code}) after {status}: see equivalence.txt"
-
-    def pack(self):
-        """Each job ahead of its committed state, packed (``gpu_queue.pack``: resumable, or
-        lean once finished), in one tar ``jobs.tar`` in OUT (in parts past PART_SIZE)."""
-        jobs = self.queue.to_pack()
-        for old in glob.glob(os.path.join(self.out, "jobs.tar*")):
-            os.remove(old)
-        if not jobs:
-            return
-        target = os.path.join(self.args.work, "jobs.tar")
-        packed = {}
-        with tarfile.open(target, "w") as tar:
-            for job in jobs:
-                data, finished = gpu_queue.pack(self.queue.run_dir(job), job.name)
-                name = f"{job.name}/{gpu_queue.FINISHED if finished else gpu_queue.STATE}"
-                member = tarfile.TarInfo(name)
-                member.size, member.mtime = len(data), int(time.time())
-                tar.addfile(member, io.BytesIO(data))
-                packed[job.name] = {"archive": name, "bytes": len(data)}
-        size = os.path.getsize(target)
-        parts = max(1, -(-size // PART_SIZE))
-        room = FILES_BACK - len(os.listdir(self.out))
-        if parts > room:
-            self.summary["pack"] = (f"failed: {size} bytes would need {parts} parts, and "
-                                    f"{room} more files can come back")
-            return
-        names = []
-        digest = hashlib.sha256()
-        with open(target, "rb") as f:
-            for i in range(parts):
-                name = "jobs.tar" if parts == 1 else f"jobs.tar.{i:02d}"
-                chunk = f.read(PART_SIZE)
-                digest.update(chunk)
-                with open(os.path.join(self.out, name), "wb") as part:
-                    part.write(chunk)
-                names.append(name)
-        self.summary["pack"] = {"jobs": packed, "parts": names, "bytes": size,
-                                "sha256": digest.hexdigest()}

@@ -13,6 +13,8 @@ records beside it, and is never run, packed or carried again.
 """
 
 import dataclasses
+import glob
+import hashlib
 import io
 import json
 import os
@@ -24,6 +26,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_TIME_LIMIT = 7  # cli.py train and ref_train.py: stopped before the time limit, saved
 EXIT_INTERRUPTED = 130  # cli.py train: stopped by SIGTERM, saved
+PART_SIZE = 15 * 2**20  # a file that comes back holds at most 16 MiB
+FILES_BACK = 8  # files that come back: the phases' logs, summary.json and the jobs' parts
 STATE, FINISHED = "state.tgz", "run.tgz"  # a job's committed archive, unfinished / finished
 RECORDS = ("config.toml", "metrics.json", "results.json", "env.json")  # kept unpacked
 # Never packed: copies a resume rebuilds (good.weights.h5 is last's copy), the best
@@ -269,6 +273,44 @@ class Queue:
             done.append(f"{job.name} {how}, {state['progress']}")
             break  # its time is up, so the command's is
         return "; ".join(done)
+
+
+    def pack_into(self, out):
+        """Each job ahead of its committed state, packed (``pack``: resumable, or lean once
+        finished), in one tar ``jobs.tar`` in ``out`` (in parts past PART_SIZE); returns
+        what the summary records of it (None when there is nothing to pack)."""
+        jobs = self.to_pack()
+        for old in glob.glob(os.path.join(out, "jobs.tar*")):
+            os.remove(old)
+        if not jobs:
+            return None
+        target = os.path.join(self.args.work, "jobs.tar")
+        packed = {}
+        with tarfile.open(target, "w") as tar:
+            for job in jobs:
+                data, finished = pack(self.run_dir(job), job.name)
+                name = f"{job.name}/{FINISHED if finished else STATE}"
+                member = tarfile.TarInfo(name)
+                member.size, member.mtime = len(data), int(time.time())
+                tar.addfile(member, io.BytesIO(data))
+                packed[job.name] = {"archive": name, "bytes": len(data)}
+        size = os.path.getsize(target)
+        parts = max(1, -(-size // PART_SIZE))
+        room = FILES_BACK - len(os.listdir(out))
+        if parts > room:
+            return (f"failed: {size} bytes would need {parts} parts, and {room} more files "
+                    f"can come back")
+        names = []
+        digest = hashlib.sha256()
+        with open(target, "rb") as f:
+            for i in range(parts):
+                name = "jobs.tar" if parts == 1 else f"jobs.tar.{i:02d}"
+                chunk = f.read(PART_SIZE)
+                digest.update(chunk)
+                with open(os.path.join(out, name), "wb") as part:
+                    part.write(chunk)
+                names.append(name)
+        return {"jobs": packed, "parts": names, "bytes": size, "sha256": digest.hexdigest()}
 
 
 class QueueFailed(Exception):

@@ -41,6 +41,10 @@ returns what it finished (at most 8 files come back: these):
                   resumes from the folder left on this warm machine, else its committed
                   ``results/gpu/<job>/state.tgz``; stopped by its own time limit before
                   the command's time is up, saved
+    profile.txt   only when asked (``--phases``): ``bench/bench_profile.py``, CM-XL's
+                  training step (the device augmentation in it) under JAX's profiler: the
+                  top kernels, the share of each part of the recipe and of each pass
+                  (``summary.json`` carries it whole; ``--collect`` writes profile.json)
     variants.txt  only when asked (``--phases``): ``bench/bench_variants.py``, CM-XL's
                   training step in the formulations a profile points at (bf16, float32,
                   the depthwise convolution as shifted multiply-adds, XLA flags)
@@ -127,6 +131,9 @@ def main():
     parser.add_argument("--transfer-limit", type=float,
                         default=gpu_carry.TRANSFER_LIMIT_MIB,
                         help="--plan: MiB that may travel (default %(default)s)")
+    parser.add_argument("--profile-args", default="--model xl --steps 20",
+                        help="bench_profile.py's arguments (phase profile, only when "
+                             "asked; default: %(default)s)")
     parser.add_argument("--variants-args", default="--model xl --steps 20",
                         help="bench_variants.py's arguments (phase variants, only when "
                              "asked; default: %(default)s)")

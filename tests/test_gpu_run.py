@@ -25,7 +25,9 @@ TINY = ["--set", "width=16", "--set", "depth=2", "--set", "patch_size=4", "--set
         "--equivalence-args", "--width 16 --depth 2 --patch-size 4 --train 150 --val 60 "
                               "--epochs 2 --seeds 1 --workers 0 --batch-size 32",
         "--variants-args", "--arch width=32,depth=3 --batch 16 --steps 2 "
-                           "--variants shifted-depthwise"]
+                           "--variants shifted-depthwise",
+        "--profile-args", "--model vanilla --arch width=16,depth=2,patch_size=4 --batch 16 "
+                          "--steps 2 --top 5"]
 JOBS = ["--jobs", "reference-1204,cm_vanilla-1204"]
 
 
@@ -161,7 +163,8 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     # equivalence phase asked for runs after it.
     out3, work3 = tmp_path / "out3", tmp_path / "work3"
     third = gpu_run("--carry", carry, "--work", work3, "--results", results, "--phases",
-                    "setup,variants,queue,equivalence", *TINY, *JOBS, env={"OUT": str(out3)})
+                    "setup,profile,variants,queue,equivalence", *TINY, *JOBS,
+                    env={"OUT": str(out3)})
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     phases = summary(out3)["phases"]
     assert phases["queue"]["status"] == ("ok: reference-1204 finished (committed, "
@@ -175,6 +178,15 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     difference = float(variants.split("variant_logits_max_difference_shifted_depthwise=")[1]
                        .split()[0])
     assert difference < 1e-5, variants[-2000:]
+    # The profile: the step's kernels, each given to a part of the recipe, the device
+    # augmentation and the depthwise convolutions among them.
+    assert phases["profile"]["status"].startswith("ok: "), phases
+    profile = summary(out3)["profile"]
+    assert sum(profile["parts"].values()) == pytest.approx(1.0), profile["parts"]
+    assert profile["parts"]["augmentation"] > 0.01, profile["parts"]
+    assert profile["parts"]["depthwise convolution"] > 0.01, profile["parts"]
+    assert set(profile["passes"]) >= {"forward", "backward"}, profile["passes"]
+    assert "profile_share_depthwise_convolution=" in open(out3 / "profile.txt").read()
     queue = open(out3 / "queue.txt").read()
     assert "cm_vanilla-1204: continuing the committed" in queue, queue
     assert "resuming" in queue and "step 1 of 4" in queue, queue
@@ -194,9 +206,10 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     archives, files = _state(results, "cm_vanilla-1204")
     assert archives == ["run.tgz"] and "model.keras" in files, archives
     assert not any(f.startswith("checkpoints/") for f in files), files
-    filed = [p for p in sorted((results / "periods").iterdir())][-1] / "equivalence"
-    assert sorted(os.listdir(filed)) == ["curves.png", "log.txt", "machine.json",
-                                         "results.json"]
+    period = [p for p in sorted((results / "periods").iterdir())][-1]
+    assert sorted(os.listdir(period / "equivalence")) == ["curves.png", "log.txt",
+                                                          "machine.json", "results.json"]
+    assert json.load(open(period / "profile.json"))["parts"] == profile["parts"]
     # The Table-1 page, written beside these results (not over docs/table1.md): the
     # two-layer rehearsal models are no Table-1 row; each run's line says where it stands.
     page = open(results / "table1.md").read()

@@ -2,7 +2,8 @@
 """The Table-1 page (``docs/table1.md``), generated from the committed GPU runs, never
 written by hand: per row of the paper's Table 1, the paper's figure, the reference's own
 training loop on these images (``bench/ref_train.py``), ours (``cli.py train``), each
-seed, the epochs done and the training time.
+seed, the epochs done and the training time; then the whole-run comparisons with the
+reference's loop at CPU scale (``results/equivalence/``, ``bench/equivalence.py``).
 
     python bench/table1.py [--results results/gpu] [--out docs/table1.md] [--check]
 
@@ -26,6 +27,7 @@ from cmxl_keras.architecture import ARCH_KEYS, VARIANTS  # noqa: E402
 
 PAGE = os.path.join(ROOT, "docs", "table1.md")
 RESULTS = os.path.join(ROOT, "results", "gpu")
+EQUIVALENCE = os.path.join(ROOT, "results", "equivalence")
 
 
 def _read(folder, name, default=None):
@@ -82,7 +84,40 @@ def _figure(run):
     return f"{run['seed']}: {top1}"
 
 
-def page(results=RESULTS):
+def comparisons(folder=EQUIVALENCE):
+    """The page's lines on the committed whole-run comparisons at CPU scale
+    (``bench/equivalence.py``, ``results/equivalence/<name>/results.json``): each with
+    both sides, its path of ours, epochs, seeds a side, means, difference and error."""
+    rows, notes = [], []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        results = _read(os.path.join(folder, name), "results.json")
+        summary = (results or {}).get("summary", {})
+        if "difference" not in summary:
+            continue
+        c, sides = results["config"], summary["sides"]
+        path = ("JAX, augmentation in the compiled step" if c.get("backend") == "jax"
+                else "TensorFlow, tf.data")
+        d, se = summary["difference"] * 100, summary["standard_error"] * 100
+        rows.append(f"| `{name}` | ConvMixer-{c['width']}/{c['depth']}, patch "
+                    f"{c['patch_size']}, {c['train']:,} images | {path} | {c['epochs']} | "
+                    f"{sides['ours']['runs']} / {sides['reference']['runs']} | "
+                    f"{sides['ours']['mean'] * 100:.2f} % | "
+                    f"{sides['reference']['mean'] * 100:.2f} % | {d:+.2f} ({se:.2f}) |")
+        if results.get("note"):
+            notes.append(f"- `{name}`: {results['note']}.")
+    if not rows:
+        return []
+    return ["", "## Whole runs against the reference's loop, at CPU scale", "",
+            "The same comparison on a model and data a CPU trains (`bench/equivalence.py`,",
+            "`results/equivalence/`; docs/fidelity.md): both loops on the same images and",
+            "split, over seeds; the figure is the mean final validation top-1, and the",
+            "difference is ours less the reference's, in points, with its standard error.",
+            "", "| comparison | model and data | ours runs on | epochs | seeds (ours / "
+            "reference) | ours | reference | difference (SE) |", "|---|---|---|---|---|---|---|---|"
+            ] + rows + ([""] + notes if notes else [])
+
+
+def page(results=RESULTS, equivalence=EQUIVALENCE):
     """The page's text."""
     found = runs(results)
     lines = [
@@ -121,6 +156,7 @@ def page(results=RESULTS):
     lines += [f"- `{r['run']}`: {r['side']}, {r['variant']}, seed {r['seed']}, "
               f"{r['epochs_done']}/{r['epochs']} epochs, {_top1(r)}, "
               f"{r['validation']} images, code {r['code']}" for r in found]
+    lines += comparisons(equivalence)
     return "\n".join(lines) + "\n"
 
 

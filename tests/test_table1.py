@@ -63,3 +63,35 @@ def test_each_run_lands_in_its_row_and_side(tmp_path):
     assert table1.main(["--results", str(tmp_path), "--out", str(out), "--check"]) == 1
     assert table1.main(["--results", str(tmp_path), "--out", str(out)]) == 0
     assert table1.main(["--results", str(tmp_path), "--out", str(out), "--check"]) == 0
+
+
+def test_the_whole_run_comparisons_are_listed_with_both_sides_only(tmp_path):
+    """Each committed comparison of ``bench/equivalence.py`` with both sides gets a row
+    (its path of ours, epochs, seeds, means, difference and standard error); one side
+    alone gets none; a comparison's note is printed under the table."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import equivalence_report
+
+    def comparison(name, backend, sides, note=None):
+        runs = {side: [{"seed": seed, "epochs": [{"epoch": 1, "val_accuracy": 0.5},
+                                                  {"epoch": 2, "val_accuracy": value}]}
+                       for seed, value in values] for side, values in sides.items()}
+        results = {"config": {"width": 64, "depth": 8, "patch_size": 4, "train": 5120,
+                              "epochs": 2, "backend": backend}, "runs": runs}
+        results["summary"] = equivalence_report.summary_of(results)
+        if note:
+            results["note"] = note
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+
+    # SE: sqrt(0.02^2 / 3 + sqrt(0.0007)^2 / 3) = 1.91 points
+    comparison("jax-100", "jax", {"ours": [(1, 0.60), (2, 0.62), (3, 0.64)],
+                                  "reference": [(1, 0.61), (2, 0.62), (3, 0.66)]},
+               note="a note")
+    comparison("ours-only", "tensorflow", {"ours": [(1, 0.6), (2, 0.7)]})
+    lines = table1.comparisons(str(tmp_path))
+    rows = [line for line in lines if line.startswith("| `")]
+    assert rows == ["| `jax-100` | ConvMixer-64/8, patch 4, 5,120 images | JAX, augmentation "
+                    "in the compiled step | 2 | 3 / 3 | 62.00 % | 63.00 % | -1.00 (1.91) |"]
+    assert lines[-1] == "- `jax-100`: a note."
+    assert table1.comparisons(str(tmp_path / "none")) == []

@@ -173,7 +173,13 @@ def train_ours(args, seed, splits, log):
         sets.update(OFF[stage])
     command = [sys.executable, os.path.join(ROOT, "cli.py"), "--backend", args.backend,
                "train", "--data-dir", os.path.abspath(args.data)]
-    if args.resume and resumable:  # the run's own config.toml, checked against ours below
+    if args.resume and resumable:  # the run's own config, if it is this comparison's
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f)
+        differ = {k: (saved.get(k), v) for k, v in sets.items() if not same(saved.get(k), v)}
+        if differ:
+            sys.exit(f"ours, seed {seed}: {run_dir} was trained with {differ} (saved, asked): "
+                     f"not this comparison's run; run without --resume to start it again")
         log(f"  resuming {run_dir}")
         command += ["--resume", run_dir]
     else:
@@ -191,12 +197,6 @@ def train_ours(args, seed, splits, log):
             sys.exit(f"ours, seed {seed}: split.json's {key} {split.get(key)} is not the "
                      f"split this script drew ({splits.info[key]}): the two sides would "
                      f"not train on the same images")
-    with open(os.path.join(run_dir, "config.json")) as f:
-        saved = json.load(f)
-    differ = {k: (saved.get(k), v) for k, v in sets.items() if not same(saved.get(k), v)}
-    if differ:
-        sys.exit(f"ours, seed {seed}: {run_dir} was trained with {differ} (saved, asked): "
-                 f"not this comparison's run; run without --resume to start it again")
     with open(os.path.join(run_dir, "metrics.json")) as f:
         metrics = json.load(f)
     return [{"epoch": m["epoch"], "loss": m["loss"], "accuracy": m["accuracy"],

@@ -14,6 +14,7 @@ import tarfile
 import time
 
 import gpu_queue
+from runner import read_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What the GPU host lacks (keras 3.15.1 as requirements.txt pins it; optree and namex, its
@@ -104,7 +105,7 @@ def plan(args):
         elif os.path.exists(os.path.join(folder, gpu_queue.STATE)):
             print(f"plan: {job.name}: resumes its committed state "
                   f"({describe(os.path.join(folder, gpu_queue.STATE))})")
-    benched = read_json(os.path.join(args.results, BENCH_RECORD)) or {}
+    benched = read_record(os.path.join(args.results, BENCH_RECORD)) or {}
     print("plan: the smoke step and the bench " + (
         "are skipped: the code they measure is the code of the filed bench"
         if benched.get("code") == code_digest() else
@@ -170,17 +171,9 @@ def describe(path):
             else "empty"
 
 
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def collect(args, phases):
     back = args.collect
-    summary = read_json(os.path.join(back, "summary.json"))
+    summary = read_record(os.path.join(back, "summary.json"))
     if summary is None:
         sys.exit(f"gpu_run --collect: {back!r} has no readable summary.json; give the folder "
                  f"the period's files came back to.")

@@ -15,6 +15,7 @@ import traceback
 import gpu_carry
 import gpu_queue
 from gpu_probe import PROBE
+from runner import read_record
 
 PHASES = ("setup", "smoke", "bench", "profile", "variants", "queue", "equivalence")
 AUTO = ("setup", "smoke", "bench", "queue")  # smoke and bench only when the code changed
@@ -60,8 +61,8 @@ class Period:
         if self.args.phases != "auto":
             return self.args.phases.split(","), "not asked for"
         code = self.summary["bench_code"]
-        filed = gpu_carry.read_json(os.path.join(self.args.results, gpu_carry.BENCH_RECORD))
-        here = gpu_carry.read_json(os.path.join(self.args.work, gpu_carry.BENCH_RECORD))
+        filed = read_record(os.path.join(self.args.results, gpu_carry.BENCH_RECORD))
+        here = read_record(os.path.join(self.args.work, gpu_carry.BENCH_RECORD))
         if code in ((filed or {}).get("code"), (here or {}).get("code")):
             # this code's bench is filed, or ran on this machine already
             return ["setup", "queue"], "not asked for, and the code it measures was measured"
@@ -175,7 +176,7 @@ class Period:
         log.write(f"data: {self.data_dir}\n")
         machine = os.path.join(self.args.work, "machine.json")
         if len(reused) == 2 and os.path.exists(machine):
-            self.summary["machine"] = gpu_carry.read_json(machine)
+            self.summary["machine"] = read_record(machine)
             log.write("setup: a warm machine: the versions probed by its first command\n")
             gpu = self.summary["machine"].get("gpu") or "no GPU"
             return f"ok (warm: {', '.join(reused)}; {gpu})"
@@ -269,7 +270,7 @@ class Period:
         if code != 0:
             raise PhaseFailed("the profile " + ("ran past its cap" if code is None
                                                 else f"failed (exit {code})"))
-        profile = gpu_carry.read_json(path)
+        profile = read_record(path)
         self.summary["profile"] = profile
         top = max(profile["parts"].items(), key=lambda kv: kv[1])
         return (f"ok: {profile['kernel_ms_per_step']:.2f} ms of kernels a step, "
@@ -303,12 +304,12 @@ class Period:
                    "--timeout", f"{max(until - time.monotonic(), 1):.0f}"]
         command += self.args.equivalence_args.split()
         code = self.child(command, log, until, "the equivalence runs")
-        results = gpu_carry.read_json(os.path.join(out, "results.json"))
+        results = read_record(os.path.join(out, "results.json"))
         if results is None:
             raise PhaseFailed("no run finished " + ("before the phase's cap" if code is None
                                                      else f"(exit {code}): see equivalence.txt"))
         self.summary["equivalence"] = {
-            "results": results, "machine": gpu_carry.read_json(os.path.join(out, "machine.json"))}
+            "results": results, "machine": read_record(os.path.join(out, "machine.json"))}
         done = {side: len(runs) for side, runs in results["runs"].items()}
         status = ", ".join(f"{n} {side}" for side, n in done.items()) + " runs"
         if code == 0:

@@ -16,12 +16,13 @@ import dataclasses
 import glob
 import hashlib
 import io
-import json
 import os
 import shutil
 import sys
 import tarfile
 import time
+
+from runner import read_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_TIME_LIMIT = 7  # cli.py train and ref_train.py: stopped before the time limit, saved
@@ -81,11 +82,7 @@ def run_state(run_dir):
     (checkpoints/state.json), finished or not."""
 
     def read(*path, default=None):
-        try:
-            with open(os.path.join(run_dir, *path)) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return default
+        return read_record(os.path.join(run_dir, *path), default)
 
     metrics = read("metrics.json", default=[]) or []
     epochs = (read("config.json", default={}) or {}).get("epochs")

@@ -2,8 +2,21 @@
 script's ``--timeout``), and on failure or a hang, exit naming the command and showing the
 child's last output, so a stuck worker never hangs the bench and never fails silently."""
 
+import json
 import subprocess
 import sys
+import tomllib
+
+
+def read_record(path, default=None):
+    """A JSON (or ``.toml``) record, or ``default`` where it is missing or unreadable: the
+    bench's records may be cut off mid-write by a killed machine, and a missing or torn
+    record means "not there yet" to every reader of them."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f) if path.endswith(".toml") else json.load(f)
+    except (OSError, ValueError):
+        return default
 
 
 def tail(text, limit=3000):

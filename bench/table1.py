@@ -16,14 +16,14 @@ filing a period's runs; ``--check`` exits 1 if the page differs from what the ru
 """
 
 import argparse
-import json
 import os
 import sys
-import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cmxl_keras.architecture import ARCH_KEYS, VARIANTS  # noqa: E402
+from runner import read_record  # noqa: E402
 
 PAGE = os.path.join(ROOT, "docs", "table1.md")
 RESULTS = os.path.join(ROOT, "results", "gpu")
@@ -31,12 +31,7 @@ EQUIVALENCE = os.path.join(ROOT, "results", "equivalence")
 
 
 def _read(folder, name, default=None):
-    path = os.path.join(folder, name)
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f) if name.endswith(".toml") else json.load(f)
-    except (OSError, ValueError):
-        return default
+    return read_record(os.path.join(folder, name), default)
 
 
 def variant_of(cfg):

@@ -3,12 +3,10 @@
 import functools
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -17,6 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import bench_bomb  # noqa: E402
 
 
 class Child:
@@ -122,19 +122,8 @@ def random_images(n, size=32, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-@functools.lru_cache(maxsize=None)
-def png_bomb(width, height):
-    """A PNG that declares ``width`` x ``height`` grey pixels, all black: a 20,000 x 20,000
-    one is 389 KB on disk and 1.2 GB of RGB once decoded (a decompression bomb)."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    packer, row = zlib.compressobj(9), bytes(width + 1)  # a filter byte, then the row
-    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+# A decompression bomb, made once per size: ``bench/bench_bomb.py``'s.
+png_bomb = functools.lru_cache(maxsize=None)(bench_bomb.png_bomb)
 
 
 @pytest.fixture

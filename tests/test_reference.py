@@ -583,23 +583,6 @@ def to_torch(model):
     return {f"p{i:04d}": np.ascontiguousarray(w) for i, w in enumerate(out)}
 
 
-def from_torch(model, params):
-    """The reference's ``p0000``... into our model (the inverse of ``to_torch``)."""
-    index = 0
-    for layer in _keras_layers(model):
-        count = len(layer.get_weights())
-        weights = [params[f"p{i:04d}"] for i in range(index, index + count)]
-        index += count
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            weights[0] = weights[0].transpose(2, 3, 0, 1)
-        elif isinstance(layer, keras.layers.Conv2D):
-            weights[0] = weights[0].transpose(2, 3, 1, 0)
-        elif isinstance(layer, keras.layers.Dense):
-            weights[0] = weights[0].T
-        layer.set_weights(weights)
-    assert index == len(params)
-
-
 def _arch(variant):
     cfg = config.variant_config(variant)
     return {k: getattr(cfg, k) for k in ("width", "depth", "patch_size", "kernel_size",

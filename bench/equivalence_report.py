@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from cmxl_keras.runs import write_text
+from runner import read_record
 
 SIDES = ("ours", "reference")
 # What may differ between the parts of a join: the seeds they ran and the sides.
@@ -85,9 +86,10 @@ def reading(summary):
     rows = summary.get("gap") or []
     if rows:
         marks = sorted({max(1, round(len(rows) * f)) for f in (0.1, 0.25, 0.4, 0.6, 0.8, 1)})
+        gaps = [(m, rows[m - 1]["difference"] * 100, rows[m - 1]["standard_error"] * 100)
+                for m in marks]
         lines.append("gap by epoch (ours - reference, points, standard error): " + "; ".join(
-            f"{m}: {rows[m - 1]['difference'] * 100:+.2f} ({rows[m - 1]['standard_error'] * 100:.2f})"
-            for m in marks))
+            f"{m}: {d:+.2f} ({se:.2f})" for m, d, se in gaps))
     return lines
 
 
@@ -160,9 +162,10 @@ def join(folders):
         other = {k: v for k, v in part["config"].items() if k not in JOIN_FREE}
         if other != config:
             keys = sorted(k for k in set(config) | set(other) if config.get(k) != other.get(k))
-            raise SystemExit(f"--join: {folder} was run with a different "
-                             f"{', '.join(keys)} ({', '.join(f'{other.get(k)!r} vs {config.get(k)!r}' for k in keys)}); "
-                             f"only runs of the same images, split and model can be joined")
+            values = ", ".join(f"{other.get(k)!r} vs {config.get(k)!r}" for k in keys)
+            raise SystemExit(f"--join: {folder} was run with a different {', '.join(keys)} "
+                             f"({values}); only runs of the same images, split and model "
+                             f"can be joined")
         for side, side_runs in part["runs"].items():
             seen = {r["seed"] for r in runs[side]}
             twice = sorted(seen & {r["seed"] for r in side_runs})
@@ -187,20 +190,24 @@ def earlier(out, results, log):
     if not os.path.exists(path):
         log(f"--resume: {path} does not exist yet; starting the comparison")
         return []
-    with open(path) as f:
-        before = json.load(f)
+    try:
+        with open(path) as f:
+            before = json.load(f)
+    except ValueError as error:
+        raise SystemExit(f"--resume: {path} is not readable JSON ({error}); its runs cannot be "
+                         f"kept: restore it, or give another --out") from None
     keep = {k: v for k, v in before["config"].items() if k != "seeds"}
     now = {k: v for k, v in results["config"].items() if k != "seeds"}
     if keep != now:
         keys = sorted(k for k in set(keep) | set(now) if keep.get(k) != now.get(k))
-        raise SystemExit(f"--resume: {out} compares another setup ({', '.join(f'{k}: {keep.get(k)!r} there, {now.get(k)!r} here' for k in keys)}); "
-                 f"give the same arguments, or another --out")
+        differ = ", ".join(f"{k}: {keep.get(k)!r} there, {now.get(k)!r} here" for k in keys)
+        raise SystemExit(f"--resume: {out} compares another setup ({differ}); give the same "
+                         f"arguments, or another --out")
     for side, side_runs in before["runs"].items():
         results["runs"].setdefault(side, []).extend(side_runs)
     with open(os.path.join(out, "log.txt")) as f:
         log.lines[:0] = f.read().splitlines()
-    with open(os.path.join(out, "machine.json")) as f:
-        machine_before = json.load(f)
+    machine_before = read_record(os.path.join(out, "machine.json"), {})
     done = {side: [r["seed"] for r in side_runs] for side, side_runs in before["runs"].items()}
     log(f"--resume: {out} holds {done}; going on")
     return machine_before.pop("earlier", []) + [machine_before]

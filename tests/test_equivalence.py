@@ -116,6 +116,10 @@ def test_resume_keeps_the_runs_of_the_same_comparison_only(tmp_path):
     changed = {"config": dict(CONFIG, width=32), "runs": {"ours": []}}
     with pytest.raises(SystemExit, match="width: 16 there, 32 here"):
         equivalence_report.earlier(out, changed, log)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        f.write('{"config": {"tr')  # cut off mid-write
+    with pytest.raises(SystemExit, match="results.json is not readable JSON .* another --out"):
+        equivalence_report.earlier(out, results, log)
 
 
 def command(out, work, data, *more):

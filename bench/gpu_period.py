@@ -19,7 +19,8 @@ from runner import read_record
 
 PHASES = ("setup", "smoke", "bench", "profile", "variants", "queue", "equivalence")
 AUTO = ("setup", "smoke", "bench", "queue")  # smoke and bench only when the code changed
-CAPS = {"setup": 120, "smoke": 150, "bench": 300, "profile": 150, "variants": 240}  # the queue: the rest
+# Each phase's cap in seconds; the queue and the equivalence runs take what is left.
+CAPS = {"setup": 120, "smoke": 150, "bench": 300, "profile": 150, "variants": 240}
 # The bench's forms: ours with the device augmentation, fed from the host, and from
 # device arrays (the model-only figure beside the reference's GPU tensors); the reference
 # as the paper runs it, tuned (torch.compile, channels_last, ...), and fed by its loader.
@@ -271,6 +272,8 @@ class Period:
             raise PhaseFailed("the profile " + ("ran past its cap" if code is None
                                                 else f"failed (exit {code})"))
         profile = read_record(path)
+        if profile is None:
+            raise PhaseFailed(f"the profile wrote no readable {path}: see profile.txt")
         self.summary["profile"] = profile
         top = max(profile["parts"].items(), key=lambda kv: kv[1])
         return (f"ok: {profile['kernel_ms_per_step']:.2f} ms of kernels a step, "

@@ -15,6 +15,9 @@ XLA drops the metadata of some convolutions it rewrites, the weight gradients of
 convolutions among them: those are counted as "unnamed convolution" (backward), and their
 output type (e.g. ``f32[64,5,5,64]``, a 5x5 depthwise kernel's gradient) is listed.
 
+On a GPU, device kernels that match no instruction of the module (a library's own, if
+the trace names them so) are summed apart, with the largest named.
+
 Printed: the top kernels by time per step; the step's kernel time by part (augmentation,
 depthwise and pointwise convolution, the stem, BatchNorm, activation, head, loss, optimizer,
 other) and by pass; the wall time per step beside the kernels' sum. The last lines are
@@ -83,6 +86,8 @@ def instructions(dump_dir):
             match = INSTRUCTION.match(line)
             if match:
                 root, name, kind, opcode = match.groups()
+                if opcode == "custom-call" and "cudnn$conv" in line:  # a GPU's convolution
+                    opcode = "convolution"
                 op_name, calls = OP_NAME.search(line), CALLS.search(line)
                 table[name] = [opcode, op_name.group(1) if op_name else "", kind,
                                calls and calls.group(1)]
@@ -109,21 +114,29 @@ def kernel_times(trace_dir, table):
     names = {e["pid"]: e["args"]["name"] for e in events
              if e.get("ph") == "M" and e.get("name") == "process_name"}
     devices = {pid for pid, name in names.items() if "/device:" in name}
-    times = collections.Counter()
+    times, unmatched = collections.Counter(), collections.Counter()
     for event in events:
         if event.get("ph") != "X" or (devices and event.get("pid") not in devices):
             continue
         args = event.get("args") or {}
         module = args.get("hlo_module", "train_step")
         op = args.get("hlo_op") or event["name"]
-        if "train_step" in module and op in table and table[op][0] not in CONTROL:
-            times[op] += event.get("dur", 0.0)
-    return times, ("device" if devices else "host runtime")
+        if "train_step" in module and op in table:
+            if table[op][0] not in CONTROL:
+                times[op] += event.get("dur", 0.0)
+        elif devices:  # a device kernel this profile cannot place (on a CPU: host work)
+            unmatched[event["name"]] += event.get("dur", 0.0)
+    return times, unmatched, ("device" if devices else "host runtime")
 
 
-def report(times, table, steps, wall, where, top):
+def report(times, unmatched, table, steps, wall, where, top):
     per_step = {op: us / steps / 1000 for op, us in times.items()}  # ms
     total = sum(per_step.values())
+    other = {name: us / steps / 1000 for name, us in unmatched.most_common(10)}
+    if unmatched:  # on a device: kernels the module's names do not cover
+        print(f"device kernels not matched to the train_step module: "
+              f"{sum(unmatched.values()) / steps / 1000:.2f} ms a step; the largest: "
+              + ", ".join(f"{name} {ms:.3f} ms" for name, ms in other.items()))
     if not total:
         sys.exit("bench_profile: no kernel of the train_step module was found in the trace")
     parts, passes = collections.Counter(), collections.Counter()
@@ -154,6 +167,8 @@ def report(times, table, steps, wall, where, top):
     print(f"profile_kernel_ms_per_step={total:.4f}")
     print(f"profile_wall_ms_per_step={wall * 1000:.4f}")
     return {"where": where, "kernel_ms_per_step": total, "wall_ms_per_step": wall * 1000,
+            "unmatched_ms_per_step": sum(unmatched.values()) / steps / 1000,
+            "unmatched_largest": other,
             "parts": {p: ms / total for p, ms in parts.items()},
             "passes": {p: ms / total for p, ms in passes.items()}, "kernels": kernels[:100]}
 
@@ -203,8 +218,8 @@ def main(argv=None):
     print(f"profile: {args.model} {arch}, batch {args.batch}, {args.precision}, {args.steps} "
           f"steps on {jax.devices()[0].device_kind}")
     table = instructions(dump)
-    times, where = kernel_times(trace, table)
-    result = report(times, table, args.steps, wall, where, args.top)
+    times, unmatched, where = kernel_times(trace, table)
+    result = report(times, unmatched, table, args.steps, wall, where, args.top)
     result.update(model=args.model, arch=arch, batch=args.batch, precision=args.precision,
                   steps=args.steps, device=jax.devices()[0].device_kind)
     if args.json:

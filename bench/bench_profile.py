@@ -38,6 +38,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+import bench_train  # noqa: E402  (its models and step arguments; imports no Keras)
 
 # A kernel's part, by the first pattern its HLO metadata (op_name) matches: our layers'
 # names (models.py: stem_conv, layer_N_depthwise[_bn|_act], ..., head_logits; augment.py:
@@ -177,12 +178,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--model", default="xl", choices=("vanilla", "xl"))
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
+    bench_train.add_step_arguments(parser)
     parser.add_argument("--precision", default="mixed_float16",
                         choices=("mixed_float16", "mixed_bfloat16", "float32"))
-    parser.add_argument("--arch", default="", help="architecture keys replacing the model's")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", help="write the profile here as JSON")
     args = parser.parse_args(argv)
@@ -198,13 +196,12 @@ def main(argv=None):
     import numpy as np
 
     import bench_forms
-    from bench_train import MODELS, parse_arch
 
     class Augmented(bench_forms.KerasDevice):
         augment = True
 
     keras.mixed_precision.set_global_policy(args.precision)
-    arch = dict(MODELS[args.model], **parse_arch(args.arch))
+    arch = dict(bench_train.MODELS[args.model], **bench_train.parse_arch(args.arch))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, args.batch).astype("int32")

@@ -274,6 +274,15 @@ def parse_arch(text):
     return arch
 
 
+def add_step_arguments(parser):
+    """The arguments that pick the training step measured: ``--model``, ``--batch``,
+    ``--steps`` and ``--arch`` (bench_variants.py, bench_profile.py)."""
+    parser.add_argument("--model", default="xl", choices=tuple(MODELS))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--arch", default="", help="architecture keys replacing the model's")
+
+
 def _key(form):
     return form.replace("-", "_").replace("+", "_")
 

@@ -31,6 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+import bench_train  # noqa: E402  (its models and step arguments)
 from runner import run_or_exit  # noqa: E402
 
 POLICIES = {"baseline": "mixed_float16", "bf16": "mixed_bfloat16", "float32": "float32",
@@ -125,11 +126,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--model", default="xl", choices=("vanilla", "xl"))
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
+    bench_train.add_step_arguments(parser)
     parser.add_argument("--variants", default="baseline,bf16,float32,shifted-depthwise")
-    parser.add_argument("--arch", default="", help="architecture keys replacing the model's")
     parser.add_argument("--timeout", type=float, default=240, help="seconds per variant")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -73,8 +73,10 @@ def summary_of(results):
 
 
 def reading(summary):
-    lines = [f"{side}: final top-1 {s['mean'] * 100:.2f} % mean, {s['sd'] * 100:.2f} sd over "
-             f"{s['runs']} seeds ({', '.join(f'{v * 100:.2f}' for v in s['values'])})"
+    lines = [f"{side}: final top-1 {s['mean'] * 100:.2f} % mean, "
+             + (f"{s['sd'] * 100:.2f} sd over {s['runs']} seeds" if s["runs"] > 1
+                else "one seed (no spread yet)")
+             + f" ({', '.join(f'{v * 100:.2f}' for v in s['values'])})"
              for side, s in summary["sides"].items()]
     if "difference" in summary:
         d, se = summary["difference"] * 100, summary["standard_error"] * 100
@@ -89,7 +91,7 @@ def reading(summary):
         gaps = [(m, rows[m - 1]["difference"] * 100, rows[m - 1]["standard_error"] * 100)
                 for m in marks]
         lines.append("gap by epoch (ours - reference, points, standard error): " + "; ".join(
-            f"{m}: {d:+.2f} ({se:.2f})" for m, d, se in gaps))
+            f"{m}: {d:+.2f}" + (f" ({se:.2f})" if se == se else "") for m, d, se in gaps))
     return lines
 
 

@@ -33,6 +33,9 @@ def test_equivalence_reading_is_welchs_standard_error_of_the_difference():
     assert "outside two standard errors (8.5 SE)" in equivalence.reading(apart)[-1]
     # One run a side has no spread: no verdict is drawn.
     assert "difference" not in equivalence.summarize({"ours": [0.8], "reference": [0.9]})
+    one = equivalence.reading(equivalence.summarize({"ours": [0.8], "reference": [0.9, 0.8]}))
+    assert one == ["ours: final top-1 80.00 % mean, one seed (no spread yet) (80.00)",
+                   "reference: final top-1 85.00 % mean, 7.07 sd over 2 seeds (90.00, 80.00)"]
 
 
 def runs_of(curves, first_seed=1):

@@ -31,6 +31,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -214,9 +215,12 @@ def main(argv=None):
     jax.profiler.stop_trace()
     print(f"profile: {args.model} {arch}, batch {args.batch}, {args.precision}, {args.steps} "
           f"steps on {jax.devices()[0].device_kind}")
-    table = instructions(dump)
-    times, unmatched, where = kernel_times(trace, table)
-    result = report(times, unmatched, table, args.steps, wall, where, args.top)
+    try:
+        table = instructions(dump)
+        times, unmatched, where = kernel_times(trace, table)
+        result = report(times, unmatched, table, args.steps, wall, where, args.top)
+    finally:  # the dumped modules and the trace (tens of MB for CM-XL) are read once
+        shutil.rmtree(work, ignore_errors=True)
     result.update(model=args.model, arch=arch, batch=args.batch, precision=args.precision,
                   steps=args.steps, device=jax.devices()[0].device_kind)
     if args.json:

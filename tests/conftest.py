@@ -17,6 +17,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import bench_bomb  # noqa: E402
+import forked  # noqa: E402
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+_ENVIRON = forked.ENVIRON
+
+
+def _fork_server_env():
+    return forked.server_env(TESTS)
+
+
+Forked = forked.Forked
 
 
 class Child:
@@ -28,23 +40,32 @@ class Child:
     waiting) and the test fails with the child's last output, not a bare timeout.
     """
 
-    def __init__(self, command, env=None, cwd=None):
-        self.command = " ".join(map(str, command))
-        full_env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONUNBUFFERED="1")
+    def __init__(self, command, env=None, cwd=None, fork=None):
+        command = list(map(str, command))
+        self.command = " ".join(command)
+        with _ENVIRON:
+            full_env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONUNBUFFERED="1")
         full_env.update(env or {})
-        self.proc = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=full_env,
-                                     cwd=cwd or ROOT)
         self.out, self.err = [], []
-        self._pumps = [threading.Thread(target=self._pump, args=(pipe, lines), daemon=True)
-                       for pipe, lines in ((self.proc.stdout, self.out),
-                                           (self.proc.stderr, self.err))]
+        # fork: None, where forked.forkable allows; True, always (the harness's own tests).
+        server_env = _fork_server_env() if fork is not False else None
+        if server_env is not None and (fork or forked.forkable(command, full_env, server_env)):
+            self.proc = Forked(command, full_env, cwd or ROOT)
+            sources = ((self.proc.tail(self.proc.out_path), self.out),
+                       (self.proc.tail(self.proc.err_path), self.err))
+        else:
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, env=full_env,
+                                         cwd=cwd or ROOT)
+            sources = ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        self._pumps = [threading.Thread(target=self._pump, args=source, daemon=True)
+                       for source in sources]
         for pump in self._pumps:
             pump.start()
 
     @staticmethod
-    def _pump(pipe, lines):
-        for line in pipe:
+    def _pump(lines_in, lines):
+        for line in lines_in:
             lines.append(line)
 
     @property

@@ -225,7 +225,9 @@ def test_a_kill_at_each_write_in_turn_resumes_with_every_epoch_recorded_once(cif
             run_dir / "model.keras")
         return resumed.stdout
 
-    # Two at a time: each kill and resume is a fresh process on one of the two cores.
+    # Two at a time: each kill and resume is a process of its own on one of the two cores
+    # (forked from the tests' fork server, tests/forked.py, which gives it what a fresh
+    # interpreter has; the SIGKILL is real).
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         outputs = list(pool.map(kill_then_resume, range(1, len(writes) + 1)))
     # Both kinds of resume were among them: mid-epoch (step 1 or 3) and between epochs.

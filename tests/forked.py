@@ -1,11 +1,12 @@
 """The CLI's test processes, forked from one that has already imported the libraries.
 
-A ``python cli.py ...`` spends about half of a small test run importing TensorFlow, Keras,
-keras-cv and what they pull in (5 to 8 s of CPU each time, measured on a 2-core CI
-machine). The tests start a few hundred of them, so ``conftest.Child`` starts the CLI's
-processes through Python's own fork server (``multiprocessing``'s ``forkserver``
-context), which imports this module, and with it what ``cli.py train`` imports, once per
-test worker, then forks a child per command.
+A ``python cli.py ...`` spends much of a small test run importing TensorFlow, Keras,
+keras-cv and what they pull in (about 6 s of CPU each time on a 2-core machine; a smoke
+training of one step took 14 s started fresh and 8.5 s forked, side by side with a
+training on the other core). The tests start many of them, so ``conftest.Child`` starts
+the CLI's processes through Python's own fork server (``multiprocessing``'s
+``forkserver`` context), which imports this module, and with it what the CLI's commands
+import, once per test worker, then forks a child per command.
 
 Each child is a real process, with its own pid, killed for real by the tests' signals; it
 is given what a fresh ``python cli.py ARGS`` (or ``python -c CODE ARGS``) would have: its
@@ -45,8 +46,9 @@ _PYTHONPATH = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").spli
                if p]
 BASE_PATH = [p for p in sys.path[1:] if p and os.path.abspath(p) not in _PYTHONPATH]
 
-# What the imports above set in the environment with setdefault (TF_CPU_ALLOCATOR_USE_BFC,
-# TF_CPP_MIN_LOG_LEVEL): a fresh process sets them the same way.
+# What the imports above set in the environment (cmxl_keras's TF_CPU_ALLOCATOR_USE_BFC,
+# TensorFlow's TF2_BEHAVIOR, ...): a fresh CLI process's imports set them too. A value
+# the command is given wins, as with cmxl_keras's setdefault.
 IMPORT_DEFAULTS = {key: value for key, value in os.environ.items()
                    if START_ENVIRON.get(key) != value}
 
@@ -129,7 +131,7 @@ def main(command, env, cwd, out_path, err_path):
         traceback.print_exc()
         code = 1
     finally:
-        atexit._run_exitfuncs()
+        atexit._run_exitfuncs()  # a fresh interpreter runs them at its end; os._exit does not
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(code)

@@ -19,38 +19,35 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import bench_bomb  # noqa: E402
 import forked  # noqa: E402
 
-
 TESTS = os.path.dirname(os.path.abspath(__file__))
-_ENVIRON = forked.ENVIRON
-
-
-def _fork_server_env():
-    return forked.server_env(TESTS)
-
-
-Forked = forked.Forked
 
 
 class Child:
     """A child process that no test can wait on forever.
 
-    Its output is collected as it comes (one thread per pipe), so a test can wait for a
+    Its output is collected as it comes (one thread per stream), so a test can wait for a
     line, a file or the end with a deadline. Past the deadline the child gets SIGABRT
     (Python's fault handler, on in every child, then prints where each thread was
     waiting) and the test fails with the child's last output, not a bare timeout.
+
+    The CLI's commands are forked from the tests' fork server where ``forked.forkable``
+    allows (tests/forked.py); other commands start a fresh interpreter.
     """
 
     def __init__(self, command, env=None, cwd=None, fork=None):
         command = list(map(str, command))
         self.command = " ".join(command)
-        with _ENVIRON:
+        with forked.ENVIRON:
             full_env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONUNBUFFERED="1")
         full_env.update(env or {})
         self.out, self.err = [], []
-        # fork: None, where forked.forkable allows; True, always (the harness's own tests).
-        server_env = _fork_server_env() if fork is not False else None
+        # fork: None, where forked.forkable allows (unless CMXL_TEST_FORK=0); True, always
+        # (the harness's own tests); False, never.
+        if fork is None and os.environ.get("CMXL_TEST_FORK") == "0":
+            fork = False
+        server_env = forked.server_env(TESTS) if fork is not False else None
         if server_env is not None and (fork or forked.forkable(command, full_env, server_env)):
-            self.proc = Forked(command, full_env, cwd or ROOT)
+            self.proc = forked.Forked(command, full_env, cwd or ROOT)
             sources = ((self.proc.tail(self.proc.out_path), self.out),
                        (self.proc.tail(self.proc.err_path), self.err))
         else:

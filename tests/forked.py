@@ -17,7 +17,8 @@ and ``atexit`` handlers and a final flush at its end. What it cannot be given is
 read while importing: the Keras backend (TensorFlow here), TensorFlow's C++ start-up
 settings and ``PYTHONHASHSEED``. ``conftest.Child`` therefore forks only when the command
 asks for nothing of the kind (``forkable``), and starts a fresh interpreter otherwise;
-``CMXL_TEST_FORK=0`` starts a fresh interpreter for every command.
+``CMXL_TEST_FORK=0`` starts a fresh interpreter for every command (but the harness's own
+tests, tests/test_forked.py, which compare the two).
 """
 
 import os
@@ -146,12 +147,11 @@ _SERVER = {}
 
 def server_env(tests_dir):
     """The environment the fork server was started with (started on the first call), or
-    None where forking is off (``CMXL_TEST_FORK=0``, or another Keras backend)."""
+    None where the tests run on another Keras backend."""
     with ENVIRON:
         if "env" not in _SERVER:
             env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONUNBUFFERED="1")
-            off = (os.environ.get("CMXL_TEST_FORK") == "0"
-                   or env.get("KERAS_BACKEND", "tensorflow") != "tensorflow")
+            off = env.get("KERAS_BACKEND", "tensorflow") != "tensorflow"
             _SERVER["env"] = None if off else env
             if not off:
                 import multiprocessing

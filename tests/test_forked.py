@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, Child, Forked, forked
+import forked
+from conftest import ROOT, Child
+from forked import Forked
 
 # After the imports that the fork server makes (tests/forked.py), as the CLI's commands
 # make them: TensorFlow sets a few variables of its own (TF2_BEHAVIOR, ...).
@@ -36,7 +38,7 @@ def _both(command, env=None, cwd=None):
 @pytest.fixture(scope="module", autouse=True)
 def server():
     env = forked.server_env(os.path.dirname(os.path.abspath(__file__)))
-    assert env is not None, "forking is off here (CMXL_TEST_FORK=0 or KERAS_BACKEND)"
+    assert env is not None, "no fork server on another KERAS_BACKEND than tensorflow"
 
 
 def test_a_forked_child_sees_what_a_fresh_interpreter_sees(tmp_path):
@@ -118,11 +120,15 @@ def test_what_is_read_while_importing_gets_a_fresh_interpreter(args, env):
 
 def test_the_crash_harnesses_and_the_cli_are_forked(tmp_path):
     harness = "import sys\nsys.argv = ['cli.py'] + sys.argv[1:]\nimport cli\ncli.main()\n"
+    env = {"PYTHONPATH": ROOT, "RUN_DIR": str(tmp_path)}
+    server_env = forked.server_env(os.path.dirname(__file__))
     for command in ([sys.executable, os.path.join(ROOT, "cli.py"), "info"],
                     [sys.executable, "-c", harness, "info"]):
-        child = Child(command, env={"PYTHONPATH": ROOT, "RUN_DIR": str(tmp_path)})
-        assert isinstance(child.proc, Forked), command
+        assert forked.forkable(command, dict(os.environ, **env), server_env), command
+        child = Child(command, env=env)
+        # Forked unless the switch says otherwise.
+        assert isinstance(child.proc, Forked) == (os.environ.get("CMXL_TEST_FORK") != "0")
         assert child.wait(120).returncode == 0
     # Another Python (a virtual environment's) is never this one forked.
     assert not forked.forkable(["/usr/bin/python3", os.path.join(ROOT, "cli.py"), "info"],
-                               dict(os.environ), forked.server_env(os.path.dirname(__file__)))
+                               dict(os.environ), server_env)

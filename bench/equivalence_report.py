@@ -91,7 +91,7 @@ def reading(summary):
         gaps = [(m, rows[m - 1]["difference"] * 100, rows[m - 1]["standard_error"] * 100)
                 for m in marks]
         lines.append("gap by epoch (ours - reference, points, standard error): " + "; ".join(
-            f"{m}: {d:+.2f}" + (f" ({se:.2f})" if se == se else "") for m, d, se in gaps))
+            f"{m}: {d:+.2f}" + ("" if math.isnan(se) else f" ({se:.2f})") for m, d, se in gaps))
     return lines
 
 

@@ -76,7 +76,7 @@ def forkable(command, env, server_env):
     if env.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return False
     differ = {key for key in set(env) | set(server_env) if env.get(key) != server_env.get(key)}
-    return differ <= RUNTIME_ENV | set(IMPORT_DEFAULTS)
+    return differ <= RUNTIME_ENV
 
 
 def _stream(fd, path, errors):

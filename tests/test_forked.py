@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import forked
-from conftest import ROOT, Child
+from conftest import ROOT, TESTS, Child
 from forked import Forked
 
 # After the imports that the fork server makes (tests/forked.py), as the CLI's commands
@@ -37,7 +37,7 @@ def _both(command, env=None, cwd=None):
 
 @pytest.fixture(scope="module", autouse=True)
 def server():
-    env = forked.server_env(os.path.dirname(os.path.abspath(__file__)))
+    env = forked.server_env(TESTS)
     assert env is not None, "no fork server on another KERAS_BACKEND than tensorflow"
 
 
@@ -115,13 +115,13 @@ def test_what_is_read_while_importing_gets_a_fresh_interpreter(args, env):
     assert not isinstance(child.proc, Forked)
     child.wait(120)
     assert not forked.forkable(command, dict(os.environ, **env),
-                               forked.server_env(os.path.dirname(__file__)))
+                               forked.server_env(TESTS))
 
 
 def test_the_crash_harnesses_and_the_cli_are_forked(tmp_path):
     harness = "import sys\nsys.argv = ['cli.py'] + sys.argv[1:]\nimport cli\ncli.main()\n"
     env = {"PYTHONPATH": ROOT, "RUN_DIR": str(tmp_path)}
-    server_env = forked.server_env(os.path.dirname(__file__))
+    server_env = forked.server_env(TESTS)
     for command in ([sys.executable, os.path.join(ROOT, "cli.py"), "info"],
                     [sys.executable, "-c", harness, "info"]):
         assert forked.forkable(command, dict(os.environ, **env), server_env), command

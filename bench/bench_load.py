@@ -69,8 +69,8 @@ def measure(args, path):
         "keras", path, lambda x, batch, desc: inference.keras_predict(bf16, x, batch, desc),
         saved.image_size, precision="mixed_bfloat16")
     if args.data_dir:
-        split, _ = evaluate.evaluation_split(saved.cfg, "val", args.data_dir,
-                                             log=lambda message: None)
+        split, _, _ = evaluate.evaluation_split(saved.cfg, "val", args.data_dir,
+                                                log=lambda message: None)
         images = split.images[:args.images]
         source = f"the first {len(images)} validation images of the run's split"
     else:

@@ -54,22 +54,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cmxl_keras.data import read_data_dir  # noqa: E402
-from cmxl_keras.splitting import make_splits  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cmxl_keras.data import (image_files, names_digest, read_data_dir,  # noqa: E402
+                             select_names, write_twins)
+from cmxl_keras.splitting import make_splits, pixels_digest  # noqa: E402
 from cmxl_keras.runs import package_versions, write_text  # noqa: E402
-from runner import run_or_exit  # noqa: E402
 from equivalence_report import (draw, earlier, reading, redraw, summarize,  # noqa: E402,F401
                                 summary_of, write_join)
+from equivalence_cross import write_cross  # noqa: E402
+from equivalence_sides import (EXIT_STOPPED, STAGES, Stopped, stopped,  # noqa: E402
+                               train_ours, train_reference)
 
-# The paper's training augmentation, stage by stage: our config keys that turn each off,
-# and the reference transform's class.
-STAGES = ("crop", "flip", "randaugment", "jitter", "erase")
-OFF = {"crop": {"crop_scale_min": 1.0}, "flip": {"flip": "false"},
-       "randaugment": {"randaugment_ops": 0},
-       "jitter": {"jitter_brightness": 0, "jitter_contrast": 0, "jitter_saturation": 0},
-       "erase": {"erase_prob": 0}}
-TORCHVISION = {"crop": "RandomResizedCrop", "flip": "RandomHorizontalFlip",
-               "randaugment": "RandAugment", "jitter": "ColorJitter", "erase": "RandomErasing"}
 PACKAGES = ("numpy", "keras", "tensorflow", "jax", "torch", "torchvision", "pillow")
 
 
@@ -88,6 +84,19 @@ def parse_args(argv=None):
     parser.add_argument("--data",
                         help="the images: what cli.py's --data-dir takes (official CIFAR-10 "
                              "files or archive, or train/<class>/ images, or their .tar.gz)")
+    parser.add_argument("--names-from", metavar="D",
+                        help="train on --data's images named as D's (image folders: the "
+                             "same train/<class>/NNNN in another form, e.g. the JPEG twins "
+                             "of lossless PNGs); copied as they are into a .tar under --work")
+    parser.add_argument("--score-data", metavar="D",
+                        help="also score every final model on D's twins of the validation "
+                             "images (the same names in another form; D may hold more)")
+    parser.add_argument("--forms", default="data,score",
+                        help="names of --data's form and --score-data's, comma-separated "
+                             "(e.g. lossless,jpeg): the keys of each run's scores")
+    parser.add_argument("--cross", metavar="DIR,DIR",
+                        help="only read two comparisons of the same split trained on two "
+                             "forms, each scored on both (--score-data), as one 2 x 2 in --out")
     parser.add_argument("--train", type=int, default=5120, help="training images")
     parser.add_argument("--val", type=int, default=2500, help="validation images")
     parser.add_argument("--split-seed", type=int, default=0)
@@ -122,6 +131,10 @@ def parse_args(argv=None):
                         help="our runs' folders (kept; git-ignored)")
     parser.add_argument("--timeout", type=float, default=3600,
                         help="seconds one run of ours may take")
+    parser.add_argument("--time-limit", type=float,
+                        help="seconds this command may take: a run still training then stops "
+                             "where it can resume from (ours at a step, the reference after "
+                             "an epoch) and the command exits 7; --resume goes on")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.device == "auto":
@@ -135,11 +148,17 @@ def parse_args(argv=None):
         parser.error(f"--drop takes {', '.join(STAGES)} or all (got {args.drop})")
     unknown = set(args.sides) - {"ours", "reference"}
     args.join = [d for d in (args.join or "").split(",") if d.strip()]
-    if args.join and not args.out:
-        parser.error("--join needs --out: the folder for the joined reading")
+    args.cross = [d for d in (args.cross or "").split(",") if d.strip()]
+    if (args.join or args.cross) and not args.out:
+        parser.error("--join and --cross need --out: the folder for the reading")
+    if args.cross and len(args.cross) != 2:
+        parser.error(f"--cross takes two folders, comma-separated (got {args.cross})")
+    args.forms = [f.strip() for f in args.forms.split(",")]
+    if len(args.forms) != 2 or not all(args.forms) or args.forms[0] == args.forms[1]:
+        parser.error(f"--forms takes two different names, comma-separated (got {args.forms})")
     args.out = args.out or os.path.join("results", "equivalence",
                                         time.strftime("%Y-%m-%d_%H%M%S"))
-    if not args.data and not args.redraw and not args.join:
+    if not args.data and not args.redraw and not args.join and not args.cross:
         parser.error("--data is required: the images both sides train on")
     if unknown or not args.seeds:
         parser.error(f"--sides takes ours and/or reference (got {sorted(unknown)}); "
@@ -156,97 +175,6 @@ class Log:
     def __call__(self, text):
         print(text, flush=True)
         self.lines.append(text)
-
-
-# ----------------------------------------------------------------------------- ours
-def train_ours(args, seed, splits, log):
-    """One ``cli.py train`` run; its per-epoch records (``metrics.json``)."""
-    run_dir = os.path.abspath(os.path.join(args.work, f"ours-{seed}"))
-    resumable = os.path.exists(os.path.join(run_dir, "checkpoints", "state.json"))
-    sets = {"width": args.width, "depth": args.depth, "patch_size": args.patch_size,
-            "kernel_size": args.kernel_size, "activation": args.activation,
-            "skip_period": args.skip_period, "epochs": args.epochs,
-            "batch_size": args.batch_size, "lr_max": args.lr, "seed": seed,
-            "split_seed": args.split_seed, "val_from_train": args.val,
-            "limit_train": args.train}
-    for stage in args.drop:
-        sets.update(OFF[stage])
-    command = [sys.executable, os.path.join(ROOT, "cli.py"), "--backend", args.backend,
-               "train", "--data-dir", os.path.abspath(args.data)]
-    if args.resume and resumable:  # the run's own config, if it is this comparison's
-        with open(os.path.join(run_dir, "config.json")) as f:
-            saved = json.load(f)
-        differ = {k: (saved.get(k), v) for k, v in sets.items() if not same(saved.get(k), v)}
-        if differ:
-            sys.exit(f"ours, seed {seed}: {run_dir} was trained with {differ} (saved, asked): "
-                     f"not this comparison's run; run without --resume to start it again")
-        log(f"  resuming {run_dir}")
-        command += ["--resume", run_dir]
-    else:
-        command += ["--config", "cm_vanilla", "--run-dir", run_dir, "--overwrite"]
-        for key, value in sets.items():
-            command += ["--set", f"{key}={value}"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    out = run_or_exit(command, args.timeout, f"ours, seed {seed}", env=env, cwd=ROOT)
-    log("\n".join("  " + line for line in out.stdout.splitlines()
-                  if line.startswith(("epoch ", "model:", "augmentation:", "training step:"))))
-    with open(os.path.join(run_dir, "split.json")) as f:
-        split = json.load(f)
-    for key in ("train_indices_sha256", "val_indices_sha256"):
-        if split.get(key) != splits.info[key]:
-            sys.exit(f"ours, seed {seed}: split.json's {key} {split.get(key)} is not the "
-                     f"split this script drew ({splits.info[key]}): the two sides would "
-                     f"not train on the same images")
-    with open(os.path.join(run_dir, "metrics.json")) as f:
-        metrics = json.load(f)
-    return [{"epoch": m["epoch"], "loss": m["loss"], "accuracy": m["accuracy"],
-             "val_loss": m["val_loss"], "val_accuracy": m["val_accuracy"],
-             "seconds": m["epoch_seconds"]} for m in metrics]
-
-
-def same(saved, asked):
-    """Whether a config value saved in ``config.json`` is the ``--set`` value asked."""
-    try:
-        return float(saved) == float(asked)
-    except (TypeError, ValueError):
-        return str(saved).lower() == str(asked).lower()
-
-
-# ----------------------------------------------------------------------------- reference
-def train_reference(args, seed, splits, log):
-    """The paper's ``train.py`` loop (``ref_train.train``) on ``splits``' images; its
-    per-epoch records."""
-    import ref_train
-
-    spec = {key: getattr(args, key) for key in ("width", "depth", "patch_size", "kernel_size",
-                                               "activation", "skip_period", "epochs",
-                                               "batch_size", "lr", "device", "workers")}
-    spec.update(seed=seed, drop=[TORCHVISION[stage] for stage in args.drop])
-    run_dir = os.path.join(args.work, f"reference-{seed}")
-    os.makedirs(run_dir, exist_ok=True)
-    checkpoint = os.path.join(run_dir, ref_train.CHECKPOINT)
-    spec_path = os.path.join(run_dir, "spec.json")
-    if os.path.exists(checkpoint) and args.resume:  # it goes on after its last epoch
-        with open(spec_path) as f:
-            saved = json.load(f)
-        if saved != spec:
-            sys.exit(f"reference, seed {seed}: {run_dir} was trained with "
-                     f"{ {k: saved.get(k) for k in spec if saved.get(k) != spec[k]} }, not "
-                     f"this comparison's spec; run without --resume to start it again")
-    elif os.path.exists(checkpoint):
-        os.remove(checkpoint)  # a new run
-    write_text(spec_path, json.dumps(spec, indent=1))
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    records, model, _ = ref_train.train(spec, splits, log, run_dir=run_dir)
-    if args.device == "cuda":
-        import torch
-
-        del model
-        torch.cuda.empty_cache()  # our next run's JAX takes most of the GPU's memory at start
-    return records
 
 
 def machine(args, seconds):
@@ -268,9 +196,13 @@ def main(argv=None):
         return redraw(args.redraw)
     if args.join:
         return write_join(args.join, args.out)
+    if args.cross:
+        return write_cross(args.cross, args.out)
     started = time.time()
+    args.deadline, args.started_one = started + (args.time_limit or 0), False
     log = Log()
-    raw = read_data_dir(args.data)
+    args.train_data = training_data(args, log)
+    raw = read_data_dir(args.train_data)
     splits = make_splits(raw, val_from_train=args.val, limit_train=args.train,
                          seed=args.split_seed, log=log)
     log(f"data: {raw.description}; {len(splits.train.labels):,} training and "
@@ -281,28 +213,86 @@ def main(argv=None):
         "workers", "drop")}
     config.update(data=raw.description, train_indices_sha256=splits.info["train_indices_sha256"],
                   val_indices_sha256=splits.info["val_indices_sha256"])
-    trainers = {"ours": train_ours, "reference": train_reference}
+    if args.names_from or args.score_data:  # only then: earlier comparisons resume as they were
+        config.update({key: splits.info.get(key) for key in (
+            "train_names_sha256", "val_names_sha256", "train_pixels_sha256",
+            "val_pixels_sha256")})
+        # Where the images lie is said, not compared (--resume): the digests say which.
+        config.update(forms=args.forms, paths={"data": args.data, "names_from":
+                                               args.names_from, "score_data": args.score_data})
+    args.score_split = scoring_split(args, raw, splits, log)
+    if args.score_split is not None:
+        config["score_pixels_sha256"] = pixels_digest(args.score_split.images)
     runs = {side: [] for side in args.sides}
     results = {"config": config, "runs": runs}
     if args.resume:
         args.earlier = earlier(args.out, results, log)
-    for seed in args.seeds:  # the sides alternate, so a drift in the machine meets both
-        for side in args.sides:
-            if any(r["seed"] == seed for r in runs[side]):
-                continue  # finished by an earlier command (--resume)
-            log(f"{side}, seed {seed}:")
-            t0 = time.time()
-            epochs = trainers[side](args, seed, splits, log)
-            runs[side].append({"seed": seed, "epochs": epochs,
-                               "seconds": round(time.time() - t0, 1)})
-            log(f"{side}, seed {seed}: final top-1 {epochs[-1]['val_accuracy'] * 100:.2f} % "
-                f"({time.time() - t0:.0f} s)")
-            write(args, results, log, started)  # a run cut off keeps the finished ones
+    try:
+        train_all(args, splits, runs, results, log, started)
+    except Stopped as stop:
+        log(str(stop))
+        write(args, results, log, started)
+        sys.exit(EXIT_STOPPED)
     for line in reading(summary_of(results)):
         log(line)
     write(args, results, log, started)
     print(f"wrote {args.out}/: results.json, curves.png, log.txt, machine.json")
     return results
+
+
+def training_data(args, log):
+    """What both sides train on: ``--data``, or with ``--names-from`` its twins of those
+    images, copied as they are into a .tar under ``--work`` (made once)."""
+    if not args.names_from:
+        return args.data
+    os.makedirs(args.work, exist_ok=True)
+    names = sorted(image_files(args.names_from)[0])
+    path = os.path.join(args.work,
+                        f"twins-{names_digest([os.path.abspath(args.data)] + names)}.tar")
+    if not os.path.exists(path):
+        count = write_twins(args.names_from, args.data, path)
+        log(f"data: {count:,} images of {args.data} named as {args.names_from}'s, copied "
+            f"into {path}")
+    return path
+
+
+def scoring_split(args, raw, splits, log):
+    """``--score-data``'s twins of the validation images (None without it)."""
+    if not args.score_data:
+        return None
+    if splits.val.names is None:
+        sys.exit(f"--score-data: {raw.description} is not an image folder, so its "
+                 f"validation images have no names to find in {args.score_data}")
+    split = select_names(read_data_dir(args.score_data), splits.val.names, args.train_data)
+    if not np.array_equal(split.labels, splits.val.labels):
+        sys.exit(f"--score-data: {args.score_data}'s images of the validation names have "
+                 f"other labels (class folders) than {args.train_data}'s")
+    log(f"scored also on {args.score_data}: the {len(split):,} validation images by name "
+        f"({args.forms[0]} and {args.forms[1]})")
+    return split
+
+
+def train_all(args, splits, runs, results, log, started):
+    """Every seed's runs of every side not finished yet, each written when it ends."""
+    trainers = {"ours": train_ours, "reference": train_reference}
+    for seed in args.seeds:  # the sides alternate, so a drift in the machine meets both
+        for side in args.sides:
+            if any(r["seed"] == seed for r in runs[side]):
+                continue  # finished by an earlier command (--resume)
+            if args.time_limit and time.time() > args.deadline and args.started_one:
+                stopped(log, f"{side}, seed {seed}: not started, --time-limit reached")
+            args.started_one = True  # each command takes one run further, however short
+            log(f"{side}, seed {seed}:")
+            t0 = time.time()
+            epochs, scores = trainers[side](args, seed, splits, log)
+            runs[side].append({"seed": seed, "epochs": epochs,
+                               "seconds": round(time.time() - t0, 1)})
+            if scores:
+                runs[side][-1]["scores"] = scores
+            log(f"{side}, seed {seed}: final top-1 {epochs[-1]['val_accuracy'] * 100:.2f} %"
+                + "".join(f"; on {form} {100 * v['top1']:.2f} %" for form, v in scores.items())
+                + f" ({time.time() - t0:.0f} s)")
+            write(args, results, log, started)  # a run cut off keeps the finished ones
 
 
 def write(args, results, log, started):

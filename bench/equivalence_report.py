@@ -198,8 +198,9 @@ def earlier(out, results, log):
     except ValueError as error:
         raise SystemExit(f"--resume: {path} is not readable JSON ({error}); its runs cannot be "
                          f"kept: restore it, or give another --out") from None
-    keep = {k: v for k, v in before["config"].items() if k != "seeds"}
-    now = {k: v for k, v in results["config"].items() if k != "seeds"}
+    free = ("seeds", "data", "paths") if "forms" in results["config"] else ("seeds",)
+    keep = {k: v for k, v in before["config"].items() if k not in free}
+    now = {k: v for k, v in results["config"].items() if k not in free}
     if keep != now:
         keys = sorted(k for k in set(keep) | set(now) if keep.get(k) != now.get(k))
         differ = ", ".join(f"{k}: {keep.get(k)!r} there, {now.get(k)!r} here" for k in keys)

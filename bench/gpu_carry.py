@@ -86,6 +86,7 @@ def plan(args):
                 tar.add(os.path.join(args.data, "train"), arcname="train")
         else:
             shutil.copyfile(args.data, os.path.join(data, os.path.basename(args.data)))
+    carry_forms(args)
     parts = transfer_parts(args.carry, args.results)
     total = sum(parts.values())
     limit = args.transfer_limit * 2**20
@@ -117,6 +118,30 @@ def plan(args):
           f"  timeout:  600 s (the command stops itself after --budget {args.budget:g} s)\n"
           f"then: python bench/gpu_run.py --collect <the returned files' folder>, and "
           f"commit {args.results}/")
+
+
+def carry_forms(args):
+    """The lossless images for the comparison jobs (``--lossless``) into ``forms/`` of the
+    carry folder while one of them is unfinished; once both are, ``forms/`` is emptied
+    (10.8 MiB that no job needs any more)."""
+    forms = os.path.join(args.carry, "forms")
+    jobs = [job for job in gpu_queue.QUEUE if job.side == "comparison"]
+    if all(os.path.exists(os.path.join(args.results, job.name, gpu_queue.FINISHED))
+           for job in jobs):
+        shutil.rmtree(forms, ignore_errors=True)
+        print("plan: the comparison jobs are finished: no lossless images carried")
+        return
+    if args.lossless:
+        if not os.path.isfile(args.lossless):
+            sys.exit(f"gpu_run --plan: --lossless {args.lossless!r} is not a file. Give the "
+                     f"lossless images as a .tar.gz of train/<class>/*.png, named as their "
+                     f"JPEG twins in --data.")
+        shutil.rmtree(forms, ignore_errors=True)
+        os.makedirs(forms)
+        shutil.copyfile(args.lossless, os.path.join(forms, "lossless.tar.gz"))
+    if not os.path.isdir(forms) or not os.listdir(forms):
+        print("plan: no lossless images carried (--lossless): the comparison jobs "
+              f"({', '.join(j.name for j in jobs)}) will not start")
 
 
 def transfer_parts(carry, results):

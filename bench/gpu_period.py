@@ -50,7 +50,7 @@ class Period:
                         "budget_seconds": args.budget}
         self.env = dict(os.environ, KERAS_BACKEND="jax", PYTHONUNBUFFERED="1",
                         TF_CPP_MIN_LOG_LEVEL="3")
-        self.data_dir = None
+        self.data_dir = self.lossless = None
         self.queue = None
         self.stopped = None
 
@@ -175,6 +175,8 @@ class Period:
         if not unpacked:
             reused.append("images unpacked")
         log.write(f"data: {self.data_dir}\n")
+        self.lossless = self.keep_forms()
+        log.write(f"lossless images (comparison jobs): {self.lossless or 'none carried'}\n")
         machine = os.path.join(self.args.work, "machine.json")
         if len(reused) == 2 and os.path.exists(machine):
             self.summary["machine"] = read_record(machine)
@@ -194,6 +196,18 @@ class Period:
         with open(machine, "w") as f:
             json.dump(self.summary["machine"], f)
         return f"ok ({self.summary['machine'].get('gpu') or 'no GPU'})"
+
+    def keep_forms(self):
+        """The carried lossless images (``--plan --lossless``), copied into the work folder
+        so that a later command on this warm machine has them without carrying; None
+        where none were ever carried."""
+        kept = os.path.join(self.args.work, "forms", "lossless.tar.gz")
+        carried = sorted(glob.glob(os.path.join(self.args.carry, "forms", "*")))
+        if carried:
+            os.makedirs(os.path.dirname(kept), exist_ok=True)
+            shutil.copyfile(carried[0], kept + ".partial")
+            os.replace(kept + ".partial", kept)
+        return os.path.abspath(kept) if os.path.exists(kept) else None
 
     def unpack_data(self):
         """The images' folder (or archive), and whether this command unpacked them."""

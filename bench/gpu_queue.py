@@ -22,6 +22,7 @@ import sys
 import tarfile
 import time
 
+import gpu_comparison
 from runner import read_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +31,8 @@ EXIT_INTERRUPTED = 130  # cli.py train: stopped by SIGTERM, saved
 PART_SIZE = 15 * 2**20  # a file that comes back holds at most 16 MiB
 FILES_BACK = 8  # files that come back: the phases' logs, summary.json and the jobs' parts
 STATE, FINISHED = "state.tgz", "run.tgz"  # a job's committed archive, unfinished / finished
-RECORDS = ("config.toml", "metrics.json", "results.json", "env.json")  # kept unpacked
+RECORDS = ("config.toml", "metrics.json", "results.json", "env.json",  # kept unpacked
+           "comparison/results.json", "comparison/log.txt", "comparison/machine.json")
 # Never packed: copies a resume rebuilds (good.weights.h5 is last's copy), the best
 # epoch's model (Table 1 scores the last weights), a dead process's lock.
 NEVER = {"good.weights.h5", "best.keras", ".lock", "augmentations.png"}
@@ -39,10 +41,11 @@ NEVER = {"good.weights.h5", "best.keras", ".lock", "augmentations.png"}
 @dataclasses.dataclass(frozen=True)
 class Job:
     name: str
-    side: str  # "reference" (bench/ref_train.py) or "ours" (cli.py train)
+    side: str  # "reference" (bench/ref_train.py), "ours" (cli.py train) or "comparison"
     config: str
     seed: int
     gated: bool = False  # run only when named in --jobs
+    form: str = ""  # a comparison's training form: "lossless" or "jpeg"
 
 
 # The order of the campaign: the reference's 100 epochs beside ours first (where do the
@@ -51,6 +54,9 @@ class Job:
 # state does not fit in what travels (docs/gpus.md).
 QUEUE = (
     Job("reference-1204", "reference", "cm_vanilla", 1204),
+    # What the JPEG images cost at the paper's model: its 2 x 2 (docs/fidelity.md).
+    Job("jpeg-cost-lossless", "comparison", "cm_vanilla", 0, form="lossless"),
+    Job("jpeg-cost-jpeg", "comparison", "cm_vanilla", 0, form="jpeg"),
     Job("cm_vanilla-1204", "ours", "cm_vanilla", 1204),
     Job("cm_vanilla-1205", "ours", "cm_vanilla", 1205),
     Job("reference-1205", "reference", "cm_vanilla", 1205),
@@ -79,7 +85,9 @@ def select(names):
 def run_state(run_dir):
     """Where a run folder stands, for either loop: the epochs finished (metrics.json; the
     reference writes it when it stops), the optimizer step of our checkpoint
-    (checkpoints/state.json), finished or not."""
+    (checkpoints/state.json), finished or not; a comparison's (``gpu_comparison.state``)."""
+    if os.path.isdir(os.path.join(run_dir, gpu_comparison.OUT)):
+        return gpu_comparison.state(run_dir)
 
     def read(*path, default=None):
         return read_record(os.path.join(run_dir, *path), default)
@@ -105,15 +113,23 @@ def _ahead(state):
 
 
 def pack(run_dir, arcname):
-    """The run folder as .tgz bytes: resumable while unfinished, lean once finished."""
+    """The run folder as .tgz bytes: resumable while unfinished, lean once finished. A
+    comparison's runs recorded in its results (and its copy of the images) never go."""
     finished = os.path.exists(os.path.join(run_dir, "results.json"))
+    recorded = {f"{side}-{seed}" for side, seed in
+                gpu_comparison.state(run_dir)["runs_done"]} if os.path.isdir(
+        os.path.join(run_dir, gpu_comparison.OUT)) else set()
 
     def keep(member):
         base = os.path.basename(member.name)
         parts = member.name.split("/")
         if base in NEVER or ".partial" in member.name or base.endswith(".tmp"):
             return None
-        if finished and (base == "checkpoint.pt" or "checkpoints" in parts[1:2]):
+        if finished and (base == "checkpoint.pt" or "checkpoints" in parts[1:2]
+                         or gpu_comparison.RUNS in parts[1:2]):
+            return None
+        if parts[1:2] == [gpu_comparison.RUNS] and len(parts) > 2 and (
+                parts[2] in recorded or parts[2].startswith("twins-")):
             return None
         return member
 
@@ -134,6 +150,7 @@ def file_job(archive_bytes, name, results):
         for record in RECORDS:
             member = members.get(f"{name}/{record}")
             if member is not None:
+                os.makedirs(os.path.dirname(os.path.join(folder, record)), exist_ok=True)
                 with open(os.path.join(folder, record), "wb") as f:
                     f.write(tar.extractfile(member).read())
     target = os.path.join(folder, FINISHED if finished else STATE)
@@ -206,6 +223,8 @@ class Queue:
         return ahead
 
     def command(self, job, fresh, seconds):
+        if job.side == "comparison":
+            return gpu_comparison.command(self, job, seconds)
         run_dir, data = self.run_dir(job), self.period.data_dir
         settings = [x for item in self.args.overrides for x in ("--set", item)]
         settings += ["--set", f"seed={job.seed}"]
@@ -235,6 +254,12 @@ class Queue:
                 self.states[job.name] = {"progress": "finished", "finished": True}
                 done.append(f"{job.name} finished ({where})")
                 continue
+            if job.side == "comparison" and not self.period.lossless:
+                done.append(f"{job.name} not started: no lossless images carried "
+                            f"(gpu_run.py --plan --lossless)")
+                continue
+            if job.side == "comparison":
+                os.makedirs(os.path.join(self.run_dir(job), gpu_comparison.OUT), exist_ok=True)
             state = self.states[job.name] = run_state(self.run_dir(job))
             if state["finished"]:
                 done.append(f"{job.name} finished ({where})")
@@ -254,6 +279,8 @@ class Queue:
             log.flush()
             code = self.period.child(self.command(job, fresh, limit), log, until,
                                      f"job {job.name}")
+            if code == 0 and job.side == "comparison":
+                gpu_comparison.finish(self, job)
             state = self.states[job.name] = run_state(self.run_dir(job))
             if code == 0 and state["finished"]:
                 done.append(f"{job.name} finished here")

@@ -80,6 +80,11 @@ import gpu_probe  # noqa: E402
 # 205 s a seed on an H200 (ours 118 s with its compilation and start, the reference 84 s).
 EQUIVALENCE_ARGS = ("--width 256 --depth 8 --patch-size 2 --train 45000 --val 5000 "
                     "--epochs 10 --seeds 1204,1205 --workers 8")
+# The comparison jobs' (what the JPEG images cost): CM-Vanilla, the paper's 100 epochs,
+# both loops, three seeds, on the 5,085 lossless images' split (4,096 training, 32 whole
+# batches; 989 validation), as the CPU-scale 2 x 2 of results/jpeg-cost/cpu/ splits them.
+COMPARISON_ARGS = ("--width 256 --depth 8 --patch-size 2 --kernel-size 5 --train 4096 "
+                   "--val 989 --epochs 100 --seeds 1204,1205,1206")
 
 
 def main():
@@ -142,6 +147,13 @@ def main():
                         help="more bench_train.py arguments (default: %(default)s)")
     parser.add_argument("--equivalence-args", default=EQUIVALENCE_ARGS,
                         help="bench/equivalence.py's arguments (default: %(default)s)")
+    parser.add_argument("--comparison-args", default=COMPARISON_ARGS,
+                        help="bench/equivalence.py's arguments for the comparison jobs "
+                             "(jpeg-cost-*; default: %(default)s)")
+    parser.add_argument("--lossless", metavar="ARCHIVE",
+                        help="--plan: the lossless images (a .tar.gz of train/<class>/*.png "
+                             "named as their JPEG twins among --data's) that the comparison "
+                             "jobs train and score on")
     parser.add_argument("--arch", default="",
                         help="architecture keys replacing the smoke step's and the bench's "
                              "(e.g. width=32,depth=2: a rehearsal on a CPU)")

@@ -172,6 +172,28 @@ def train(spec, splits, log, run_dir=None, stop=lambda seconds: False):
     return records, model, True
 
 
+def predict(model, images, device="cpu", batch=256):
+    """The class ``model`` (the reference network, trained) predicts for each of the uint8
+    ``images`` ``[N, H, W, 3]``, read as the loop reads its validation images (ToTensor,
+    Normalize; fp16 autocast on a GPU)."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    device = torch.device(device)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = torch.stack([transform(Image.fromarray(image))
+                             for image in images[start:start + batch]]).to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                out.append(model(x).argmax(1).cpu().numpy())
+    return np.concatenate(out)
+
+
 def to_keras(torch_model, keras_model):
     """The reference network's weights and BatchNorm statistics into our Keras model of
     the same architecture, layer by layer in order (their layouts transposed)."""

@@ -26,10 +26,10 @@ def tail(text, limit=3000):
     return (text or "")[-limit:]
 
 
-def run_or_exit(command, timeout, label=None, **kwargs):
+def run_or_exit(command, timeout, label=None, ok=(0,), **kwargs):
     """Runs ``command`` (``subprocess.run`` keyword arguments pass through) and returns the
     completed process; exits with ``label`` (by default the command line) and the last
-    output if it fails or runs past ``timeout`` seconds."""
+    output if it fails (an exit code not in ``ok``) or runs past ``timeout`` seconds."""
     label = label or " ".join(command)
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
@@ -37,7 +37,7 @@ def run_or_exit(command, timeout, label=None, **kwargs):
     except subprocess.TimeoutExpired as error:
         sys.exit(f"{label} ran past --timeout {timeout:g} s; its last output:\n"
                  f"{tail(error.stdout)}{tail(error.stderr)}")
-    if out.returncode != 0:
+    if out.returncode not in ok:
         sys.exit(f"{label} failed (exit {out.returncode}); its last output:\n"
                  f"{tail(out.stdout)}{tail(out.stderr)}")
     return out

@@ -162,15 +162,21 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
 @click.option("--precision", type=click.Choice(["auto", "saved", "float32"]), default="auto",
               show_default=True, help="A Keras model saved under mixed precision: auto runs "
               "it in float32 where no GPU is visible (fast on a CPU), saved as saved.")
+@click.option("--other-images", is_flag=True,
+              help="Score --data-dir's images even where they are not the run's split (the "
+              "JSON says so); without it they must be the run's, by name or index.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @user_errors
-def evaluate(source, data_dir, split, tta, out_dir, precision, as_json):
-    """Evaluate a run folder, .keras file, exported folder, SavedModel or .tflite file."""
+def evaluate(source, data_dir, split, tta, out_dir, precision, other_images, as_json):
+    """Evaluate a run folder, .keras file, exported folder, SavedModel or .tflite file, on
+    the run's split of its data or of --data-dir (the same images in any form: NNNN.png
+    and NNNN.jpg are one image), checked against its split.json; the JSON says which."""
     quiet_tensorflow()
     from cmxl_keras import evaluate as evaluate_lib
 
     results = evaluate_lib.evaluate(source, data_dir, split, tta, out_dir, precision=precision,
-                                    log=lambda m: click.echo(m, err=True))
+                                    log=lambda m: click.echo(m, err=True),
+                                    other_images=other_images)
     if as_json:
         echo_json(results)
         return
@@ -260,21 +266,33 @@ def predict(images, model_dir, top_k, fmt, as_json):
               help="How long a batch waits for more requests; 0: it takes those that "
                    "arrived while the model ran, and waits for none.")
 @click.option("--max-queue", type=int, default=1024, show_default=True,
-              help="Images that may wait; past that a request gets 503.")
+              help="Images that may wait; past that a request gets 503 (busy: retry), and "
+                   "a request with more images than this gets 413.")
 @click.option("--max-body-mb", type=float, default=8.0, show_default=True,
               help="The largest request body read; past that 413.")
+@click.option("--access-log", default="-", show_default=True, metavar="PATH|-|off",
+              help="One line per request (time, client, method, path, status, images, "
+                   "bytes, ms): - is stderr, a path is appended to, off is none.")
+@click.option("--access-log-format", type=click.Choice(["common", "json"]), default="common",
+              show_default=True, help="The common log format with images= and ms= after "
+                                      "it, or one JSON object per line.")
+@click.option("--drain-seconds", type=float, default=30.0, show_default=True,
+              help="On SIGTERM or Ctrl-C: how long requests already accepted may take to "
+                   "be answered; new ones get 503 with Retry-After meanwhile.")
 @user_errors
 def serve(model_dir, host, port, runtime, name, max_batch, batch_wait_ms, max_queue,
-          max_body_mb):
+          max_body_mb, access_log, access_log_format, drain_seconds):
     """Serve an exported model over TensorFlow Serving's REST API, with a page to try it
-    (default MODEL_DIR: the shipped exported/cm_vanilla)."""
+    (default MODEL_DIR: the shipped exported/cm_vanilla), Prometheus metrics at
+    /monitoring/prometheus/metrics and an access log."""
     from cmxl_keras import server
 
     if runtime == "saved_model":
         quiet_tensorflow()
     server.serve(model_dir, host, port, runtime, name, log=lambda m: click.echo(m, err=True),
                  max_body=int(max_body_mb * 2**20), max_batch=max_batch,
-                 wait=batch_wait_ms / 1000, max_queue=max_queue)
+                 wait=batch_wait_ms / 1000, max_queue=max_queue, access_log=access_log,
+                 access_log_format=access_log_format, drain_seconds=drain_seconds)
 
 
 @cli.command()

@@ -11,8 +11,12 @@ Every problem with the data (a missing folder, an unknown layout, a truncated ba
 file, a label out of range, a corrupt image) is a ``DataError`` naming the file.
 """
 
+import collections
 import dataclasses
+import hashlib
+import io
 import os
+import tarfile
 import socket
 
 import numpy as np
@@ -39,6 +43,10 @@ FORMATS = {
 class Split:
     images: np.ndarray  # uint8 [N, H, W, 3]
     labels: np.ndarray  # int32 [N]
+    # Each image's name in an image folder, "<class>/<file name without extension>": what
+    # pairs an image with its twin in another form (train/cat/0042.png, train/cat/0042.jpg).
+    # None for the CIFAR files, whose images are known by their index.
+    names: tuple | None = None
 
     def __len__(self):
         return len(self.labels)
@@ -104,7 +112,7 @@ def _read_image_split(files, folder, image_size, skip_corrupt, class_names=None)
         raise DataError(
             f"image folder {files.describe(folder)!r} has no class sub-folders; expected "
             f"{folder}/<class name>/*.png|jpg, one folder per class.")
-    images, labels, skipped = [], [], 0
+    images, labels, image_names, skipped = [], [], [], 0
     for label, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
         if not files.isdir(class_dir):
@@ -127,9 +135,18 @@ def _read_image_split(files, folder, image_size, skip_corrupt, class_names=None)
                 skipped += 1
                 continue
             labels.append(label)
+            image_names.append(f"{name}/{os.path.splitext(fname)[0]}")
     if not images:
         raise DataError(f"no readable images under {files.describe(folder)!r}.")
-    return Split(np.stack(images), np.asarray(labels, np.int32)), classes, skipped
+    if len(set(image_names)) < len(image_names):
+        twice = sorted(n for n, k in collections.Counter(image_names).items() if k > 1)
+        raise DataError(
+            f"image folder {files.describe(folder)!r} holds {len(twice)} name(s) twice with "
+            f"other extensions ({', '.join(twice[:3])}{', ...' if len(twice) > 3 else ''}): "
+            f"an image is known by its class and file name without the extension. Keep one "
+            f"file of each name.")
+    return (Split(np.stack(images), np.asarray(labels, np.int32), tuple(image_names)),
+            classes, skipped)
 
 
 def _read_image_folder(files, prefix, image_size, skip_corrupt):
@@ -172,6 +189,86 @@ def read_data_dir(path, image_size=32, skip_corrupt=False):
     dataset = "cifar100" if key.startswith("cifar-100") else (
         "cifar10" if key.startswith("cifar-10") else None)
     return RawData(train, test, tuple(classes), description, skipped, dataset)
+
+
+# ----------------------------------------------------------------------------- twins
+# One image in two forms (a lossless PNG and its JPEG, say) has one name in both image
+# folders: "<class>/<file name without extension>". These find an image's twin by it.
+def names_digest(names):
+    """A short digest of image names in their order (as ``splitting``'s index digests)."""
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def select_names(raw, names, where):
+    """The images named ``names`` (in that order) among ``raw``'s training and test images,
+    as a ``Split``; a ``DataError`` naming ``where`` (the source asked for them) where
+    ``raw`` has no names or lacks some."""
+    pools = [s for s in (raw.train, raw.test) if s is not None]
+    if any(s.names is None for s in pools):
+        raise DataError(
+            f"{raw.description} is not an image folder, so its images have no names to pair "
+            f"with {where}'s; images are paired by class and file name "
+            f"(train/<class>/NNNN.png with train/<class>/NNNN.jpg). Give an image folder or "
+            f"its .tar.gz.")
+    at = {}
+    for s in pools:
+        at.update((name, (s, i)) for i, name in enumerate(s.names))
+    missing = [n for n in names if n not in at]
+    if missing:
+        raise DataError(
+            f"{raw.description} lacks {len(missing):,} of the {len(names):,} images of "
+            f"{where} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): each "
+            f"image is looked up by its class and file name without the extension. Give the "
+            f"same images in the other form, with the same names.")
+    images = np.stack([at[n][0].images[at[n][1]] for n in names])
+    labels = np.asarray([at[n][0].labels[at[n][1]] for n in names], np.int32)
+    return Split(images, labels, tuple(names))
+
+
+def image_files(path):
+    """``{name: relative path}`` of every image file of the image folder (or its .tar.gz)
+    at ``path``, its train/ and test/ both, without decoding any."""
+    files = archives.Files(path)
+    found = [prefix for key, prefix in _find_layout(files) if key == "images"]
+    if not found:
+        raise DataError(f"{path!r} is not an image folder (train/<class>/*.png|jpg) nor its "
+                        f".tar.gz; only an image folder's images have names to pair.")
+    out = {}
+    for part in ("train", "test"):
+        folder = os.path.join(found[0], part)
+        if not files.isdir(folder):
+            continue
+        for name in files.listdir(folder):
+            if files.isdir(os.path.join(folder, name)):
+                for fname in files.listdir(os.path.join(folder, name)):
+                    if fname.lower().endswith(IMAGE_EXTENSIONS):
+                        out[f"{part}/{name}/{os.path.splitext(fname)[0]}"] = os.path.join(
+                            folder, name, fname)
+    return out, files
+
+
+def write_twins(names_from, source, out):
+    """Writes to ``out`` (an uncompressed .tar, replaced whole) the image files of
+    ``source`` named as ``names_from``'s images, each as it is (no decoding, no
+    re-encoding) at its own name in ``names_from``'s layout: the same images in
+    ``source``'s form, which ``read_data_dir`` reads in the same order. Returns how many."""
+    wanted, _ = image_files(names_from)
+    have, files = image_files(source)
+    missing = sorted(set(wanted) - set(have))
+    if missing:
+        raise DataError(
+            f"{source!r} lacks {len(missing):,} of the {len(wanted):,} images of "
+            f"{names_from!r} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+            f"twins are paired by split, class and file name without the extension.")
+    tmp = f"{out}.tmp{os.getpid()}"
+    with tarfile.open(tmp, "w") as tar:
+        for key in sorted(wanted):
+            data = files.read(have[key])
+            info = tarfile.TarInfo(key + os.path.splitext(have[key])[1])
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, out)
+    return len(wanted)
 
 
 # ----------------------------------------------------------------------------- tfds

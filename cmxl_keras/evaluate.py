@@ -36,34 +36,98 @@ def metrics(probabilities, labels, num_classes):
     }
 
 
-def evaluation_split(cfg, split, data_dir=None, log=print):
-    """The images and labels of ``split`` under the run's own split protocol."""
-    from cmxl_keras import splitting
+def run_split_of(source):
+    """(path, contents) of the ``split.json`` of the run that ``source`` belongs to (a run
+    folder, or a ``.keras`` file in one or in its ``checkpoints/``); (None, None) if none."""
+    here = os.path.abspath(source)
+    folders = [here] if os.path.isdir(here) else [os.path.dirname(here),
+                                                  os.path.dirname(os.path.dirname(here))]
+    for folder in folders:
+        path = os.path.join(folder, "split.json")
+        if os.path.isfile(path):
+            return path, runs.read_json(path, None)
+    return None, None
+
+
+def _check_part(part, drawn, splits, run_split, where, other_images):
+    """``drawn`` (the ``part`` images that the run's split protocol draws from the data)
+    checked against the run's ``split.json``: returns (the images to score, how they were
+    checked). Where the names differ but the run recorded its validation images' names,
+    those images are picked by name from the data (a folder of the same images in another
+    form, or a larger one holding them)."""
+    from cmxl_keras import data
+
+    if run_split is None:
+        return drawn, "not checked: the model has no run folder with a split.json"
+    key = f"{part}_names_sha256"
+    if run_split.get(key) and drawn.names is not None:
+        if data.names_digest(drawn.names) == run_split[key]:
+            return drawn, "the run's split: the same images by name (names digest)"
+        if part == "val" and run_split.get("val_names") and splits.raw is not None:
+            try:
+                picked = data.select_names(splits.raw, run_split["val_names"], where)
+                return picked, "the run's split: its validation images, picked by name"
+            except DataError as error:
+                if not other_images:
+                    raise DataError(f"{error} Or pass --other-images to score the run's split "
+                                    f"protocol of these images anyway.") from None
+    elif run_split.get(f"{part}_indices_sha256") == splits.info.get(f"{part}_indices_sha256"):
+        return drawn, "the run's split: the same images by index (index digest)"
+    if other_images:
+        return drawn, "other images: not the run's split (--other-images)"
+    raise DataError(
+        f"the {part} images that the run's split protocol draws from {splits.description} are "
+        f"not the images the run was split into ({where}: names or index digests differ), "
+        f"so the figure would not be the run's. Point --data-dir at the run's images, in any "
+        f"form with the same names (train/<class>/NNNN.png or .jpg), or pass --other-images "
+        f"to score these images anyway.")
+
+
+def evaluation_split(cfg, split, data_dir=None, log=print, run_split=None, where=None,
+                     other_images=False):
+    """The images and labels of ``split`` under the run's own split protocol, checked
+    against the run's ``split.json`` (``run_split``, read from ``where``), and a record of
+    which images they are."""
+    from cmxl_keras import data, splitting
 
     if split not in SPLITS:
         raise RunError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
     if data_dir:
         cfg = cfg.replace(data_dir=data_dir)
     splits = splitting.load_splits(cfg, log=log)
-    if split == "val":
-        return splits.val, splits.class_names
-    if splits.test is None:
+    if split != "val" and splits.test is None:
         raise DataError(
             f"--split {split}: the data ({splits.description}) has no test split, so "
             f"validation was carved from train. Use --split val, or a --data-dir with the "
             f"official test batch.")
-    if split == "test":
-        return splits.test, splits.class_names
-    from cmxl_keras.data import Split
-
-    return Split(np.concatenate([splits.val.images, splits.test.images]),
-                 np.concatenate([splits.val.labels, splits.test.labels])), splits.class_names
+    parts = {"val": ("val",), "test": ("test",), "all": ("val", "test")}[split]
+    chosen, checks = [], {}
+    for part in parts:
+        images, checks[part] = _check_part(part, getattr(splits, part), splits, run_split,
+                                           where, other_images)
+        chosen.append(images)
+    names = None if any(c.names is None for c in chosen) else sum((c.names for c in chosen), ())
+    record = {"source": splits.description, "images": sum(len(c) for c in chosen),
+              "names_sha256": names and data.names_digest(names),
+              "pixels_sha256": splitting.pixels_digest(
+                  np.concatenate([c.images for c in chosen])),
+              "run_split": checks, "run_split_file": where}
+    record.update({f"{part}_indices_sha256": splits.info.get(f"{part}_indices_sha256")
+                   for part in parts})
+    if len(chosen) == 1:
+        return chosen[0], splits.class_names, record
+    return data.Split(np.concatenate([c.images for c in chosen]),
+                      np.concatenate([c.labels for c in chosen]), names), \
+        splits.class_names, record
 
 
 def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=print,
-             precision="auto"):
+             precision="auto", other_images=False):
     """Evaluates ``source`` on ``split``; writes JSON and figures; returns the results.
-    A Keras model runs in ``precision`` (``inference.runnable``)."""
+    A Keras model runs in ``precision`` (``inference.runnable``). The images are the run's
+    split of its own data or of ``data_dir`` (the same images, by name or index: checked
+    against the run's ``split.json``; ``other_images`` scores others, said so); the
+    results say which (``data``) and give each image's predicted class (``predicted``)."""
     from cmxl_keras import config as config_lib
 
     predictor = inference.load(source, precision=precision)
@@ -73,7 +137,9 @@ def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=pr
     cfg = predictor.cfg or config_lib.Config(image_size=predictor.image_size)
     if not predictor.cfg and not data_dir:
         raise RunError(f"{source!r} carries no config to find its data: pass --data-dir.")
-    images_split, class_names = evaluation_split(cfg, split, data_dir, log)
+    where, run_split = run_split_of(source)
+    images_split, class_names, record = evaluation_split(cfg, split, data_dir, log, run_split,
+                                                         where, other_images)
     class_names = list(predictor.class_names or class_names)
     probabilities = predictor(images_split.images, desc="evaluate")
     results = {"source": os.path.abspath(source), "form": predictor.kind, "split": split}
@@ -81,6 +147,8 @@ def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=pr
         results.update(precision=predictor.precision, saved_precision=predictor.saved_precision)
     results.update(metrics(probabilities, images_split.labels, len(class_names)))
     results["class_names"] = class_names
+    results["data"] = record
+    results["predicted"] = probabilities.argmax(-1).tolist()
     if tta:
         flipped = predictor(images_split.images[:, :, ::-1], desc="evaluate")
         tta_metrics = metrics((probabilities + flipped) / 2, images_split.labels,
@@ -127,6 +195,9 @@ def format_table(results):
              f"{HALVES[results['split']]} ({results['images']:,} images)",
              f"  top-1 {100 * results['top1']:.2f} %   top-5 {100 * results['top5']:.2f} %   "
              f"loss {results['loss']:.4f}"]
+    if results.get("data"):
+        checks = sorted(set(results["data"]["run_split"].values()))
+        lines.insert(1, f"  images: {results['data']['source']}; {'; '.join(checks)}")
     if "tta_flip" in results:
         t = results["tta_flip"]
         lines.append(f"  with flip TTA: top-1 {100 * t['top1']:.2f} %   top-5 "

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from cmxl_keras.data import Split, read_data_dir, read_tfds
+from cmxl_keras.data import Split, names_digest, read_data_dir, read_tfds
 from cmxl_keras.errors import DataError
 
 
@@ -27,6 +27,7 @@ class Splits:
     class_names: tuple
     description: str
     info: dict  # recorded in the run folder: source, seed, sizes, index digests
+    raw: object = None  # the RawData split (load_splits)
 
 
 def _digest(indices):
@@ -34,7 +35,28 @@ def _digest(indices):
 
 
 def _take(split, indices):
-    return Split(split.images[indices], split.labels[indices])
+    names = split.names and tuple(split.names[i] for i in indices)
+    return Split(split.images[indices], split.labels[indices], names)
+
+
+def pixels_digest(images):
+    """A short digest of images' pixels: the same images in another form (a JPEG of a PNG)
+    have the same names but not the same digest."""
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
+
+
+def record_names(info, splits):
+    """Adds to ``info`` what each part's images are: their pixels' digest, and where the
+    source names them (an image folder) their names' digest and the validation images'
+    names themselves, which find the same images in another form or folder (``evaluate
+    --data-dir``)."""
+    for part, split in splits:
+        if split is not None:
+            info[f"{part}_pixels_sha256"] = pixels_digest(split.images)
+        if split is not None and split.names is not None:
+            info[f"{part}_names_sha256"] = names_digest(split.names)
+            if part == "val":
+                info["val_names"] = list(split.names)
 
 
 def _carve(rng, total, count):
@@ -128,6 +150,7 @@ def make_splits(raw, val_size=5000, val_from_train=0, limit_train=0, seed=1024, 
     train = _take(train, train_idx)
     info.update(train=len(train), val=len(val), test=len(test) if test is not None else 0,
                 train_indices_sha256=_digest(train_idx))
+    record_names(info, (("train", train), ("val", val), ("test", test)))
     return Splits(train, val, test, raw.class_names, raw.description, info)
 
 
@@ -155,5 +178,7 @@ def load_splits(cfg, log=print):
         raise DataError(
             f"the dataset's images are {size[0]}x{size[1]} but the config says image_size "
             f"{cfg.image_size}. Pass --set image_size={size[0]}.")
-    return make_splits(raw, cfg.val_size, cfg.val_from_train, cfg.limit_train, cfg.split_seed,
-                       log, split=cfg.split)
+    splits = make_splits(raw, cfg.val_size, cfg.val_from_train, cfg.limit_train,
+                         cfg.split_seed, log, split=cfg.split)
+    splits.raw = raw  # every image read, for picking a run's images by name (evaluate)
+    return splits

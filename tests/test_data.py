@@ -9,11 +9,12 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cmxl_keras import cifar, data, splitting
 from cmxl_keras.config import Config
 from cmxl_keras.errors import DataError
-from conftest import random_images
+from conftest import SHARED_DATA, random_images
 
 
 def _write_bin(path, images, labels):
@@ -468,3 +469,62 @@ def test_a_tar_gz_of_images_is_read_in_one_pass_whatever_the_order_asked(tmp_pat
     assert contents == [(folder / name).read_bytes() for name in asked]
     raw = data.read_data_dir(str(archive))
     assert raw.class_names == ("cat", "dog") and len(raw.train) == 6
+
+
+# ----------------------------------------------------------------------------- twins
+LOSSLESS = os.path.join(SHARED_DATA, "cifar10-train-lossless-subset.tar.gz")
+JPEG = os.path.join(SHARED_DATA, "cifar10-train-jpeg.tar.gz")
+
+
+def test_the_lossless_archive_pairs_each_image_with_its_jpeg_twin(tmp_path):
+    """The 5,085 lossless training images read as --data-dir takes them, each found by its
+    name among the JPEG training images with the same label and only JPEG's error."""
+    lossless, jpeg = data.read_data_dir(LOSSLESS), data.read_data_dir(JPEG)
+    assert len(lossless.train) == 5085 and lossless.test is None
+    assert lossless.class_names == jpeg.class_names and len(jpeg.train) == 50000
+    per_class = np.bincount(lossless.train.labels, minlength=10)
+    assert per_class.tolist() == [517, 524, 490, 493, 537, 475, 503, 516, 529, 501]
+    twins = data.select_names(jpeg, lossless.train.names, LOSSLESS)
+    assert twins.names == lossless.train.names
+    assert (twins.labels == lossless.train.labels).all()
+    error = np.abs(twins.images.astype(np.int16) - lossless.train.images).mean(axis=(1, 2, 3))
+    assert 0 < error.min() and error.max() < 13.5 and 4 < np.median(error) < 7.5, (
+        error.min(), np.median(error), error.max())
+    # Written out as files, the twins read back as the same images in the same order:
+    # the same split by index, as the digests check.
+    assert data.write_twins(LOSSLESS, JPEG, str(tmp_path / "twins.tar")) == 5085
+    written = data.read_data_dir(str(tmp_path / "twins.tar"))
+    assert written.train.names == lossless.train.names
+    assert (written.train.images == twins.images).all()
+    one, other = (splitting.make_splits(raw, val_from_train=989, seed=0, log=lambda m: None)
+                  for raw in (lossless, written))
+    for key in ("train_indices_sha256", "val_indices_sha256", "val_names_sha256"):
+        assert one.info[key] == other.info[key], key
+    assert one.info["val_pixels_sha256"] != other.info["val_pixels_sha256"]
+
+
+def _folder(root, files):
+    for rel, pixels in files.items():
+        path = os.path.join(root, "train", rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(pixels).save(path)
+    return str(root)
+
+
+def test_twins_are_refused_by_name_where_they_are_missing_or_ambiguous(tmp_path):
+    images = random_images(3)
+    a = _folder(tmp_path / "a", {"cat/1.png": images[0], "cat/2.png": images[1],
+                                 "dog/3.png": images[2]})
+    b = _folder(tmp_path / "b", {"cat/1.jpg": images[0], "dog/3.jpg": images[2]})
+    with pytest.raises(DataError, match=r"lacks 1 of the 3 images .*train/cat/2"):
+        data.write_twins(a, b, str(tmp_path / "twins.tar"))
+    assert not os.path.exists(tmp_path / "twins.tar")
+    with pytest.raises(DataError, match=r"lacks 1 of the 3 images .*cat/2"):
+        data.select_names(data.read_data_dir(b), data.read_data_dir(a).train.names, a)
+    _folder(tmp_path / "b", {"cat/1.png": images[0]})
+    with pytest.raises(DataError, match=r"holds 1 name\(s\) twice .*cat/1"):
+        data.read_data_dir(b)
+    binary = data.read_data_dir(os.path.dirname(_bin_dataset(str(tmp_path / "bin"))))
+    assert binary.train.names is None
+    with pytest.raises(DataError, match="is not an image folder, so its images have no names"):
+        data.select_names(binary, ("cat/1",), a)

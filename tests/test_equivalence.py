@@ -201,3 +201,88 @@ def test_a_comparison_cut_off_resumes_each_side_where_it_stopped(tmp_path, cifar
     assert joined.returncode == 0, joined.stderr[-3000:]
     assert "ours: final top-1" in joined.stdout and "reference: final top-1" in joined.stdout
     assert os.path.getsize(tmp_path / "joined" / "curves.png") > 10_000
+
+
+# ----------------------------------------------------------------------------- the 2 x 2
+import equivalence_cross  # noqa: E402
+
+
+def test_mcnemars_exact_test_is_the_binomial_on_the_discordant_images():
+    assert equivalence_cross.mcnemar(0, 0) == 1.0
+    assert equivalence_cross.mcnemar(0, 6) == pytest.approx(2 / 64)
+    assert equivalence_cross.mcnemar(6, 0) == pytest.approx(2 / 64)
+    assert equivalence_cross.mcnemar(3, 3) == 1.0
+    # 10 against 2: P(X <= 2) for X ~ Bin(12, 1/2) is 79/4096, doubled.
+    assert equivalence_cross.mcnemar(10, 2) == pytest.approx(2 * 79 / 4096)
+
+
+def _scores(right):
+    return {"top1": sum(map(int, right)) / len(right), "correct": right}
+
+
+def _comparison(folder, forms, scores, digests):
+    """A comparison's results.json trained on forms[0]: per side, per seed, the two
+    forms' correct strings."""
+    config = dict(CONFIG, forms=forms, paths={"data": "d", "score_data": "s"},
+                  val_pixels_sha256=digests[0], score_pixels_sha256=digests[1],
+                  val_names_sha256="names")
+    runs = {side: [{"seed": seed, "epochs": [], "scores": {
+        form: _scores(right) for form, right in zip(forms, pair)}}
+        for seed, pair in by_seed.items()] for side, by_seed in scores.items()}
+    os.makedirs(folder)
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump({"config": config, "runs": runs}, f)
+    return str(folder)
+
+
+def test_the_2x2_reads_each_cost_paired_and_the_loops_against_each_other(tmp_path):
+    # Lossless-trained models: seed 1 right on images 0-7 losslessly, 0-5 as JPEG; seed 2
+    # right on 0-6 and 0-5. JPEG-trained: seed 1 right on 0-5 both ways, seed 2 on 0-4
+    # losslessly and 0-5 as JPEG. The reference's the same, but one image better
+    # losslessly when lossless-trained.
+    ours_l = {1: ("1111111100", "1111110000"), 2: ("1111111000", "1111110000")}
+    ours_j = {1: ("1111110000", "1111110000"), 2: ("1111110000", "1111100000")}
+    ref_l = {1: ("1111111110", "1111110000"), 2: ("1111111100", "1111110000")}
+    a = _comparison(tmp_path / "a", ["lossless", "jpeg"],
+                    {"ours": ours_l, "reference": ref_l}, ("L", "J"))
+    b = _comparison(tmp_path / "b", ["jpeg", "lossless"],
+                    {"ours": ours_j, "reference": ours_j}, ("J", "L"))
+    result = equivalence_cross.cross([a, b])
+    ours = result["sides"]["ours"]
+    assert ours["cells"]["lossless"]["lossless"]["mean"] == pytest.approx(75)
+    assert ours["cells"]["jpeg"]["lossless"]["mean"] == pytest.approx(55)
+    # The cost at training time on lossless images: per seed +20 and +20 points, right
+    # only in the lossless-trained model on images 6, 7 (seed 1) and 5, 6 (seed 2).
+    cost = ours["training_cost"]["lossless"]
+    assert cost["per_pair"] == pytest.approx([20, 20])
+    assert cost["standard_error"] == pytest.approx(0, abs=1e-9)
+    assert (cost["right_only_first"], cost["right_only_second"]) == (4, 0)
+    assert cost["mcnemar_p"] == pytest.approx(2 / 16)
+    # At test time, each lossless-trained model on both forms: +20 and +10 points.
+    test = ours["test_cost"]["lossless"]
+    assert test["per_pair"] == pytest.approx([20, 10])
+    assert test["standard_error"] == pytest.approx(5) and test["points"] == pytest.approx(15)
+    assert (test["right_only_first"], test["right_only_second"]) == (3, 0)
+    assert ours["end_to_end"]["per_pair"] == pytest.approx([20, 10])
+    # The reference's lossless-trained models gain one image more losslessly.
+    loops = result["ours_minus_reference"]
+    assert loops["test_cost lossless"]["points"] == pytest.approx(-10)
+    assert loops["training_cost lossless"]["points"] == pytest.approx(-10)
+    lines = equivalence_cross.reading(result)
+    assert any(line.startswith("  test cost, lossless-trained models (lossless - jpeg "
+                               "images): +15.00 points (standard error 5.00; significant)")
+               for line in lines), lines
+
+    with pytest.raises(SystemExit, match="must train on jpeg and score on lossless"):
+        equivalence_cross.cross([a, a])
+    c = _comparison(tmp_path / "c", ["jpeg", "lossless"], {"ours": ours_j}, ("J2", "L"))
+    with pytest.raises(SystemExit, match="scored other validation pixels"):
+        equivalence_cross.cross([a, c])
+    d = _comparison(tmp_path / "d", ["jpeg", "lossless"], {"ours": ours_j}, ("J", "L"))
+    with open(os.path.join(d, "results.json")) as f:
+        moved = json.load(f)
+    moved["config"]["val_indices_sha256"] = "elsewhere"
+    with open(os.path.join(d, "results.json"), "w") as f:
+        json.dump(moved, f)
+    with pytest.raises(SystemExit, match="differ in val_indices_sha256"):
+        equivalence_cross.cross([a, d])

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import SHARED_DATA, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -204,3 +204,79 @@ def test_progress_bars_show_on_a_terminal_only(three_forms, cifar_dir, tmp_path)
     assert piped.returncode == 0 and "evaluate:" not in piped.stderr
     assert json.loads(piped.stdout)["images"] == 128
 
+
+
+# ----------------------------------------------------------------------------- other forms
+@pytest.fixture(scope="module")
+def forms(tmp_path_factory):
+    """A run trained on 20 lossless images a class (PNG, named as their JPEG twins), and
+    folders of the same images as JPEG, of those and 5 more a class, and of others."""
+    import tarfile
+
+    root = tmp_path_factory.mktemp("forms")
+    chosen = {}
+    with tarfile.open(os.path.join(SHARED_DATA, "cifar10-train-lossless-subset.tar.gz")) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(chosen.setdefault(parts[1], [])) < 20:
+                chosen[parts[1]].append(parts[2][:-4])
+                tar.extract(member, root / "lossless", filter="data")
+    extra = {}
+    with tarfile.open(os.path.join(SHARED_DATA, "cifar10-train-jpeg.tar.gz")) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile():
+                continue
+            if parts[2][:-4] in chosen[parts[1]]:
+                tar.extract(member, root / "jpeg", filter="data")
+                tar.extract(member, root / "more", filter="data")
+            elif extra.get(parts[1], 0) < 25:
+                extra[parts[1]] = extra.get(parts[1], 0) + 1
+                tar.extract(member, root / ("more" if extra[parts[1]] <= 5 else "others"),
+                            filter="data")
+    run_dir = str(root / "run")
+    trained = run_cli("train", "--config", "smoke", "--data-dir", root / "lossless",
+                      "--run-dir", run_dir, "--epochs", "1", "--val-from-train", "50",
+                      "--set", "aug=none")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    return {"run": run_dir, **{k: str(root / k) for k in ("lossless", "jpeg", "more",
+                                                          "others")}}
+
+
+def test_evaluate_scores_the_runs_images_in_another_form_and_says_which(forms, tmp_path):
+    scored = {}
+    for form in ("lossless", "jpeg", "more"):
+        result = run_cli("evaluate", forms["run"], "--data-dir", forms[form], "--out",
+                         tmp_path / form, "--json")
+        assert result.returncode == 0, result.stderr[-3000:]
+        scored[form] = json.loads(result.stdout)
+    split = json.load(open(os.path.join(forms["run"], "split.json")))
+    for form, how in (("lossless", "the same images by name"), ("jpeg", "the same images by "
+                                                                "name"), ("more", "picked by name")):
+        record = scored[form]["data"]
+        assert how in record["run_split"]["val"], record
+        assert record["names_sha256"] == split["val_names_sha256"], record
+        assert record["run_split_file"] == os.path.join(forms["run"], "split.json")
+        assert record["images"] == 50 and len(scored[form]["predicted"]) == 50
+    # The run's own pixels where they are its own images; the JPEG twins' elsewhere, the
+    # same in a folder of the twins alone and in a larger one.
+    assert scored["lossless"]["data"]["pixels_sha256"] == split["val_pixels_sha256"]
+    assert scored["jpeg"]["data"]["pixels_sha256"] == scored["more"]["data"]["pixels_sha256"]
+    assert scored["jpeg"]["data"]["pixels_sha256"] != split["val_pixels_sha256"]
+    assert scored["jpeg"]["predicted"] == scored["more"]["predicted"]
+    labels = [scored["jpeg"]["class_names"].index(n.split("/")[0]) for n in split["val_names"]]
+    top1 = np.mean(np.asarray(scored["jpeg"]["predicted"]) == labels)
+    assert top1 == pytest.approx(scored["jpeg"]["top1"])
+
+
+def test_evaluate_refuses_images_that_are_not_the_runs_unless_asked(forms, tmp_path):
+    refused = run_cli("evaluate", forms["run"], "--data-dir", forms["others"], "--out",
+                      tmp_path / "refused")
+    assert refused.returncode == 3, refused.stderr[-3000:]  # a data error
+    assert "lacks 50 of the 50 images of" in refused.stderr, refused.stderr
+    assert "--other-images" in refused.stderr and "Traceback" not in refused.stderr
+    assert not os.path.exists(tmp_path / "refused" / "eval_val.json")
+    asked = run_cli("evaluate", forms["run"], "--data-dir", forms["others"], "--out",
+                    tmp_path / "asked", "--other-images", "--json")
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    assert json.loads(asked.stdout)["data"]["run_split"]["val"].startswith("other images")

@@ -246,6 +246,107 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     assert left["epochs_done"] >= 1 and left["step"] >= 4 and not left["finished"], left
 
 
+@pytest.fixture(scope="module")
+def tiny_forms(tmp_path_factory):
+    """8 lossless images per class (PNG, from the shared archive) and the training images
+    that hold their JPEG twins (the same names) and 4 more JPEG images per class."""
+    folder = tmp_path_factory.mktemp("gpu-forms")
+    lossless, jpeg = folder / "lossless.tar.gz", folder / "train-images.tar.gz"
+    names = {}
+    with tarfile.open(os.path.join(SHARED_DATA, "cifar10-train-lossless-subset.tar.gz")) as src, \
+            tarfile.open(lossless, "w:gz") as dst:
+        for member in src:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3 and len(names.setdefault(parts[1], [])) < 8:
+                names[parts[1]].append(parts[2].rsplit(".", 1)[0])
+                dst.addfile(member, src.extractfile(member))
+    extra = {}
+    with tarfile.open(os.path.join(SHARED_DATA, "cifar10-train-jpeg.tar.gz")) as src, \
+            tarfile.open(jpeg, "w:gz") as dst:
+        for member in src:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 3:
+                continue
+            twin = parts[2].rsplit(".", 1)[0] in names[parts[1]]
+            if twin or extra.get(parts[1], 0) < 4:
+                extra[parts[1]] = extra.get(parts[1], 0) + (not twin)
+                dst.addfile(member, src.extractfile(member))
+    return str(jpeg), str(lossless)
+
+
+# The comparison jobs at a rehearsal's size: one seed, 60 training and 20 validation images.
+COMPARISON = ["--comparison-args", "--width 16 --depth 2 --patch-size 4 --kernel-size 3 "
+              "--train 60 --val 20 --epochs 2 --seeds 1 --batch-size 32",
+              "--ref-workers", "0", "--min-job-seconds", "5", "--phases", "setup,queue",
+              "--jobs", "jpeg-cost-lossless,jpeg-cost-jpeg"]
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_comparison_jobs(tiny_forms, tmp_path):
+    """What the JPEG images cost at the paper's scale, queued: both comparison jobs stop,
+    travel as state, resume on a fresh machine, finish lean and read as one 2 x 2."""
+    jpeg, lossless = tiny_forms
+    carry, results = tmp_path / "carry", tmp_path / "results"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    planned = gpu_run("--plan", "--carry", carry, "--data", jpeg, "--lossless", lossless,
+                      "--results", results, "--python-version", python)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "carry: forms/" in planned.stdout, planned.stdout
+    assert os.listdir(carry / "forms") == ["lossless.tar.gz"]
+
+    # Period 1: the first job's first run (ours) stops after a step; nothing else starts.
+    out1 = tmp_path / "out1"
+    first = gpu_run("--carry", carry, "--work", tmp_path / "work1", "--results", results,
+                    "--train-seconds", "1", *COMPARISON, env={"OUT": str(out1)})
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert summary(out1)["phases"]["queue"]["status"] == (
+        "ok: jpeg-cost-lossless stopped and saved, 0 of 2 runs finished, 0 epochs trained")
+    assert list(summary(out1)["pack"]["jobs"]) == ["jpeg-cost-lossless"]
+    assert gpu_run("--collect", out1, "--results", results).returncode == 0
+    archives, files = _state(results, "jpeg-cost-lossless")
+    assert archives == ["state.tgz"], archives
+    assert "runs/ours-1/checkpoints/last.weights.h5" in files, files
+    assert not any("twins-" in f for f in files), files
+
+    # Period 2, a fresh machine: the first job continues from its committed state (ours
+    # mid-run), both finish, and each comes back lean: records, no run folders.
+    out2 = tmp_path / "out2"
+    second = gpu_run("--carry", carry, "--work", tmp_path / "work2", "--results", results,
+                     *COMPARISON, env={"OUT": str(out2)})
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert summary(out2)["phases"]["queue"]["status"] == (
+        "ok: jpeg-cost-lossless finished here; jpeg-cost-jpeg finished here")
+    queue = open(out2 / "queue.txt").read()
+    assert "jpeg-cost-lossless: continuing the committed" in queue, queue
+    assert "resuming" in queue and "ours-1" in queue, queue
+    assert gpu_run("--collect", out2, "--results", results).returncode == 0
+    for job, forms in (("jpeg-cost-lossless", ["lossless", "jpeg"]),
+                       ("jpeg-cost-jpeg", ["jpeg", "lossless"])):
+        archives, files = _state(results, job)
+        assert archives == ["run.tgz"], archives
+        assert not any(f.startswith("runs/") for f in files), files
+        filed = json.load(open(results / job / "comparison" / "results.json"))
+        assert filed["config"]["forms"] == forms
+        for side in ("ours", "reference"):
+            (run,) = filed["runs"][side]
+            assert set(run["scores"]) == set(forms), run["scores"]
+            assert all(len(v["correct"]) == 20 for v in run["scores"].values())
+    # The two read as one 2 x 2, from the committed records.
+    crossed = run_process([sys.executable, os.path.join(ROOT, "bench", "equivalence.py"),
+                           "--cross", f"{results / 'jpeg-cost-lossless' / 'comparison'},"
+                           f"{results / 'jpeg-cost-jpeg' / 'comparison'}",
+                           "--out", tmp_path / "cross"], 120)
+    assert crossed.returncode == 0, crossed.stderr[-3000:]
+    reading = json.load(open(tmp_path / "cross" / "results.json"))
+    assert set(reading["sides"]) == {"ours", "reference"}
+    assert set(reading["sides"]["ours"]["cells"]) == {"lossless", "jpeg"}
+    # Finished, the lossless images no longer travel.
+    replanned = gpu_run("--plan", "--carry", carry, "--results", results,
+                        "--python-version", python)
+    assert "the comparison jobs are finished: no lossless images carried" in replanned.stdout
+    assert not os.path.exists(carry / "forms")
+
+
 def test_the_plan_fails_loudly_when_what_travels_is_over_the_limit(tmp_path):
     data = tmp_path / "images" / "train" / "cat"
     data.mkdir(parents=True)

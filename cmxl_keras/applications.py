@@ -39,8 +39,12 @@ def presets():
 
 
 def preset_dir(preset):
-    """The folder of ``preset``: a shipped name, or the path of an exported folder."""
-    candidates = [preset] + [os.path.join(folder, preset) for folder in PRESET_DIRS]
+    """The folder of ``preset``: a shipped preset's name (``presets()``) is that preset,
+    even where the working folder holds a folder of the same name; a path (written with
+    a separator, as ``./name``, or absolute) is an exported folder."""
+    shipped = [os.path.join(folder, preset) for folder in PRESET_DIRS]
+    as_path = os.sep in preset or "/" in preset or os.path.isabs(preset)
+    candidates = [preset] if as_path else shipped + [preset]
     for folder in candidates:
         if os.path.isfile(os.path.join(folder, KERAS_FILE)):
             return folder

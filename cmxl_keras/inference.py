@@ -81,7 +81,7 @@ def load(source, fmt=None, metadata=None, precision="auto"):
             raise DataError(f"{source!r} has no {TFLITE_FILES['tflite']}; export it with "
                             f"--formats tflite, or use --format saved_model.")
         runner = guarded(path, lambda: TFLiteRunner(path))
-        return Loaded("tflite", path, lambda x, batch, desc: runner(x, desc=desc or None),
+        return Loaded("tflite", path, lambda x, batch, desc: runner(x, desc or None, batch),
                       runner.image_size, cfg, meta.get("class_names"))
     if fmt == "saved_model" and saved_model is None:
         raise DataError(f"{source!r} has no {SAVED_MODEL}; export it with --formats "
@@ -222,14 +222,16 @@ class TFLiteRunner:
         self.input_dtype, self.image_size = details["dtype"], int(details["shape"][1])
         self.runner = runner
 
-    def __call__(self, images, desc=None):
+    def __call__(self, images, desc=None, batch=None):
+        """Probabilities of ``images``, run ``batch`` images at a time (None: all at once,
+        or 256 at a time behind a progress bar named ``desc``)."""
         images = np.asarray(images).astype(self.input_dtype)
-        if desc is None:
-            out = self.runner(**{self.input_name: images})
-            return np.asarray(out["probabilities"], np.float32)
+        size = batch or (256 if desc else max(len(images), 1))
+        starts = (progress.batches(len(images), size, desc) if desc
+                  else range(0, max(len(images), 1), size))
         return np.concatenate([
-            np.asarray(self.runner(**{self.input_name: images[i:i + 256]})["probabilities"],
-                       np.float32) for i in progress.batches(len(images), 256, desc)])
+            np.asarray(self.runner(**{self.input_name: images[i:i + size]})["probabilities"],
+                       np.float32) for i in starts])
 
 
 def saved_model_predict(path, images, batch=256, desc="SavedModel"):

@@ -33,6 +33,11 @@ def parse_predict(body, served):
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(f"the body is not JSON ({error}). Send a JSON object such as "
                          f"{{\"instances\": [...]}}.") from None
+    except RecursionError:  # Python's parser gives up on arrays nested a thousand deep
+        raise BadRequest("the body's JSON nests arrays or objects more deeply than the "
+                         "parser follows (about a thousand levels); an image is 4 levels "
+                         "deep in \"instances\". Send [N, H, W, 3] pixels or {\"b64\": ...} "
+                         "images.") from None
     if not isinstance(request, dict):
         raise BadRequest(f"the body is a JSON {type(request).__name__}, not an object. Send "
                          f"{{\"instances\": [...]}} or {{\"inputs\": ...}}.")
@@ -78,7 +83,7 @@ def _b64(item, i, served):
 def _pixels(value, size):
     try:
         array = np.asarray(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # ragged, or nested past what NumPy follows
         array = None
     want = f"[N, {size}, {size}, 3]"
     if array is None or array.dtype == object or array.ndim != 4 or \

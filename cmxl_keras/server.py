@@ -16,7 +16,10 @@ SavedModel itself (``runtime="saved_model"``: its own signatures, TensorFlow's d
 Concurrent requests are batched (``Batcher``). Every input is checked before it is queued
 (images from their headers, as ``predict`` checks them: a decompression bomb is refused
 without decoding), the body size and the queue are bounded, and each bad request gets a
-4xx with what was wrong and the fix, while the server goes on serving.
+4xx with what was wrong and the fix, while the server goes on serving; a client that
+hangs up is logged as its fault, on one line; the server's own faults are a 500 with
+their stack logged once. On SIGTERM it drains: the requests accepted are answered, new
+ones get 503 with Retry-After. The access log and the metrics are ``serve_ops``'.
 
 aiohttp is the HTTP stack: a maintained asyncio server whose request-size bound and
 graceful shutdown come built in, and on whose event loop concurrent requests can wait
@@ -25,6 +28,7 @@ for one batched model call without a thread each.
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -34,6 +38,7 @@ import numpy as np
 
 from cmxl_keras import inference
 from cmxl_keras.applications import PRESET_DIRS
+from cmxl_keras.batching import Batcher
 from cmxl_keras.errors import ConfigError, DataError, RunError
 from cmxl_keras.images import decode_image
 from cmxl_keras.rest import BadRequest, parse_predict, respond, signature_defs
@@ -76,110 +81,23 @@ class Served:
             raise BadRequest(str(error)) from None
 
 
-class Batcher:
-    """Joins the requests waiting for one model function into batches: those that arrived
-    while the model ran join at once, and the batch waits at most ``wait`` seconds more
-    (0 by default: a lone request never waits), up to ``max_batch`` images; then one call
-    runs them all in a worker thread (one at a time: a LiteRT interpreter is not
-    thread-safe). At most ``max_queue`` images wait; past that a request is refused
-    (503) instead of queued without bound."""
-
-    def __init__(self, run, max_batch=64, wait=0.0, max_queue=1024):
-        self.run, self.max_batch, self.wait, self.max_queue = run, max_batch, wait, max_queue
-        self.pending, self.queued = asyncio.Queue(), 0
-        self.task = None
-
-    async def __call__(self, inputs):
-        if self.queued + len(inputs) > self.max_queue:
-            raise BadRequest(f"the server is busy: {self.queued} images are waiting, and it "
-                             f"queues at most {self.max_queue} (--max-queue). Retry shortly.",
-                             status=503)
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._work())
-        future = asyncio.get_running_loop().create_future()
-        self.queued += len(inputs)
-        await self.pending.put((inputs, future))
-        return await future
-
-    async def _work(self):
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.pending.get()]
-            size = len(batch[0][0])
-            deadline = loop.time() + self.wait
-            while size < self.max_batch:
-                try:  # what arrived while the model ran joins at once, without waiting
-                    item = self.pending.get_nowait()
-                except asyncio.QueueEmpty:
-                    if deadline - loop.time() <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.pending.get(),
-                                                      deadline - loop.time())
-                    except asyncio.TimeoutError:
-                        break
-                batch.append(item)
-                size += len(item[0])
-            try:
-                await self._answer(batch, loop)
-            except Exception as error:  # a fault here must not stop the worker: say it
-                for _, future in batch:
-                    _settle(future, BadRequest(f"the server failed on this request: "
-                                               f"{type(error).__name__}: {error}", 500))
-            finally:
-                self.queued -= size
-
-    async def _answer(self, batch, loop):
-        """Runs one batch and answers each request in it. If the model refuses the
-        batch, each request is run alone, so only the one it refuses gets the error."""
-        def joined(items):
-            inputs = [x for item, _ in items for x in item]
-            return np.stack(inputs) if isinstance(inputs[0], np.ndarray) else inputs
-
-        try:
-            out = await loop.run_in_executor(None, self.run, joined(batch))
-        except Exception as error:  # the model's own refusal (TensorFlow's Assert)
-            if len(batch) > 1:
-                for one in batch:
-                    await self._answer([one], loop)
-                return
-            refused = type(error).__name__ == "InvalidArgumentError"
-            # TensorFlow's message names graph nodes around the reason: keep the reason.
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()
-                     and not line.strip().startswith(("[[", "Detected at", "<stack",
-                                                      "Graph execution error"))]
-            reason = (lines[0] if lines else str(error))[:2000]
-            _settle(batch[0][1], BadRequest(
-                f"the model refused this request: {reason}. Send JPEG, PNG, GIF or BMP "
-                f"files that decode." if refused else
-                f"the model failed on this request: {type(error).__name__}: {reason}",
-                status=400 if refused else 500))
-            return
-        start = 0
-        for item, future in batch:
-            _settle(future, out[start:start + len(item)])
-            start += len(item)
-
-
-def _settle(future, result):
-    """Answers a waiting request, unless it is gone (its client hung up)."""
-    if future.done():
-        return
-    if isinstance(result, Exception):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
-
-
 def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue=1024):
+    """The aiohttp application: TensorFlow Serving's routes, the page, the metrics; every
+    refusal a JSON error with its status; while ``app["draining"]`` (after SIGTERM), new
+    requests get 503 with Retry-After and those already accepted are answered."""
     from aiohttp import web
 
-    images = Batcher(served.images, max_batch, wait, max_queue)
-    encoded = Batcher(served.encoded, max_batch, wait, max_queue) if served.encoded else None
-    loop_run = asyncio.get_running_loop
+    from cmxl_keras import serve_ops
 
-    def error(status, message):
-        return web.json_response({"error": message}, status=status)
+    metrics = serve_ops.AccessLog.metrics = serve_ops.Metrics(name)  # one server a process
+    images = Batcher(served.images, max_batch, wait, max_queue, metrics.model_call)
+    encoded = (Batcher(served.encoded, max_batch, wait, max_queue, metrics.model_call)
+               if served.encoded else None)
+    loop_run = asyncio.get_running_loop
+    log = logging.getLogger("cmxl.serve")
+
+    def error(status, message, **headers):
+        return web.json_response({"error": message}, status=status, headers=headers)
 
     def model(request):
         asked = request.match_info["name"]
@@ -211,6 +129,7 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
         # reading other requests meanwhile.
         signature, inputs, columnar = await loop_run().run_in_executor(
             None, parse_predict, body, served)
+        request["images"] = len(inputs)
         if signature == "serving_bytes" and encoded is None:  # LiteRT: decoded here
             inputs = await loop_run().run_in_executor(None, lambda: [
                 served.decode(data, f"instance {i}") for i, data in enumerate(inputs)])
@@ -218,17 +137,43 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
         batcher = encoded if signature == "serving_bytes" else images
         return web.json_response(respond(await batcher(inputs), columnar))
 
+    async def prometheus(request):
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        queued = images.queued + (encoded.queued if encoded else 0)
+        return web.Response(body=metrics.text(queued),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     @web.middleware
     async def errors(request, handler):
+        if request.app["draining"]:
+            request["error"] = "draining: the server is stopping"
+            return error(503, "the server is stopping (SIGTERM) and takes no new requests; "
+                              "retry in a moment, on this address once it is back or on "
+                              "another replica.", **{"Retry-After": "1"})
+        request.app["in_flight"] += 1
         try:
             return await handler(request)
         except BadRequest as refused:
+            request["error"] = str(refused)
             return error(refused.status, str(refused))
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as http:  # JSON, as TF Serving
+            request["error"] = "no such route"
             return error(http.status, f"{request.method} {request.path}: no such route here. "
                                       f"This server answers GET /v1/models/{name}, GET "
                                       f"/v1/models/{name}/metadata and POST "
-                                      f"/v1/models/{name}:predict (also under /versions/1).")
+                                      f"/v1/models/{name}:predict (also under /versions/1), "
+                                      f"and GET {serve_ops.METRICS_PATH}.")
+        except serve_ops.CLIENT_FAULTS as gone:  # the client hung up mid-request
+            request["error"] = f"the client went away mid-request ({gone or 'cancelled'})"
+            return error(CLIENT_GONE, request["error"])  # logged; nobody reads it
+        except Exception as failure:  # the server's own fault: its stack, once
+            log.exception("server fault on %s %s", request.method, request.path)
+            request["error"] = f"{type(failure).__name__}: {failure}"
+            return error(500, f"the server failed on this request ({type(failure).__name__}: "
+                              f"{str(failure)[:300]}); it is logged. Retrying may not help.")
+        finally:
+            request.app["in_flight"] -= 1
 
     async def page(request):
         with open(PAGE) as f:
@@ -237,14 +182,19 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
         return web.Response(text=text, content_type="text/html")
 
     app = web.Application(client_max_size=max_body, middlewares=[errors])
-    for prefix in ("/v1/models/{name}", "/v1/models/{name}/versions/1"):
-        app.router.add_get(prefix, status)
-        app.router.add_get(prefix + "/metadata", metadata)
-        app.router.add_post(prefix + ":predict", predict)
-    app.router.add_get("/", page)
+    app["draining"], app["in_flight"], app["metrics"] = False, 0, metrics
+    for version, prefix in (("", "/v1/models/{name}"), ("-v1", "/v1/models/{name}/versions/1")):
+        app.router.add_get(prefix, status, name="status" + version)
+        app.router.add_get(prefix + "/metadata", metadata, name="metadata" + version)
+        app.router.add_post(prefix + ":predict", predict, name="predict" + version)
+    app.router.add_get("/", page, name="page")
+    app.router.add_get(serve_ops.METRICS_PATH, prometheus, name="metrics")
     return app
 
 
+# The status a request is logged and counted with when its client hung up before the
+# answer (nginx's "client closed request"): a client's fault, not the server's 500.
+CLIENT_GONE = 499
 SHIPPED = os.path.join(PRESET_DIRS[0], "cm_vanilla")  # a clone's exported/cm_vanilla
 
 
@@ -265,10 +215,20 @@ def check_limits(name, port, max_body, max_batch, wait, max_queue):
 
 
 def serve(model_dir=None, host="127.0.0.1", port=8501, runtime="tflite", name=None,
-          log=print, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue=1024):
+          log=print, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue=1024,
+          access_log="-", access_log_format="common", drain_seconds=30.0):
     """Serves ``model_dir`` (default: the shipped model) until SIGINT or SIGTERM; prints
-    where it listens."""
+    where it listens. ``access_log``: "-" (stderr), a file, or "off"; on a signal, the
+    requests accepted are answered for up to ``drain_seconds`` while new ones get 503."""
+    from cmxl_keras import serve_ops
+
     check_limits(name, port, max_body, max_batch, wait, max_queue)
+    if drain_seconds < 0:
+        raise ConfigError(f"--drain-seconds {drain_seconds}: it must be at least 0 (0 stops "
+                          f"at once, cutting off the requests in flight).")
+    if access_log_format not in serve_ops.FORMATS:
+        raise ConfigError(f"--access-log-format {access_log_format!r}: choose "
+                          f"{' or '.join(serve_ops.FORMATS)}.")
     if model_dir is None:
         if not os.path.isfile(os.path.join(SHIPPED, "metadata.json")):
             raise RunError(f"no MODEL_DIR given, and the shipped model is not here "
@@ -277,14 +237,25 @@ def serve(model_dir=None, host="127.0.0.1", port=8501, runtime="tflite", name=No
     if not os.path.isdir(model_dir):
         raise RunError(f"{model_dir!r} does not exist. Give an exported model folder "
                        f"(exported/<name>), made by 'cli.py export'.")
+    try:
+        access = serve_ops.access_logger(access_log)
+    except OSError as failure:
+        raise ConfigError(f"--access-log {access_log!r} cannot be opened for appending "
+                          f"({failure.strerror or failure}). Give a writable file, - for "
+                          f"stderr, or off.") from None
+    serve_ops.server_logging()
     served = Served(model_dir, runtime)
     name = name or served.metadata.get("config", {}).get("name") or "model"
 
     async def main():
         from aiohttp import web
 
-        runner = web.AppRunner(make_app(served, name, max_body, max_batch, wait, max_queue),
-                               access_log=None, handle_signals=False)
+        app = make_app(served, name, max_body, max_batch, wait, max_queue)
+        # The drain (``drain``) waits for the requests in flight; what is left after it is
+        # cut off at once (aiohttp's own wait for handlers would be another 60 s).
+        runner = web.AppRunner(app, access_log=access, access_log_class=serve_ops.AccessLog,
+                               access_log_format=access_log_format, handle_signals=False,
+                               shutdown_timeout=0.1)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
@@ -298,10 +269,26 @@ def serve(model_dir=None, host="127.0.0.1", port=8501, runtime="tflite", name=No
         bound = runner.addresses[0]
         url = f"http://{bound[0]}:{bound[1]}"
         log(f"serving {name} ({model_dir}, {runtime}) on {url}/v1/models/{name} ; the page "
-            f"on {url}/ ; Ctrl-C stops it")
+            f"on {url}/ ; metrics on {url}{serve_ops.METRICS_PATH} ; Ctrl-C stops it")
         started = time.monotonic()
         await stop.wait()
+        await drain(app, drain_seconds, log)
         await runner.cleanup()
         log(f"stopped after {time.monotonic() - started:.0f} s")
 
     asyncio.run(main())
+
+
+async def drain(app, seconds, log):
+    """After a stop signal: new requests are refused (503, Retry-After) while those
+    already accepted finish, for at most ``seconds``."""
+    app["draining"] = True
+    deadline = time.monotonic() + seconds
+    if app["in_flight"]:
+        log(f"stopping: answering the {app['in_flight']} request(s) in flight (at most "
+            f"{seconds:g} s; new ones get 503)")
+    while app["in_flight"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if app["in_flight"]:
+        log(f"stopping: {app['in_flight']} request(s) still in flight after {seconds:g} s "
+            f"(--drain-seconds) are cut off")

@@ -144,3 +144,43 @@ def test_the_shipped_saved_model_refuses_a_decompression_bomb_and_serves_on(serv
         serve(image_bytes=tf.constant([b"RIFF\x00\x00\x00\x00WEBPVP8 "]))
     probabilities = serve(image_bytes=tf.constant([cat]))["probabilities"].numpy()
     assert probabilities.shape == (1, 10) and abs(probabilities.sum() - 1) < 1e-5
+
+
+def test_a_preset_name_is_the_shipped_preset_and_a_path_is_a_folder(tmp_path, monkeypatch):
+    """A folder named like a shipped preset in the working folder does not shadow it; the
+    same folder written as a path is taken."""
+    from cmxl_keras import applications
+
+    local = tmp_path / "cm_vanilla"
+    local.mkdir()
+    (local / "model.keras").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert os.path.samefile(applications.preset_dir("cm_vanilla"), SHIPPED)
+    assert applications.preset_dir("./cm_vanilla") == "./cm_vanilla"
+    assert applications.preset_dir(str(local)) == str(local)
+
+
+def test_the_tflite_runner_runs_the_batches_it_is_given(real_images):
+    from cmxl_keras import inference
+
+    runner = inference.TFLiteRunner(os.path.join(SHIPPED, "model_fp32.tflite"))
+    sizes, run = [], runner.runner
+    runner.runner = lambda **kw: sizes.append(len(next(iter(kw.values())))) or run(**kw)
+    images = real_images[0][:20]
+    whole = runner(images)
+    assert sizes == [20]
+    sizes.clear()
+    np.testing.assert_allclose(runner(images, batch=7), whole, atol=1e-6)
+    assert sizes == [7, 7, 6]
+    sizes.clear()
+    # The exported folder loaded as predict and evaluate load it honours its batch too.
+    calls = []
+    loaded = inference.load(SHIPPED, "tflite")
+    real = inference.TFLiteRunner.__call__
+    inference.TFLiteRunner.__call__ = lambda self, x, desc=None, batch=None: (
+        calls.append(batch) or real(self, x, desc, batch))
+    try:
+        np.testing.assert_allclose(loaded(images, batch=8), whole, atol=1e-6)
+    finally:
+        inference.TFLiteRunner.__call__ = real
+    assert calls == [8]

@@ -1,0 +1,178 @@
+"""``cli.py serve`` as an operator runs it, with real HTTP on localhost: every client fault
+a 4xx and one log line (never a stack, never a 500), the access log in both formats,
+the Prometheus metrics scraped with the client library's own parser after real
+traffic, and the drain on SIGTERM with requests in flight."""
+
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from test_serve import EXAMPLES, Server
+
+PREDICT = "/v1/models/cm_vanilla:predict"
+
+
+def _b64(*paths):
+    return {"signature_name": "serving_bytes", "instances": [
+        {"b64": base64.b64encode(open(p, "rb").read()).decode()} for p in paths]}
+
+
+def _raw(server, data, read=True):
+    """Sends ``data`` on a new connection; returns the first bytes answered ("" when the
+    connection is closed at once without reading)."""
+    host, port = server.url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(data)
+        return sock.recv(300).decode(errors="replace") if read else ""
+
+
+def _hang_up_mid_upload(server):
+    host, port = server.url[len("http://"):].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                 "{\"instances\": [".encode())
+    time.sleep(0.3)  # the server is reading the body
+    sock.close()
+
+
+def _access_lines(text):
+    return [line for line in text.splitlines() if line.startswith("127.0.0.1 - - [")]
+
+
+@pytest.mark.slow
+def test_client_faults_are_4xx_with_one_line_each_and_the_metrics_count_them():
+    server = Server("tflite", "--max-queue", "4", "--max-batch", "4")
+    try:
+        deep = b"{\"instances\": " + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        assert server.predict(deep)[0] == 400
+        status, answer = server.predict(_b64(*[EXAMPLES[0]] * 5))
+        assert status == 413, answer  # never 503: no retry could serve it
+        assert "has 5 images, more than the 4 the server queues" in answer["error"], answer
+        for _ in range(3):
+            _hang_up_mid_upload(server)
+        assert _raw(server, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+                    ).startswith("HTTP/1.0 400")
+        assert _raw(server, b"\x16\x03\x01 not http at all\r\n\r\n").startswith("HTTP/1.0 400")
+        status, answer = server.predict(_b64(*EXAMPLES[:3]))
+        assert status == 200 and len(answer["predictions"]) == 3, answer
+        # The page and the metrics, scraped and parsed with prometheus_client's parser.
+        with urllib.request.urlopen(server.url + "/", timeout=30) as page:
+            assert page.status == 200
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(server.url + "/monitoring/prometheus/metrics",
+                                    timeout=30) as scraped:
+            families = {f.name: f for f in text_string_to_metric_families(
+                scraped.read().decode())}
+        counts = {(s.labels["route"], s.labels["status"]): s.value
+                  for s in families["cmxl_serve_requests"].samples
+                  if s.name == "cmxl_serve_requests_total"}
+        assert counts == {("predict", "400"): 1, ("predict", "413"): 1, ("predict", "499"): 3,
+                          ("other", "400"): 2, ("predict", "200"): 1, ("page", "200"): 1}, counts
+        batches = {s.name: s.value for s in families["cmxl_serve_batch_images"].samples}
+        assert batches["cmxl_serve_batch_images_count"] == 1, batches  # one model call
+        assert batches["cmxl_serve_batch_images_sum"] == 3, batches
+        latency = {s.name: s.value for s in families["cmxl_serve_request_seconds"].samples
+                   if s.labels.get("route") == "predict"}
+        assert latency["cmxl_serve_request_seconds_count"] == 6, latency
+        (queue,) = families["cmxl_serve_queue_images"].samples
+        assert queue.value == 0
+    finally:
+        ended = server.stop()
+    log = ended.stderr
+    assert ended.returncode == 0, log[-3000:]
+    assert "Traceback" not in log and " ERROR " not in log, log[-5000:]
+    lines = _access_lines(log)
+    statuses = [int(re.search(r'" (\d{3}) ', line).group(1)) for line in lines]
+    assert sorted(statuses) == sorted([400, 413, 499, 499, 499, 400, 400, 200, 200, 200]), lines
+    assert all(s < 500 for s in statuses)
+    # Each client fault is its own single line; the predict line says what it served.
+    served = [line for line in lines if f"POST {PREDICT} HTTP/1.1\" 200 " in line]
+    assert len(served) == 1 and " images=3 " in served[0] and " ms=" in served[0], served
+    gone = [line for line in lines if '" 499 ' in line]
+    assert all("the client went away mid-request" in line for line in gone), gone
+    assert sum("client fault:" in line for line in log.splitlines()) <= 2, log[-3000:]
+
+
+@pytest.mark.slow
+def test_the_access_log_as_json_to_a_file(tmp_path):
+    path = tmp_path / "access.jsonl"
+    server = Server("tflite", "--access-log", str(path), "--access-log-format", "json")
+    try:
+        assert server.predict(_b64(EXAMPLES[1]))[0] == 200
+        assert server.call("/v1/models/resnet")[0] == 404
+    finally:
+        ended = server.stop()
+    assert ended.returncode == 0 and not _access_lines(ended.stderr), ended.stderr[-2000:]
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(e["method"], e["path"], e["status"]) for e in entries] == [
+        ("POST", PREDICT, 200), ("GET", "/v1/models/resnet", 404)], entries
+    first = entries[0]
+    assert first["images"] == 1 and first["client"] == "127.0.0.1" and first["ms"] > 0
+    assert first["bytes"] > 0 and first["time"].endswith("+00:00"), first
+    assert "Servable not found" in entries[1]["error"]
+
+
+def _post_in_thread(server, body, out):
+    def send():
+        try:
+            out.append(server.predict(body))
+        except OSError as error:  # cut off without an answer
+            out.append((None, repr(error)))
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+def test_sigterm_drains_the_requests_in_flight_and_refuses_new_ones_with_retry_after():
+    # Each batch waits 2 s for company, so the requests sent below are in flight (accepted,
+    # waiting in the batcher) when the signal lands.
+    server = Server("tflite", "--batch-wait-ms", "2000", "--drain-seconds", "20")
+    answers = []
+    threads = [_post_in_thread(server, _b64(path), answers) for path in EXAMPLES[:3]]
+    time.sleep(0.8)
+    started = time.monotonic()
+    server.child.proc.send_signal(signal.SIGTERM)
+    server.child.wait_until(lambda: "stopping: answering the 3 request(s)" in
+                            server.child.stderr, 30, "the drain starting")
+    request = urllib.request.Request(server.url + PREDICT,
+                                     data=json.dumps(_b64(EXAMPLES[3])).encode())
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
+    assert "the server is stopping" in json.load(refused.value)["error"]
+    for thread in threads:
+        thread.join(60)
+    ended = server.child.wait(60)
+    assert ended.returncode == 0, ended.stderr[-3000:]
+    assert time.monotonic() - started < 20
+    assert sorted(status for status, _ in answers) == [200, 200, 200], answers
+    assert "Traceback" not in ended.stderr and "stopped after" in ended.stderr
+
+
+@pytest.mark.slow
+def test_the_drain_is_bounded_by_drain_seconds():
+    server = Server("tflite", "--batch-wait-ms", "30000", "--drain-seconds", "1")
+    answers = []
+    thread = _post_in_thread(server, _b64(EXAMPLES[0]), answers)
+    time.sleep(1.0)
+    started = time.monotonic()
+    server.child.proc.send_signal(signal.SIGTERM)
+    ended = server.child.wait(30)
+    assert ended.returncode == 0 and time.monotonic() - started < 10, ended.stderr[-3000:]
+    assert "1 request(s) still in flight after 1 s (--drain-seconds) are cut off" in \
+        ended.stderr, ended.stderr[-3000:]
+    assert "Traceback" not in ended.stderr, ended.stderr[-3000:]
+    thread.join(30)
+    assert answers and answers[0][0] is None, answers  # cut off: no status came

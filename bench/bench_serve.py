@@ -3,13 +3,14 @@
 concurrent clients, with and without batching, against the model called in this process.
 
     python bench/bench_serve.py [MODEL_DIR] [--requests 512] [--clients 1,8,64]
-                                [--runtime tflite]
+                                [--runtime tflite,tflite_int8]
 
 Each client sends one image per request, as a TensorFlow Serving client sends uint8
 pixels (``{"instances": [...]}``, ``serving_default``), back to back, until ``--requests``
 have been answered; the images are the first of ``docs/examples/`` repeated. The server
 runs in a child process, once batching concurrent requests (``--max-batch 64``, its
-default) and once not (``--max-batch 1``). In-process, the same model (the same runtime)
+default) and once not (``--max-batch 1``), both with the access log off, and once batched
+with the access log on (to a file): its cost, as a ratio. In-process, the same model (the same runtime)
 is called one image at a time, and 64 at a time. Reported per form and client count:
 images/s, p50 and p99 latency in ms, and images/s over the in-process one-at-a-time
 figure. The last lines are machine-readable.
@@ -43,7 +44,7 @@ def image():
 def in_process(model_dir, runtime, pixels, requests):
     from cmxl_keras import inference
 
-    model = inference.load(model_dir, "tflite" if runtime == "tflite" else None)
+    model = inference.load(model_dir, None if runtime == "saved_model" else runtime)
     one = pixels[None]
     model(one)
     start = time.perf_counter()
@@ -87,52 +88,82 @@ async def load(url, body, clients, requests):
     return requests / seconds, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def serving(model_dir, runtime, max_batch):
-    server = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "cli.py"), "serve", model_dir, "--port", "0",
-         "--runtime", runtime, "--max-batch", str(max_batch), "--max-queue", "4096"],
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+def serving(model_dir, runtime, max_batch, access_log, log_path):
+    """The server in a child process, its stderr (where it says where it listens, and its
+    access log when that is "-") in ``log_path``, never an unread pipe that would fill."""
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "cli.py"), "serve", model_dir, "--port", "0",
+             "--runtime", runtime, "--max-batch", str(max_batch), "--max-queue", "4096",
+             "--access-log", access_log], stderr=log, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    line = ""
-    while "serving" not in line:
-        line = server.stderr.readline()
-        if (not line and server.poll() is not None) or time.monotonic() > deadline:
+    found = None
+    while found is None:
+        with open(log_path) as f:
+            found = re.search(r"(http://[0-9.]+:\d+/v1/models/[\w.-]+)", f.read())
+        if found is None and (server.poll() is not None or time.monotonic() > deadline):
             server.kill()
-            sys.exit(f"the server did not start: {line}")
-    url = re.search(r"(http://[0-9.]+:\d+/v1/models/[\w.-]+)", line).group(1) + ":predict"
-    return server, url
+            sys.exit(f"the server did not start: {open(log_path).read()[-2000:]}")
+        time.sleep(0.1)
+    return server, found.group(1) + ":predict"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", nargs="?", default=os.path.join(ROOT, "exported",
-                                                                     "cm_vanilla"))
-    parser.add_argument("--requests", type=int, default=512)
-    parser.add_argument("--clients", default="1,8,64")
-    parser.add_argument("--runtime", default="tflite", choices=("tflite", "saved_model"))
-    args = parser.parse_args()
-    pixels = image()
-    body = json.dumps({"instances": [pixels.tolist()]}).encode()
-    single, batched = in_process(args.model_dir, args.runtime, pixels, args.requests)
-    print(f"in process ({args.runtime}): {single:.0f} images/s one at a time, "
+# The server's forms: batching concurrent requests (its default) or not, with the access
+# log off; and batched with the access log on (its default, here to a file): its cost.
+FORMS = (("batched", 64, "off"), ("unbatched", 1, "off"), ("logged", 64, "FILE"))
+
+
+def bench_runtime(args, runtime, pixels, body, figures, prefix, work):
+    single, batched = in_process(args.model_dir, runtime, pixels, args.requests)
+    print(f"in process ({runtime}): {single:.0f} images/s one at a time, "
           f"{batched:.0f} at 64 a call", flush=True)
-    figures = {"in_process_images_per_second": round(single, 1),
-               "in_process_batch64_images_per_second": round(batched, 1)}
-    for form, max_batch in (("batched", 64), ("unbatched", 1)):
-        server, url = serving(args.model_dir, args.runtime, max_batch)
+    figures.update({f"{prefix}in_process_images_per_second": round(single, 1),
+                    f"{prefix}in_process_batch64_images_per_second": round(batched, 1)})
+    for form, max_batch, access in FORMS:
+        access = os.path.join(work, f"access-{runtime}.log") if access == "FILE" else access
+        server, url = serving(args.model_dir, runtime, max_batch, access,
+                              os.path.join(work, f"server-{runtime}-{form}.txt"))
         try:
             for clients in (int(c) for c in args.clients.split(",")):
                 rate, p50, p99 = asyncio.run(load(url, body, clients, args.requests))
-                print(f"serve, {form:9s} {clients:3d} clients: {rate:7.0f} images/s "
-                      f"({rate / single:.2f}x in-process one at a time), p50 {p50:6.1f} ms, "
-                      f"p99 {p99:6.1f} ms", flush=True)
-                key = f"{form}_{clients}"
+                print(f"serve ({runtime}), {form:9s} {clients:3d} clients: {rate:7.0f} "
+                      f"images/s ({rate / single:.2f}x in-process one at a time), p50 "
+                      f"{p50:6.1f} ms, p99 {p99:6.1f} ms", flush=True)
+                key = f"{prefix}{form}_{clients}"
                 figures.update({f"{key}_images_per_second": round(rate, 1),
                                 f"{key}_ratio": round(rate / single, 3),
                                 f"{key}_p50_ms": round(p50, 2), f"{key}_p99_ms": round(p99, 2)})
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
+    for clients in args.clients.split(","):
+        logged, alone = (figures[f"{prefix}{f}_{clients}_images_per_second"]
+                         for f in ("logged", "batched"))
+        figures[f"{prefix}access_log_cost_{clients}"] = round(logged / alone, 3)
+        print(f"the access log ({runtime}, {clients} clients): {logged / alone:.2f}x the "
+              f"images/s without it", flush=True)
+
+
+def main():
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", nargs="?", default=os.path.join(ROOT, "exported",
+                                                                     "cm_vanilla"))
+    parser.add_argument("--requests", type=int, default=512)
+    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--runtime", default="tflite",
+                        help="comma-separated, run side by side: tflite, tflite_int8, "
+                             "tflite_fp16, saved_model")
+    args = parser.parse_args()
+    pixels = image()
+    body = json.dumps({"instances": [pixels.tolist()]}).encode()
+    figures = {}
+    runtimes = args.runtime.split(",")
+    with tempfile.TemporaryDirectory() as work:
+        for runtime in runtimes:
+            prefix = f"{runtime}_" if len(runtimes) > 1 else ""
+            bench_runtime(args, runtime, pixels, body, figures, prefix, work)
     for key, value in figures.items():
         print(f"{key}={value}")
 

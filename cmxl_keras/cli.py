@@ -1,12 +1,7 @@
 """cmxl-keras command line: a thin front end over the cmxl_keras library.
 
-Run as ``python cli.py ...`` from a clone, or as ``cmxl ...`` after ``pip install .``:
-
-    python cli.py info --variant cm_xl
-    python cli.py train --depth 66 --skip-period 3 --act swish
-    python cli.py train --config smoke --data-dir data/cifar10
-
-Every command parses its flags, resolves the config and calls the library.
+Run as ``python cli.py ...`` from a clone (``python cli.py train --depth 66 --skip-period
+3 --act swish``), or as ``cmxl ...`` after ``pip install .``. Every command parses its flags, resolves the config and calls the library.
 Errors caused by input (a flag, a config value, a file) are printed as one
 paragraph naming the value and the fix, with a non-zero exit and no traceback.
 """
@@ -18,8 +13,8 @@ import click
 
 from cmxl_keras import __version__
 from cmxl_keras.config import CHOICES
-from cmxl_keras.cli_support import (EXIT_CODES_HELP, echo_json, fail, quiet_tensorflow,
-                                    user_errors)
+from cmxl_keras.cli_support import (EXIT_CODES_HELP, TFLITE_INT8_TRADE, echo_json, fail,
+                                    quiet_tensorflow, user_errors)
 
 # Keep TensorFlow's C++ start-up chatter (including "failed call to cuInit" on
 # machines without a GPU) out of the user's terminal; set it to 0 to debug.
@@ -230,8 +225,10 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model_dir", required=True, help="An exported folder (exported/<name>).")
 @click.option("--top-k", type=int, default=3, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite"]),
-              default="saved_model", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "tflite_fp16",
+                                                    "tflite_int8"]),
+              default="saved_model", show_default=True, help=f"The file run: tflite* on "
+              f"LiteRT without TensorFlow; tflite_int8 {TFLITE_INT8_TRADE}.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @user_errors
 def predict(images, model_dir, top_k, fmt, as_json):
@@ -256,9 +253,11 @@ def predict(images, model_dir, top_k, fmt, as_json):
               help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=8501, show_default=True,
               help="TensorFlow Serving's REST port; 0 picks a free one.")
-@click.option("--runtime", type=click.Choice(["tflite", "saved_model"]), default="tflite",
-              show_default=True, help="LiteRT on the fp32 TFLite file (no TensorFlow), or "
-                                      "the SavedModel's own signatures.")
+@click.option("--runtime", type=click.Choice(["tflite", "tflite_int8", "tflite_fp16",
+                                              "saved_model"]), default="tflite",
+              show_default=True, help=f"LiteRT on the fp32 TFLite file (no TensorFlow), on "
+              f"the int8 one ({TFLITE_INT8_TRADE}) or the fp16 one, or the SavedModel's own "
+              f"signatures.")
 @click.option("--name", help="The model's name in the URLs (default: its config's name).")
 @click.option("--max-batch", type=int, default=64, show_default=True,
               help="Images per model call when concurrent requests are batched (1: none).")

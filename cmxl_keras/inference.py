@@ -50,7 +50,7 @@ def load(source, fmt=None, metadata=None, precision="auto"):
     """``source`` as a ``Loaded`` model, whatever it is: a run folder or ``.keras`` file
     (the Keras model, with the run's config, run in ``precision``: see ``runnable``), an
     exported folder (its SavedModel, or with ``fmt="tflite"`` or no SavedModel its fp32
-    TFLite file), a SavedModel folder, or a ``.tflite`` file; those of an exported folder
+    TFLite file; ``"tflite_fp16"``, ``"tflite_int8"``: those files), a SavedModel folder, or a ``.tflite`` file; those of an exported folder
     come with the classes and config of its ``metadata.json`` (``metadata``, where the
     caller has read it already)."""
     from cmxl_keras import config as config_lib
@@ -74,12 +74,13 @@ def load(source, fmt=None, metadata=None, precision="auto"):
         metadata = read_metadata(folder)
     meta = metadata or {}
     cfg = config_lib.from_dict(meta["config"]) if meta.get("config") else None
-    if fmt == "tflite" or (fmt is None and (source.endswith(".tflite") or (
+    if fmt in TFLITE_FILES or (fmt is None and (source.endswith(".tflite") or (
             exported and saved_model is None))):
-        path = os.path.join(source, TFLITE_FILES["tflite"]) if exported else source
+        file = TFLITE_FILES[fmt or "tflite"]
+        path = os.path.join(source, file) if exported else source
         if not os.path.isfile(path):
-            raise DataError(f"{source!r} has no {TFLITE_FILES['tflite']}; export it with "
-                            f"--formats tflite, or use --format saved_model.")
+            raise DataError(f"{source!r} has no {file}; export it with --formats "
+                            f"{fmt or 'tflite'}, or use another --format.")
         runner = guarded(path, lambda: TFLiteRunner(path))
         return Loaded("tflite", path, lambda x, batch, desc: runner(x, desc or None, batch),
                       runner.image_size, cfg, meta.get("class_names"))

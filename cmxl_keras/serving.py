@@ -38,7 +38,8 @@ def image_bytes(path):
 
 def predict_files(paths, model_dir, k=3, fmt="saved_model"):
     """``predict``'s results for image files: the ``k`` likeliest classes of each, by the
-    exported SavedModel or the fp32 TFLite file of ``model_dir``."""
+    exported SavedModel or a TFLite file (``fmt``: tflite, tflite_fp16, tflite_int8) of
+    ``model_dir``."""
     metadata = inference.read_metadata(model_dir)  # the images are checked before the load
     images = load_images(paths, metadata["input"]["shape"][1])
     loaded = inference.load(model_dir, fmt, metadata)

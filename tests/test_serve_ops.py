@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from test_serve import EXAMPLES, Server
+from test_serve import EXAMPLES, SHIPPED, Server
 
 PREDICT = "/v1/models/cm_vanilla:predict"
 
@@ -176,3 +176,29 @@ def test_the_drain_is_bounded_by_drain_seconds():
     assert "Traceback" not in ended.stderr, ended.stderr[-3000:]
     thread.join(30)
     assert answers and answers[0][0] is None, answers  # cut off: no status came
+
+
+@pytest.mark.slow
+def test_the_int8_file_is_served_and_predicted_as_litert_runs_it():
+    """``serve --runtime tflite_int8`` and ``predict --format tflite_int8`` answer what the
+    int8 file gives in process, on the images as predict decodes them."""
+    import numpy as np
+
+    from cmxl_keras import inference, serving
+    from conftest import run_cli
+
+    expected = inference.load(SHIPPED, "tflite_int8")(serving.load_images(EXAMPLES, 32))
+    assert inference.load(SHIPPED, "tflite_int8").path.endswith("model_int8.tflite")
+    server = Server("tflite_int8")
+    try:
+        status, answer = server.predict(_b64(*EXAMPLES))
+    finally:
+        ended = server.stop()
+    assert status == 200 and ended.returncode == 0, (status, ended.stderr[-2000:])
+    got = np.array([p["probabilities"] for p in answer["predictions"]])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    predicted = run_cli("predict", *EXAMPLES, "--model", SHIPPED, "--format", "tflite_int8",
+                        "--json", "--top-k", "1", timeout=120)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    top = [item["top_k"][0]["probability"] for item in json.loads(predicted.stdout)]
+    np.testing.assert_allclose(top, expected.max(1), atol=1e-6)

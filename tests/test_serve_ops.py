@@ -5,7 +5,6 @@ traffic, and the drain on SIGTERM with requests in flight."""
 
 import base64
 import json
-import os
 import re
 import signal
 import socket

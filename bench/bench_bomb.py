@@ -70,9 +70,9 @@ def main():
 
     import keras
 
-    from cmxl_keras import folding, images, savedmodel
+    from cmxl_keras import images, runtime, savedmodel
 
-    model = folding.float32_model(keras.saving.load_model(args.model, compile=False))
+    model = runtime.float32_model(keras.saving.load_model(args.model, compile=False))
     with tempfile.TemporaryDirectory() as work:
         bomb = os.path.join(work, "bomb.png")
         with open(bomb, "wb") as f:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Inference speed of every exported form, side by side in one run.
 
-For the Keras model, the SavedModel and each TFLite file of an export folder: images/s
-at batch 1 and batch 128, and the batch-1 latency p50 / p99.
+For the Keras model, the SavedModel, each TFLite file (LiteRT) and ``model.onnx`` (ONNX
+Runtime) of an export folder: images/s at batch 1 and batch 128, and the batch-1 latency
+p50 / p99.
 
     python bench/bench_infer.py exported/<name> [--seconds 5]
 
@@ -62,6 +63,8 @@ def main():
         path = os.path.join(args.export_dir, name)
         if os.path.isfile(path):
             forms[kind] = inference.TFLiteRunner(path)
+    if os.path.isfile(os.path.join(args.export_dir, inference.ONNX_FILE)):  # ONNX Runtime
+        forms["onnx"] = inference.OnnxRunner(os.path.join(args.export_dir, inference.ONNX_FILE))
     rng = np.random.default_rng(0)
     rows = []
     for form, fn in forms.items():

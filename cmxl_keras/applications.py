@@ -20,7 +20,7 @@ as ``cmxl_keras/presets/`` by ``pip install .``), or any export of your own by p
 import os
 
 from cmxl_keras.errors import RunError
-from cmxl_keras.export import KERAS_FILE
+from cmxl_keras.inference import KERAS_FILE
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # The shipped presets: exported/ of a clone, or cmxl_keras/presets/ where installed.

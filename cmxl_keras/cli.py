@@ -14,7 +14,7 @@ import click
 from cmxl_keras import __version__
 from cmxl_keras.config import CHOICES
 from cmxl_keras.cli_support import (EXIT_CODES_HELP, TFLITE_INT8_TRADE, echo_json, fail,
-                                    quiet_tensorflow, user_errors)
+                                    model_options, quiet_tensorflow, user_errors)
 
 # Keep TensorFlow's C++ start-up chatter (including "failed call to cuInit" on
 # machines without a GPU) out of the user's terminal; set it to 0 to debug.
@@ -39,28 +39,6 @@ def cli():
     from cmxl_keras import recipe
 
     recipe.check_backend(os.environ.get("KERAS_BACKEND", "tensorflow"))
-
-
-def model_options(command):
-    """Architecture flags shared by train and info; None means 'not given'."""
-    options = [
-        click.option("--config", "config_file", metavar="FILE|NAME",
-                     help="TOML config file, or a name in configs/ (e.g. smoke, cm_xl)."),
-        click.option("--width", type=int, help="Channels h of every layer (paper: 256)."),
-        click.option("--depth", type=int, help="Number of ConvMixer layers (8, or 66 for XL)."),
-        click.option("--patch-size", type=int, help="Stem patch size p (paper: 2)."),
-        click.option("--kernel-size", type=int, help="Depthwise kernel size k (paper: 5)."),
-        click.option("--act", "--activation", "activation",
-                     help="gelu, relu, silu (= swish) or leaky_relu."),
-        click.option("--skip-period", type=int,
-                     help="Long-skip groups; depth must divide by it; 0 = none."),
-        click.option("--num-classes", type=int, help="10 for CIFAR-10, 100 for CIFAR-100."),
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="Override any config key; repeatable."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 @cli.command()
@@ -157,21 +135,24 @@ def train(config_file, overrides, dry_run, runs_dir, run_dir, overwrite, resume,
 @click.option("--precision", type=click.Choice(["auto", "saved", "float32"]), default="auto",
               show_default=True, help="A Keras model saved under mixed precision: auto runs "
               "it in float32 where no GPU is visible (fast on a CPU), saved as saved.")
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "tflite_fp16",
+              "tflite_int8", "onnx"]), help="Of an exported folder: the file run (default: "
+              "its SavedModel).")
 @click.option("--other-images", is_flag=True,
               help="Score --data-dir's images even where they are not the run's split (the "
               "JSON says so); without it they must be the run's, by name or index.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @user_errors
-def evaluate(source, data_dir, split, tta, out_dir, precision, other_images, as_json):
-    """Evaluate a run folder, .keras file, exported folder, SavedModel or .tflite file, on
-    the run's split of its data or of --data-dir (the same images in any form: NNNN.png
-    and NNNN.jpg are one image), checked against its split.json; the JSON says which."""
-    quiet_tensorflow()
+def evaluate(source, data_dir, split, tta, out_dir, precision, fmt, other_images, as_json):
+    """Evaluate a run, .keras, exported folder, SavedModel, .tflite or .onnx file on the
+    run's split of its data or of --data-dir (the same images in any form), checked."""
+    if fmt is None or fmt == "saved_model":  # LiteRT and ONNX Runtime need no TensorFlow
+        quiet_tensorflow()
     from cmxl_keras import evaluate as evaluate_lib
 
     results = evaluate_lib.evaluate(source, data_dir, split, tta, out_dir, precision=precision,
                                     log=lambda m: click.echo(m, err=True),
-                                    other_images=other_images)
+                                    other_images=other_images, fmt=fmt)
     if as_json:
         echo_json(results)
         return
@@ -183,9 +164,8 @@ def evaluate(source, data_dir, split, tta, out_dir, precision, other_images, as_
 @cli.command()
 @click.argument("source", required=False)
 @click.option("--checkpoint", type=str, help="A .keras file instead of a run folder.")
-@click.option("--formats", default=",".join(["saved_model", "tflite", "tflite_fp16",
-                                              "tflite_int8", "keras"]), show_default=True,
-              help="Comma-separated: saved_model, tflite, tflite_fp16, tflite_int8, keras.")
+@click.option("--formats", show_default=True, help="Comma-separated, any of the default's.",
+              default="saved_model,tflite,tflite_fp16,tflite_int8,keras,onnx")
 @click.option("--out", "out_dir", default="exported", show_default=True,
               help="Parent folder; the export goes to OUT/<name>/.")
 @click.option("--name", type=str, help="Export name (default: the run's config name).")
@@ -197,12 +177,15 @@ def evaluate(source, data_dir, split, tta, out_dir, precision, other_images, as_
               help="Keep the export even if a format misses its parity target.")
 @click.option("--runs-dir", default="runs", show_default=True,
               help="Without SOURCE: export the newest finished run in this folder.")
+@click.option("--add", is_flag=True,
+              help="Add --formats to OUT/NAME, an export of the same model, keeping its "
+                   "other files (e.g. --formats onnx --add).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (folder and metadata) on stdout; logs go to stderr.")
 @user_errors
 def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
-           allow_parity_miss, runs_dir, as_json):
-    """Export a run (or .keras file) to SavedModel and TFLite, with parity checks.
+           allow_parity_miss, runs_dir, add, as_json):
+    """Export a run (or .keras file) to SavedModel, TFLite and ONNX, with parity checks.
 
     SOURCE defaults to the newest finished run in --runs-dir."""
     from cmxl_keras import export as export_lib
@@ -211,7 +194,7 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
     folder, metadata = export_lib.export_run(
         source, checkpoint, tuple(f.strip() for f in formats.split(",") if f.strip()), out_dir,
         name, data_dir, parity_images, allow_parity_miss, runs_dir,
-        log=lambda message: click.echo(message, err=as_json))  # --json: stdout is the JSON
+        log=lambda message: click.echo(message, err=as_json), add=add)  # --json: stdout: JSON
     failures = export_lib.parity_failures(metadata["parity"])
     if as_json:
         echo_json(dict(folder=folder, parity_failures=failures, **metadata))
@@ -226,7 +209,7 @@ def export(source, checkpoint, formats, out_dir, name, data_dir, parity_images,
 @click.option("--model", "model_dir", required=True, help="An exported folder (exported/<name>).")
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "tflite_fp16",
-                                                    "tflite_int8"]),
+                                                    "tflite_int8", "onnx"]),
               default="saved_model", show_default=True, help=f"The file run: tflite* on "
               f"LiteRT without TensorFlow; tflite_int8 {TFLITE_INT8_TRADE}.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -253,11 +236,11 @@ def predict(images, model_dir, top_k, fmt, as_json):
               help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=8501, show_default=True,
               help="TensorFlow Serving's REST port; 0 picks a free one.")
-@click.option("--runtime", type=click.Choice(["tflite", "tflite_int8", "tflite_fp16",
+@click.option("--runtime", type=click.Choice(["tflite", "tflite_int8", "tflite_fp16", "onnx",
                                               "saved_model"]), default="tflite",
               show_default=True, help=f"LiteRT on the fp32 TFLite file (no TensorFlow), on "
-              f"the int8 one ({TFLITE_INT8_TRADE}) or the fp16 one, or the SavedModel's own "
-              f"signatures.")
+              f"the int8 one ({TFLITE_INT8_TRADE}) or the fp16 one; ONNX Runtime on "
+              f"model.onnx; or the SavedModel's own signatures.")
 @click.option("--name", help="The model's name in the URLs (default: its config's name).")
 @click.option("--max-batch", type=int, default=64, show_default=True,
               help="Images per model call when concurrent requests are batched (1: none).")

@@ -60,3 +60,25 @@ def echo_json(data):
     from cmxl_keras.runs import json_default
 
     click.echo(json.dumps(data, indent=2, default=json_default))
+
+
+def model_options(command):
+    """Architecture flags shared by train and info; None means 'not given'."""
+    options = [
+        click.option("--config", "config_file", metavar="FILE|NAME",
+                     help="TOML config file, or a name in configs/ (e.g. smoke, cm_xl)."),
+        click.option("--width", type=int, help="Channels h of every layer (paper: 256)."),
+        click.option("--depth", type=int, help="Number of ConvMixer layers (8, or 66 for XL)."),
+        click.option("--patch-size", type=int, help="Stem patch size p (paper: 2)."),
+        click.option("--kernel-size", type=int, help="Depthwise kernel size k (paper: 5)."),
+        click.option("--act", "--activation", "activation",
+                     help="gelu, relu, silu (= swish) or leaky_relu."),
+        click.option("--skip-period", type=int,
+                     help="Long-skip groups; depth must divide by it; 0 = none."),
+        click.option("--num-classes", type=int, help="10 for CIFAR-10, 100 for CIFAR-100."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override any config key; repeatable."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command

@@ -122,7 +122,7 @@ def evaluation_split(cfg, split, data_dir=None, log=print, run_split=None, where
 
 
 def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=print,
-             precision="auto", other_images=False):
+             precision="auto", other_images=False, fmt=None):
     """Evaluates ``source`` on ``split``; writes JSON and figures; returns the results.
     A Keras model runs in ``precision`` (``inference.runnable``). The images are the run's
     split of its own data or of ``data_dir`` (the same images, by name or index: checked
@@ -130,7 +130,7 @@ def evaluate(source, data_dir=None, split="val", tta=False, out_dir=None, log=pr
     results say which (``data``) and give each image's predicted class (``predicted``)."""
     from cmxl_keras import config as config_lib
 
-    predictor = inference.load(source, precision=precision)
+    predictor = inference.load(source, fmt, precision=precision)
     if predictor.precision != predictor.saved_precision:
         log(f"evaluate: the model was saved under {predictor.saved_precision}; it runs in "
             f"{predictor.precision} here (no GPU visible; --precision saved keeps its own)")

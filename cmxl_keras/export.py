@@ -24,15 +24,15 @@ import time
 
 import numpy as np
 
-from cmxl_keras import folding, inference, runs, savedmodel, tflite
+from cmxl_keras import folding, inference, onnx_export, runs, runtime, savedmodel, tflite
 from cmxl_keras.errors import ParityMiss, RunError
-from cmxl_keras.inference import TFLITE_FILES
+from cmxl_keras.inference import KERAS_FILE, TFLITE_FILES
 
-FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "keras")
-KERAS_FILE = "model.keras"
-# Parity targets checked (and printed) after every export.
+FORMATS = ("saved_model", "tflite", "tflite_fp16", "tflite_int8", "keras", "onnx")
+# Parity targets checked (and printed) after every export; ONNX's are the fp32 TFLite
+# file's (the same folded float32 graph): 1e-4, and every top-1 the same.
 PARITY_TARGETS = {"saved_model_max_abs_diff": 1e-5, "keras_max_abs_diff": 1e-6,
-                  "tflite_max_abs_diff": 1e-4,
+                  "tflite_max_abs_diff": 1e-4, "onnx_max_abs_diff": 1e-4,
                   "tflite_fp16_top1_agreement": 0.99, "tflite_int8_top1_agreement": 0.97}
 
 
@@ -51,9 +51,11 @@ def parity(model, folder, images, formats):
         got = saved(images, desc="parity: model.keras")
         report["keras_max_abs_diff"] = float(np.abs(got - reference).max())
         report["keras_top1_agreement"] = float((got.argmax(-1) == top1).mean())
-    for kind, name in TFLITE_FILES.items():
+    runners = {kind: (name, inference.TFLiteRunner) for kind, name in TFLITE_FILES.items()}
+    runners["onnx"] = (inference.ONNX_FILE, inference.OnnxRunner)
+    for kind, (name, runner) in runners.items():
         if kind in formats:
-            got = inference.TFLiteRunner(os.path.join(folder, name))(images, desc=f"parity: {kind}")
+            got = runner(os.path.join(folder, name))(images, desc=f"parity: {kind}")
             report[f"{kind}_max_abs_diff"] = float(np.abs(got - reference).max())
             report[f"{kind}_top1_agreement"] = float((got.argmax(-1) == top1).mean())
     return report
@@ -69,9 +71,10 @@ def parity_failures(report):
         if bad:
             failures.append(f"{key} {value:.3g} (target {'<' if key.endswith('diff') else '>='} "
                             f"{target})")
-    if "tflite_top1_agreement" in report and report["tflite_top1_agreement"] < 1.0:
-        failures.append(f"tflite_top1_agreement {report['tflite_top1_agreement']:.4f} "
-                        f"(target 1.0)")
+    for kind in ("tflite", "onnx"):  # the float32 files: every top-1 the Keras model's
+        if report.get(f"{kind}_top1_agreement", 1.0) < 1.0:
+            failures.append(f"{kind}_top1_agreement {report[f'{kind}_top1_agreement']:.4f} "
+                            f"(target 1.0)")
     return failures
 
 
@@ -85,8 +88,10 @@ def check_formats(formats):
 
 def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
            calibration_images=None, parity_images=None, class_names=None, log=print,
-           allow_parity_miss=False):
-    """Exports ``loaded = inference.load_keras(...)``; returns (folder, metadata).
+           allow_parity_miss=False, add=False):
+    """Exports ``loaded = inference.load_keras(...)``; returns (folder, metadata). With
+    ``add``, ``formats`` are added to the existing export of the same model (its other
+    files, and their parity and sizes in ``metadata.json``, are kept).
 
     Raises:
         ParityMiss: a format missed its parity target (``PARITY_TARGETS``); nothing is
@@ -97,9 +102,10 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
         raise RunError("int8 export needs calibration images: pass --data-dir (or export a "
                        "run folder whose data is still there).")
     model, cfg, model_path = loaded
-    model = folding.float32_model(model)
+    model = runtime.float32_model(model)
     name = name or (cfg.name if cfg else os.path.splitext(os.path.basename(model_path))[0])
     target = os.path.join(out_dir, name)
+    before = _added_to(target, cfg) if add else None
     try:
         os.makedirs(out_dir, exist_ok=True)
         for stale in os.listdir(out_dir):  # left by an export that was killed
@@ -111,6 +117,8 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
                        f"({error.strerror or error}). Choose a writable --out DIR.") from None
     try:
         started = time.time()
+        if before is not None:
+            shutil.copytree(target, staging, dirs_exist_ok=True)  # what the export keeps
         sizes = {}
         if "saved_model" in formats:
             log(f"export: SavedModel -> {target}/saved_model/1")
@@ -142,6 +150,11 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
             with open(os.path.join(staging, fname), "wb") as f:
                 f.write(data)
             sizes[fname] = len(data)
+        if "onnx" in formats:
+            log(f"export: onnx -> {target}/{inference.ONNX_FILE}")
+            sizes[inference.ONNX_FILE] = onnx_export.write_onnx(
+                model, os.path.join(staging, inference.ONNX_FILE),
+                class_names or [str(i) for i in range(int(model.output_shape[-1]))])
         report = parity(model, staging, parity_images, formats) if parity_images is not None else {}
         failures = parity_failures(report)
         if failures and not allow_parity_miss:
@@ -152,6 +165,13 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
                 f"longer, compare on more images (--parity-images), or keep the files "
                 f"anyway with --allow-parity-miss.")
         metadata = _metadata(model, cfg, model_path, source, class_names, sizes, report, formats)
+        if before is not None:  # the formats added beside what the folder held
+            metadata["formats"] = [f for f in FORMATS if f in formats
+                                   or f in before["formats"]]
+            metadata["file_sizes"] = dict(before["file_sizes"], **sizes)
+            metadata["parity"] = dict(before["parity"], **report)
+            for key in ("source_checkpoint", "training", "validation_accuracy"):
+                metadata[key] = before.get(key)
         runs.write_json(os.path.join(staging, "metadata.json"), metadata)
         shutil.rmtree(tflite_source, ignore_errors=True)
         if os.path.exists(target):
@@ -162,6 +182,20 @@ def export(loaded, source=None, formats=FORMATS, out_dir="exported", name=None,
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _added_to(target, cfg):
+    """``export --add``: the existing export's metadata; refused unless it is an export
+    of the same model (its config)."""
+    if not os.path.isfile(os.path.join(target, "metadata.json")):
+        raise RunError(f"--add: {target!r} is no export to add to (no metadata.json). Export "
+                       f"every format first (without --add).")
+    before = inference.read_metadata(target)
+    if cfg is None or before.get("config") != cfg.to_dict():
+        raise RunError(f"--add: {target!r} is the export of another model (its config "
+                       f"differs from this run's); give the run it was exported from, or "
+                       f"another --out/--name.")
+    return before
 
 
 def training_record(source):
@@ -245,7 +279,7 @@ def export_images(cfg, data_dir, count, size, log=print):
 
 def export_run(source=None, checkpoint=None, formats=FORMATS, out_dir="exported", name=None,
                data_dir=None, parity_images=512, allow_parity_miss=False, runs_dir="runs",
-               log=print):
+               log=print, add=False):
     """``cli.py export``: a run folder or ``.keras`` file (without either, the newest
     finished run in ``runs_dir``) exported with its own data for calibration and parity
     (or ``data_dir``'s). Returns (folder, metadata)."""
@@ -263,7 +297,7 @@ def export_run(source=None, checkpoint=None, formats=FORMATS, out_dir="exported"
     calibration, images, class_names = export_images(cfg, data_dir, parity_images,
                                                      model.input_shape[1], log=log)
     return export(loaded, source, formats, out_dir, name, calibration, images, class_names,
-                  allow_parity_miss=allow_parity_miss, log=log)
+                  allow_parity_miss=allow_parity_miss, log=log, add=add)
 
 
 def report_text(folder, metadata):

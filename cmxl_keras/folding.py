@@ -1,4 +1,4 @@
-"""The exported graph: a model computing in float32, and its affine layers folded.
+"""The exported graph: the model's affine layers folded (in float32: ``runtime``'s copy).
 
 ``inference_graph`` is what the TFLite files are converted from: the same function with
 the input normalization folded into the stem convolution and every BatchNormalization
@@ -9,24 +9,7 @@ BatchNormalization and gives its per-channel scale int8 weights of its own.
 
 import numpy as np
 
-
-def float32_layer(layer):
-    """A new layer like ``layer`` that computes in float32 (weights not copied)."""
-    return layer.__class__.from_config(dict(layer.get_config(), dtype="float32"))
-
-
-def float32_model(model):
-    """``model`` with every layer computing in float32, same weights: what is exported
-    and what the exports are compared with. A model trained under mixed precision keeps
-    its float16 policy in its ``.keras`` file; served as it is, it would compute in
-    float16 (slow on CPUs, and ~1e-3 off the float32 function that TFLite converts)."""
-    import keras
-
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        return model
-    copy = keras.models.clone_model(model, clone_function=float32_layer)
-    copy.set_weights(model.get_weights())
-    return copy
+from cmxl_keras.runtime import float32_layer
 
 
 def inference_graph(model):

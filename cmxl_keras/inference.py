@@ -8,13 +8,15 @@ import os
 
 import numpy as np
 
-from cmxl_keras import progress
+from cmxl_keras import progress, runtime
 from cmxl_keras.errors import DataError, RunError
 
 # The files of an exported model folder (export.py writes them).
 SAVED_MODEL = os.path.join("saved_model", "1")
 TFLITE_FILES = {"tflite": "model_fp32.tflite", "tflite_fp16": "model_fp16.tflite",
                 "tflite_int8": "model_int8.tflite"}
+KERAS_FILE = "model.keras"  # the float32 Keras model (applications' presets load it)
+ONNX_FILE = "model.onnx"  # for ONNX Runtime (onnx_export.py writes it)
 
 
 class Loaded:
@@ -50,7 +52,8 @@ def load(source, fmt=None, metadata=None, precision="auto"):
     """``source`` as a ``Loaded`` model, whatever it is: a run folder or ``.keras`` file
     (the Keras model, with the run's config, run in ``precision``: see ``runnable``), an
     exported folder (its SavedModel, or with ``fmt="tflite"`` or no SavedModel its fp32
-    TFLite file; ``"tflite_fp16"``, ``"tflite_int8"``: those files), a SavedModel folder, or a ``.tflite`` file; those of an exported folder
+    TFLite file; ``"tflite_fp16"``, ``"tflite_int8"``: those files; ``"onnx"``: its
+    ``model.onnx`` on ONNX Runtime), a SavedModel folder, a ``.onnx`` file, or a ``.tflite`` file; those of an exported folder
     come with the classes and config of its ``metadata.json`` (``metadata``, where the
     caller has read it already)."""
     from cmxl_keras import config as config_lib
@@ -67,13 +70,21 @@ def load(source, fmt=None, metadata=None, precision="auto"):
     saved_model = _saved_model_dir(source)
     # The exported folder's metadata.json, whichever of its files or folders is named.
     folder = (source if exported else os.path.dirname(os.path.abspath(source))
-              if source.endswith(".tflite") else
+              if source.endswith((".tflite", ".onnx")) else
               os.path.dirname(os.path.dirname(os.path.abspath(saved_model)))
               if saved_model else None)
     if metadata is None and folder and os.path.isfile(os.path.join(folder, "metadata.json")):
         metadata = read_metadata(folder)
     meta = metadata or {}
     cfg = config_lib.from_dict(meta["config"]) if meta.get("config") else None
+    if fmt == "onnx" or (fmt is None and source.endswith(".onnx")):
+        path = os.path.join(source, ONNX_FILE) if exported else source
+        if not os.path.isfile(path):
+            raise DataError(f"{source!r} has no {ONNX_FILE}; export it with --formats onnx, "
+                            f"or use another --format.")
+        runner = guarded(path, lambda: OnnxRunner(path))
+        return Loaded("onnx", path, lambda x, batch, desc: runner(x, desc or None, batch),
+                      runner.image_size, cfg, meta.get("class_names") or runner.class_names)
     if fmt in TFLITE_FILES or (fmt is None and (source.endswith(".tflite") or (
             exported and saved_model is None))):
         file = TFLITE_FILES[fmt or "tflite"]
@@ -133,14 +144,12 @@ def runnable(model, precision="auto"):
     it runs as a float32 copy with the same weights, which computes the function the
     mixed model approximates (there: probabilities at most 7e-3 apart on 1,000 real
     images, the same top-1)."""
-    from cmxl_keras import folding, recipe
-
     check_precision(precision)
     saved = saved_precision(model)
     if saved == "float32" or precision == "saved" or (precision == "auto"
-                                                     and recipe.gpu_visible()):
+                                                     and runtime.gpu_visible()):
         return model, saved
-    return folding.float32_model(model), "float32"
+    return runtime.float32_model(model), "float32"
 
 
 def guarded(path, action, doing="loaded"):
@@ -227,12 +236,40 @@ class TFLiteRunner:
         """Probabilities of ``images``, run ``batch`` images at a time (None: all at once,
         or 256 at a time behind a progress bar named ``desc``)."""
         images = np.asarray(images).astype(self.input_dtype)
-        size = batch or (256 if desc else max(len(images), 1))
-        starts = (progress.batches(len(images), size, desc) if desc
-                  else range(0, max(len(images), 1), size))
-        return np.concatenate([
-            np.asarray(self.runner(**{self.input_name: images[i:i + size]})["probabilities"],
-                       np.float32) for i in starts])
+        return in_batches(lambda x: self.runner(**{self.input_name: x})["probabilities"],
+                          images, desc, batch)
+
+
+def in_batches(run, images, desc=None, batch=None):
+    """``run`` (a batch -> probabilities) over ``images``, ``batch`` at a time (None: all
+    at once, or 256 at a time behind a progress bar named ``desc``)."""
+    size = batch or (256 if desc else max(len(images), 1))
+    starts = (progress.batches(len(images), size, desc) if desc
+              else range(0, max(len(images), 1), size))
+    return np.concatenate([np.asarray(run(images[i:i + size]), np.float32) for i in starts])
+
+
+class OnnxRunner:
+    """Runs ``model.onnx`` on ONNX Runtime (its GPU provider where it has one, else the
+    CPU's): uint8 images in, probabilities out. No TensorFlow is imported."""
+
+    def __init__(self, path):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in onnxruntime.get_available_providers()]
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        (given,) = self.session.get_inputs()
+        self.input_name, self.image_size = given.name, int(given.shape[1])
+        names = self.session.get_modelmeta().custom_metadata_map.get("class_names")
+        self.class_names = json.loads(names) if names else None
+
+    def __call__(self, images, desc=None, batch=None):
+        images = np.asarray(images, np.uint8)
+        return in_batches(lambda x: self.session.run(None, {self.input_name: x})[0],
+                          images, desc, batch)
 
 
 def saved_model_predict(path, images, batch=256, desc="SavedModel"):

@@ -10,6 +10,7 @@ cross-entropy from logits, batch 128, 100 epochs; mixed precision on a GPU.
 import math
 
 from cmxl_keras.errors import ConfigError
+from cmxl_keras.runtime import gpu_visible
 
 
 def resolve_precision(name):
@@ -17,27 +18,6 @@ def resolve_precision(name):
     if name != "auto":
         return name
     return "mixed_float16" if gpu_visible() else "float32"
-
-
-def gpu_visible():
-    """Whether the Keras backend sees a GPU (a broken driver counts as none)."""
-    import keras
-
-    backend = keras.backend.backend()
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            return bool(tf.config.list_physical_devices("GPU"))
-        if backend == "jax":
-            import jax
-
-            return jax.devices()[0].platform == "gpu"
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # a broken driver is a CPU for our purposes
-        return False
 
 
 def resolve_pipeline(cfg):

@@ -58,7 +58,7 @@ class Served:
         self.class_names = metadata["class_names"]
         self.size = int(metadata["input"]["shape"][1])
         self.runtime = runtime
-        if runtime in inference.TFLITE_FILES:  # the fp32, fp16 or int8 file on LiteRT
+        if runtime in inference.TFLITE_FILES or runtime == "onnx":  # LiteRT, ONNX Runtime
             loaded = inference.load(model_dir, runtime, metadata)
             self.images = lambda batch: loaded(batch)
             self.encoded = None  # decoded here first, then batched with the images

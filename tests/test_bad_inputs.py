@@ -92,6 +92,15 @@ def _cifar100_dir(root):
     return write_cifar100(str(root / "c100"), layouts=("binary",), n_train=20, n_test=10)
 
 
+def _trained_keras(root):
+    """A .keras model file (a tiny smoke model, never trained), outside any run folder."""
+    from cmxl_keras import models
+
+    path = root / "tiny.keras"
+    models.build_convmixer(width=8, depth=1, patch_size=4, kernel_size=3).save(path)
+    return path
+
+
 def _damaged_run(root):
     """A run folder (with its data) whose only checkpoint is cut short (a full disk at
     copy time)."""
@@ -241,7 +250,14 @@ CASES = [
     ("export non-model file", lambda r: ["export", "--checkpoint",
                                          (r / "m.keras").write_text("no") and r / "m.keras"],
      ["cannot load", "m.keras"]),
-    ("export unknown format", lambda r: ["export", r, "--formats", "onnx"], ["onnx"]),
+    ("export unknown format", lambda r: ["export", r, "--formats", "pmml"], ["pmml"]),
+    ("export --add to no export", lambda r: ["export", _trained_keras(r), "--formats", "onnx",
+                                             "--add", "--out", r / "none"],
+     ["--add", "is no export to add to", "without --add"]),
+    ("serve negative drain", lambda r: ["serve", "--drain-seconds", "-1"],
+     ["--drain-seconds -1", "at least 0"]),
+    ("serve access log nowhere", lambda r: ["serve", "--access-log", r / "no" / "a.log"],
+     ["--access-log", "a.log", "cannot be opened", "- for stderr, or off"]),
     ("predict missing image", lambda r: ["predict", r / "none.png", "--model", _exported(r)],
      ["none.png", "does not exist"]),
     ("predict non-image", lambda r: ["predict", (r / "t.png").write_text("x") and r / "t.png",

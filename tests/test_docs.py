@@ -147,6 +147,29 @@ def test_each_module_imports_only_its_layer_and_below():
     assert not upward, upward
 
 
+def test_running_a_model_imports_neither_the_exporter_nor_training():
+    """docs/architecture.md's rule, read from its text: the running modules' imports,
+    followed through every module they reach, never reach the exporter's or training's."""
+    text = " ".join(read(os.path.join(ROOT, "docs", "architecture.md")).split())
+    rule = text[text.index("Running a model stands on its own"):]
+    rule = rule[:rule.index("checks that too")]
+    running = re.findall(r"`(\w+)\.py`", rule[:rule.index("import, directly")])
+    forbidden = re.findall(r"`(\w+)\.py`", rule[rule.index("none of the"):
+                                              rule.index("what both sides need")])
+    assert "inference" in running and {"export", "recipe"} <= set(forbidden), (running,
+                                                                            forbidden)
+
+    def reached(module, seen):
+        for other, _ in imports(os.path.join(ROOT, "cmxl_keras", f"{module}.py"))[1]:
+            if other in MODULES and other not in seen:
+                seen.add(other)
+                reached(other, seen)
+        return seen
+
+    crossing = {m: sorted(reached(m, set()) & set(forbidden)) for m in running}
+    assert not any(crossing.values()), crossing
+
+
 def test_every_module_stays_small():
     """The package's modules and the bench's scripts alike: at most 350 lines each."""
     paths = [os.path.join(ROOT, "cmxl_keras", f"{module}.py") for module in MODULES]

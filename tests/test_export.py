@@ -327,7 +327,7 @@ def test_export_without_a_source_takes_the_newest_finished_run(trained_run, tmp_
 @pytest.mark.parametrize("args,quoted", [
     (["export", "/no/such/run"], "does not exist"),
     (["export", "--checkpoint", "README.md"], "is not a Keras model file"),
-    (["export", ".", "--formats", "onnx"], "unknown export format(s) onnx"),
+    (["export", ".", "--formats", "pmml"], "unknown export format(s) pmml"),
 ])
 def test_export_bad_sources(args, quoted):
     result = run_cli(*args)

@@ -7,8 +7,8 @@ p50 / p99.
 
     python bench/bench_infer.py exported/<name> [--seconds 5]
 
-(The Keras model is the export's own ``model.keras``, float32, or where the export has
-none its source checkpoint from metadata.json, run as ``inference.load`` runs it here.)
+(The Keras model is the export's own ``model.keras``, float32, run as ``inference.load``
+runs it here.)
 Last lines are machine-readable: ``<form>_b1_images_per_second=...`` and so on.
 """
 
@@ -49,7 +49,10 @@ def main():
     meta = inference.read_metadata(args.export_dir)
     size = meta["input"]["shape"][1]
     own = os.path.join(args.export_dir, "model.keras")
-    model = inference.load(own if os.path.isfile(own) else meta["source_checkpoint"]).model
+    if not os.path.isfile(own):
+        sys.exit(f"{args.export_dir} has no model.keras: export it with --formats ...,keras "
+                 f"(or --formats keras --add)")
+    model = inference.load(own).model
     serve = tf.saved_model.load(os.path.join(args.export_dir, "saved_model", "1")) \
         .signatures["serving_default"]
     # The Keras model as a graph (tf.function, no XLA), as Keras' own predict loop runs it;

@@ -235,7 +235,11 @@ def _metadata(model, cfg, model_path, source, class_names, sizes, report, format
                   "range": [0, 255], "normalization": "inside the model"},
         "outputs": {"probabilities": "float32 [batch, classes]", "class_id": "int32 [batch]"},
         "config": cfg.to_dict() if cfg else None,
-        "source_checkpoint": os.path.abspath(model_path),
+        # The model file within its run folder (training.run names the run): no path of
+        # the machine that exported it.
+        "source_checkpoint": (os.path.relpath(model_path, source)
+                              if source and os.path.isdir(source)
+                              else os.path.basename(model_path)),
         "validation_accuracy": accuracy,
         "formats": list(formats),
         "file_sizes": sizes,

@@ -130,7 +130,10 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
         signature, inputs, columnar = await loop_run().run_in_executor(
             None, parse_predict, body, served)
         request["images"] = len(inputs)
-        if signature == "serving_bytes" and encoded is None:  # LiteRT: decoded here
+        # LiteRT: decoded here. The SavedModel's serving_bytes decodes JPEG, PNG, GIF and
+        # BMP (and refuses WebP, as TensorFlow Serving would): a request holding WebP is
+        # decoded here, as predict decodes it, and runs through serving_default.
+        if signature == "serving_bytes" and (encoded is None or any(map(_webp, inputs))):
             inputs = await loop_run().run_in_executor(None, lambda: [
                 served.decode(data, f"instance {i}") for i, data in enumerate(inputs)])
             signature, inputs = "serving_default", np.stack(inputs)
@@ -190,6 +193,11 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
     app.router.add_get("/", page, name="page")
     app.router.add_get(serve_ops.METRICS_PATH, prometheus, name="metrics")
     return app
+
+
+def _webp(data):
+    """Whether ``data`` is a WebP file (a RIFF container of kind WEBP)."""
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
 
 
 # The status a request is logged and counted with when its client hung up before the

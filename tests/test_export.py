@@ -22,7 +22,7 @@ def exported(trained_run, cifar_dir, tmp_path_factory):
     return os.path.join(out, "smoke"), result
 
 
-def test_export_writes_the_serving_layout_and_metadata(exported):
+def test_export_writes_the_serving_layout_and_metadata(exported, trained_run):
     folder, result = exported
     for name in ("saved_model/1/saved_model.pb", "model_fp32.tflite", "model_fp16.tflite",
                  "model_int8.tflite", "metadata.json"):
@@ -31,7 +31,10 @@ def test_export_writes_the_serving_layout_and_metadata(exported):
     meta = json.load(open(os.path.join(folder, "metadata.json")))
     assert meta["class_names"][:2] == ["airplane", "automobile"]
     assert meta["input"]["shape"] == [None, 32, 32, 3] and meta["input"]["dtype"] == "uint8"
-    run_dir = os.path.dirname(meta["source_checkpoint"])
+    # The model file within its run, named by the run's folder name: no absolute path.
+    assert meta["source_checkpoint"] == "model.keras", meta["source_checkpoint"]
+    assert meta["training"]["run"] == os.path.basename(trained_run)
+    run_dir = trained_run
     run_results = json.load(open(os.path.join(run_dir, "results.json")))
     assert meta["config"]["name"] == "smoke"
     assert meta["validation_accuracy"] == run_results["best_val_accuracy"]
@@ -41,7 +44,7 @@ def test_export_writes_the_serving_layout_and_metadata(exported):
     # Each file holds every convolution/dense kernel at its precision: 4, 2 and 1 bytes.
     import keras
 
-    model = keras.saving.load_model(meta["source_checkpoint"])
+    model = keras.saving.load_model(os.path.join(run_dir, meta["source_checkpoint"]))
     kernels = sum(int(np.prod(w.shape)) for w in model.weights if w.name == "kernel"
                   or w.path.endswith("kernel"))
     assert kernels > 5000  # the smoke model: ~10k parameters, nearly all in kernels
@@ -318,7 +321,7 @@ def test_export_without_a_source_takes_the_newest_finished_run(trained_run, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"taking the newest finished run in {runs_dir}/: {newer}" in result.stderr
     meta = json.load(open(tmp_path / "out" / "smoke" / "metadata.json"))
-    assert meta["source_checkpoint"] == str(newer / "model.keras")
+    assert meta["source_checkpoint"] == "model.keras" and meta["training"]["run"] == "b-newer"
     printed = json.loads(result.stdout)  # --json: the folder and its metadata, nothing else
     assert printed.pop("folder") == str(tmp_path / "out" / "smoke")
     assert printed.pop("parity_failures") == [] and printed == meta
@@ -388,7 +391,7 @@ def test_a_mixed_precision_model_exports_float32_files_that_meet_the_targets(cif
     assert parity["tflite_int8_top1_agreement"] >= 0.9  # the smoke bound, as above
 
 
-def test_parity_measured_from_outside(exported, cifar_dir):
+def test_parity_measured_from_outside(exported, cifar_dir, trained_run):
     """Parity as a user would measure it, not as metadata.json reports it: the Keras
     checkpoint, the SavedModel loaded by plain TensorFlow and each TFLite file run by
     LiteRT's own interpreter, on images this test picks (real training images and random
@@ -403,7 +406,7 @@ def test_parity_measured_from_outside(exported, cifar_dir):
     meta = json.load(open(os.path.join(folder, "metadata.json")))
     real = data.read_data_dir(cifar_dir).train.images[-300:]  # the images the smoke run did not see last
     images = np.concatenate([real, random_images(20, seed=7)]).astype(np.uint8)
-    model = keras.saving.load_model(meta["source_checkpoint"])
+    model = keras.saving.load_model(os.path.join(trained_run, meta["source_checkpoint"]))
     reference = keras.ops.convert_to_numpy(
         keras.ops.softmax(model.predict(images.astype(np.float32), verbose=0)))
     served = tf.saved_model.load(os.path.join(folder, "saved_model", "1"))

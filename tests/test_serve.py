@@ -379,3 +379,21 @@ async def _session(url, files, tmp_path):
                     " rows: [...document.querySelectorAll('#results tr')].map("
                     "r => [...r.cells].slice(0, 2).map(c => c.textContent))})"))
             return shown
+
+
+def test_webp_is_read_through_serving_bytes_as_predict_reads_it(server, tmp_path):
+    """WebP, which the SavedModel's own serving_bytes refuses, is decoded as predict
+    decodes it, on either runtime."""
+    from PIL import Image
+
+    from cmxl_keras import serving
+
+    path = tmp_path / "cat.webp"
+    Image.open(EXAMPLES[1]).convert("RGB").save(path, "WEBP", lossless=True)
+    status, answer = server.predict(_b64(path.read_bytes()))
+    assert status == 200, answer
+    (expected,) = serving.predict_files([str(path)], SHIPPED, k=1, fmt="tflite")
+    got = answer["predictions"][0]
+    assert got["class_id"] == 3 and expected["top_k"][0]["class"] == "cat"
+    assert got["probabilities"][3] == pytest.approx(expected["top_k"][0]["probability"],
+                                                    abs=1e-4)

@@ -156,7 +156,11 @@ def make_app(served, name, max_body=8 * 2**20, max_batch=64, wait=0.0, max_queue
                               "another replica.", **{"Retry-After": "1"})
         request.app["in_flight"] += 1
         try:
-            return await handler(request)
+            response = await handler(request)
+            if request.transport is None or request.transport.is_closing():
+                request["error"] = "the client went away before its answer"
+                return error(CLIENT_GONE, request["error"])  # logged; nobody reads it
+            return response
         except BadRequest as refused:
             request["error"] = str(refused)
             return error(refused.status, str(refused))

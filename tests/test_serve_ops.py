@@ -103,6 +103,25 @@ def test_client_faults_are_4xx_with_one_line_each_and_the_metrics_count_them():
 
 
 @pytest.mark.slow
+def test_a_client_gone_before_its_answer_is_a_499_on_one_line():
+    # Each batch waits 300 ms for company: the clients hang up while theirs waits.
+    server = Server("tflite", "--batch-wait-ms", "300")
+    body = json.dumps(_b64(EXAMPLES[0])).encode()
+    try:
+        for _ in range(2):
+            _raw(server, f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                         f"{len(body)}\r\n\r\n".encode() + body, read=False)
+        time.sleep(1.0)
+        assert server.predict(_b64(EXAMPLES[0]))[0] == 200  # and it serves on
+    finally:
+        ended = server.stop()
+    lines = _access_lines(ended.stderr)
+    gone = [line for line in lines if '" 499 ' in line]
+    assert len(gone) == 2 and all("went away before its answer" in g for g in gone), lines
+    assert "Traceback" not in ended.stderr and len(lines) == 3, ended.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_the_access_log_as_json_to_a_file(tmp_path):
     path = tmp_path / "access.jsonl"
     server = Server("tflite", "--access-log", str(path), "--access-log-format", "json")

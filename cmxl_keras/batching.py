@@ -2,10 +2,13 @@
 with the queue bounded."""
 
 import asyncio
+import logging
 
 import numpy as np
 
 from cmxl_keras.rest import BadRequest
+
+LOG = logging.getLogger("cmxl.serve")
 
 
 class Batcher:
@@ -61,6 +64,7 @@ class Batcher:
             try:
                 await self._answer(batch, loop)
             except Exception as error:  # a fault here must not stop the worker: say it
+                LOG.exception("server fault: the batcher failed on a batch")
                 for _, future in batch:
                     _settle(future, BadRequest(f"the server failed on this request: "
                                                f"{type(error).__name__}: {error}", 500))
@@ -82,6 +86,8 @@ class Batcher:
                     await self._answer([one], loop)
                 return
             refused = type(error).__name__ == "InvalidArgumentError"
+            if not refused:  # the server's own fault: its stack, once
+                LOG.error("server fault: the model failed on a request", exc_info=error)
             # TensorFlow's message names graph nodes around the reason: keep the reason.
             lines = [line.strip() for line in str(error).splitlines() if line.strip()
                      and not line.strip().startswith(("[[", "Detected at", "<stack",

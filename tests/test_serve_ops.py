@@ -220,3 +220,41 @@ def test_the_int8_file_is_served_and_predicted_as_litert_runs_it():
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     top = [item["top_k"][0]["probability"] for item in json.loads(predicted.stdout)]
     np.testing.assert_allclose(top, expected.max(1), atol=1e-6)
+
+
+def test_a_server_fault_is_a_500_logged_once_with_its_stack(caplog):
+    """In this process, over real HTTP on localhost (aiohttp's test server): a model that
+    fails (the server's fault, not the client's) answers 500 in JSON and logs its stack
+    once; the next request is served."""
+    import asyncio
+    import logging
+
+    import numpy as np
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from cmxl_keras import server as server_lib
+
+    class Failing:
+        class_names, size, encoded = [str(i) for i in range(10)], 32, None
+        calls = 0
+
+        def images(self, batch):
+            Failing.calls += 1
+            if Failing.calls == 1:
+                raise MemoryError("the model ran out of memory")
+            return np.full((len(batch), 10), 0.1, np.float32)
+
+    async def run():
+        app = server_lib.make_app(Failing(), "m")
+        async with TestClient(TestServer(app)) as client:
+            body = {"instances": [[[[0, 0, 0]] * 32] * 32]}
+            first = await client.post("/v1/models/m:predict", json=body)
+            second = await client.post("/v1/models/m:predict", json=body)
+            return first.status, await first.json(), second.status
+
+    with caplog.at_level(logging.INFO, logger="cmxl.serve"):
+        status, answer, after = asyncio.run(run())
+    assert status == 500 and "MemoryError" in answer["error"], answer
+    assert after == 200
+    faults = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(faults) == 1 and faults[0].exc_info[0] is MemoryError, caplog.records

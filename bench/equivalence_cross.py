@@ -159,7 +159,8 @@ def reading(result):
     for side, r in result["sides"].items():
         lines.append(f"{side}:")
         for t, row in r["cells"].items():
-            lines.append(f"  trained on {t} ({row[a]['runs']} seeds): " + "; ".join(
+            runs = row[a]["runs"]
+            lines.append(f"  trained on {t} ({runs} seed{'s' * (runs != 1)}): " + "; ".join(
                 f"on {s} {row[s]['mean']:.2f} % (se {row[s]['standard_error']:.2f})"
                 for s in (a, b)))
         for s, d in r.get("training_cost", {}).items():

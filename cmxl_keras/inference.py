@@ -78,23 +78,11 @@ def load(source, fmt=None, metadata=None, precision="auto"):
     meta = metadata or {}
     cfg = config_lib.from_dict(meta["config"]) if meta.get("config") else None
     if fmt == "onnx" or (fmt is None and source.endswith(".onnx")):
-        path = os.path.join(source, ONNX_FILE) if exported else source
-        if not os.path.isfile(path):
-            raise DataError(f"{source!r} has no {ONNX_FILE}; export it with --formats onnx, "
-                            f"or use another --format.")
-        runner = guarded(path, lambda: OnnxRunner(path))
-        return Loaded("onnx", path, lambda x, batch, desc: runner(x, desc or None, batch),
-                      runner.image_size, cfg, meta.get("class_names") or runner.class_names)
+        return _file_model("onnx", "onnx", ONNX_FILE, OnnxRunner, source, exported, cfg, meta)
     if fmt in TFLITE_FILES or (fmt is None and (source.endswith(".tflite") or (
             exported and saved_model is None))):
-        file = TFLITE_FILES[fmt or "tflite"]
-        path = os.path.join(source, file) if exported else source
-        if not os.path.isfile(path):
-            raise DataError(f"{source!r} has no {file}; export it with --formats "
-                            f"{fmt or 'tflite'}, or use another --format.")
-        runner = guarded(path, lambda: TFLiteRunner(path))
-        return Loaded("tflite", path, lambda x, batch, desc: runner(x, desc or None, batch),
-                      runner.image_size, cfg, meta.get("class_names"))
+        return _file_model("tflite", fmt or "tflite", TFLITE_FILES[fmt or "tflite"],
+                           TFLiteRunner, source, exported, cfg, meta)
     if fmt == "saved_model" and saved_model is None:
         raise DataError(f"{source!r} has no {SAVED_MODEL}; export it with --formats "
                         f"saved_model, or use --format tflite.")
@@ -163,6 +151,19 @@ def guarded(path, action, doing="loaded"):
             f"{str(error)[:300]}); the file is damaged or not an export of this project. "
             f"Export it again (python cli.py export RUN_DIR), restore it from a copy, or try "
             f"the other --format.") from None
+
+
+def _file_model(kind, flag, file, runner_class, source, exported, cfg, meta):
+    """A ``Loaded`` model on a runtime without TensorFlow: ``file`` of an exported folder
+    (or ``source`` itself) run by ``runner_class`` (LiteRT's, ONNX Runtime's)."""
+    path = os.path.join(source, file) if exported else source
+    if not os.path.isfile(path):
+        raise DataError(f"{source!r} has no {file}; export it with --formats {flag}, or use "
+                        f"another --format.")
+    runner = guarded(path, lambda: runner_class(path))
+    return Loaded(kind, path, lambda x, batch, desc: runner(x, desc or None, batch),
+                  runner.image_size, cfg,
+                  meta.get("class_names") or getattr(runner, "class_names", None))
 
 
 def load_keras(source=None, checkpoint=None):

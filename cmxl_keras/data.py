@@ -226,8 +226,9 @@ def select_names(raw, names, where):
 
 
 def image_files(path):
-    """``{name: relative path}`` of every image file of the image folder (or its .tar.gz)
-    at ``path``, its train/ and test/ both, without decoding any."""
+    """(``{"<split>/<class>/<name>": relative path}`` of every image file of the image
+    folder, or its .tar.gz, at ``path``, its train/ and test/ both, without decoding any;
+    the ``archives.Files`` that reads them)."""
     files = archives.Files(path)
     found = [prefix for key, prefix in _find_layout(files) if key == "images"]
     if not found:

@@ -19,10 +19,9 @@ import sys
 import tempfile
 import zlib
 
-from runner import run_or_exit
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from cmxl_keras.children import run_or_exit  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 CHILD = r"""

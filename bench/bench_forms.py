@@ -194,7 +194,7 @@ class Torch:
     def __init__(self, arch, batch, x, y, convs_only=False):
         import torch
 
-        import ref_torch
+        from reproduce import ref_torch
 
         torch.manual_seed(0)
         # On a GPU host the reference runs on the GPU, as the paper's script does.
@@ -240,7 +240,7 @@ class TorchTuned(Torch):
     def __init__(self, arch, batch, x, y, convs_only=False):
         import torch
 
-        import ref_torch
+        from reproduce import ref_torch
 
         torch.manual_seed(0)
         cuda = torch.cuda.is_available()
@@ -294,7 +294,7 @@ class TorchLoader(Torch):
         import torch
         from PIL import Image
 
-        import ref_torch
+        from reproduce import ref_torch
 
         # The loader normalizes, so the step runs the network without the model's own
         # normalization (``net``), as the paper's network has none.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Training and inference speed side by side: our Keras/TensorFlow path vs the paper's
-PyTorch model (bench/ref_torch.py), CM-Vanilla and CM-XL, batch 128, in one run.
+PyTorch model (reproduce/ref_torch.py), CM-Vanilla and CM-XL, batch 128, in one run.
 
 Ours is the real training step: ``recipe.build_model`` + ``recipe.compile_model`` through
 ``model.fit`` (train_step, AdamW on the one-cycle schedule, loss, top-1/top-5 metrics,
@@ -51,10 +51,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import cmxl_keras  # noqa: E402,F401  (before TensorFlow: it picks the CPU allocator)
 
+from cmxl_keras import architecture  # noqa: E402
 from cmxl_keras.architecture import ARCH_KEYS, VARIANTS  # noqa: E402
+from cmxl_keras.children import run_or_exit, tail  # noqa: E402
+from cmxl_keras.errors import ConfigError  # noqa: E402
 import bench_forms  # noqa: E402  (bench/bench_forms.py: the forms measured)
 from bench_forms import RUNNERS  # noqa: E402
-from runner import run_or_exit, tail  # noqa: E402  (bench/runner.py)
 
 # The paper's CM-Vanilla (d8, GELU) and CM-XL (d66, skip period 3, SiLU).
 MODELS = {name: {key: VARIANTS[variant][key] for key in ARCH_KEYS}
@@ -263,15 +265,11 @@ def run_worker(fw, name, sizes, args):
 
 
 def parse_arch(text):
-    """``width=32,depth=2`` -> {"width": 32, "depth": 2} (architecture keys only)."""
-    arch = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key not in ARCH_KEYS:
-            sys.exit(f"--arch {text}: {key!r} is not an architecture key; use "
-                     f"{', '.join(ARCH_KEYS)}")
-        arch[key] = value if key == "activation" else int(value)
-    return arch
+    """``width=32,depth=2`` -> {"width": 32, "depth": 2}, or exit naming the value."""
+    try:
+        return architecture.parse_arch(text)
+    except ConfigError as error:
+        sys.exit(str(error))
 
 
 def add_step_arguments(parser):

@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import bench_train  # noqa: E402  (its models and step arguments)
-from runner import run_or_exit  # noqa: E402
+from cmxl_keras.children import run_or_exit  # noqa: E402
 
 POLICIES = {"baseline": "mixed_float16", "bf16": "mixed_bfloat16", "float32": "float32",
             "shifted-depthwise": "mixed_float16"}

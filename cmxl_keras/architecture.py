@@ -50,6 +50,25 @@ VARIANTS = {
 ARCH_KEYS = ("width", "depth", "patch_size", "kernel_size", "activation", "skip_period")
 
 
+def parse_arch(text):
+    """``"width=32,depth=2"`` -> ``{"width": 32, "depth": 2}`` (architecture keys only: a
+    bench's or a rehearsal's smaller model); a ConfigError naming the value otherwise."""
+    from cmxl_keras.errors import ConfigError
+
+    arch = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            if key not in ARCH_KEYS:
+                raise ValueError
+            arch[key] = value if key == "activation" else int(value)
+        except ValueError:
+            raise ConfigError(f"--arch {text!r}: {item!r} is not key=value of an architecture "
+                              f"key ({', '.join(ARCH_KEYS)}) with a whole number (the "
+                              f"activation: its name); e.g. --arch width=32,depth=2.") from None
+    return arch
+
+
 def _check_positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(

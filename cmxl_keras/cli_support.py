@@ -44,6 +44,23 @@ def user_errors(command):
     return wrapper
 
 
+def stops_as_errors(command):
+    """``user_errors``, and a step that stops the command with a message
+    (``sys.exit("...")``: a child run failed, a record disagrees) said the same way, exit 1
+    (the reproduction's command, whose steps run as scripts too)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return user_errors(command)(*args, **kwargs)
+        except SystemExit as stop:
+            if isinstance(stop.code, str):
+                fail(stop.code, 1)
+            raise
+
+    return wrapper
+
+
 def quiet_tensorflow():
     """keras-cv's vectorized augmentations log a warning per op they cannot vectorize."""
     try:

@@ -129,6 +129,16 @@ def run_process(command, timeout, env=None, cwd=None):
     return Child(command, env=env, cwd=cwd).wait(timeout)
 
 
+REPRODUCE = [sys.executable, "-m", "reproduce"]  # the reproduction's command
+
+
+def run_reproduce(*args, env=None, timeout=600, cwd=None):
+    """Runs ``python -m reproduce ARGS`` for real (from ``cwd``, the repository on its
+    path) and returns the CompletedProcess."""
+    env = dict(env or {}, PYTHONPATH=ROOT)
+    return run_process(REPRODUCE + [str(a) for a in args], timeout, env=env, cwd=cwd)
+
+
 def run_cli(*args, env=None, timeout=600, cwd=None):
     """Runs ``python cli.py ARGS`` for real and returns the CompletedProcess."""
     return run_process([sys.executable, os.path.join(ROOT, "cli.py"), *map(str, args)],

@@ -1,4 +1,4 @@
-"""Every kind of bad input to the CLI: a clear one-paragraph error, no traceback, no change.
+"""Every kind of bad input to the CLI (``cli.py`` and ``python -m reproduce``): a clear one-paragraph error, no traceback, no change.
 
 Each row runs the real CLI in a scratch folder and checks: a non-zero exit, the bad value
 and the fix named in the message, no Python traceback, and no file created or changed.
@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, png_bomb, random_images, run_cli
+from conftest import ROOT, png_bomb, random_images, run_cli, run_reproduce
 
 RESULTS = []
 
@@ -327,6 +327,47 @@ CASES = [
                                          "--runs-dir",
                                          (r / "file").write_text("x") and r / "file" / "runs"],
      ["cannot write the run folder", "--runs-dir"]),
+    # The reproduction's command (python -m reproduce), its errors said as cli.py's.
+    ("reproduce: seeds not numbers", lambda r: ["reproduce", "compare", "--data-dir", r,
+                                                "--seeds", "1204,x"],
+     ["--seeds '1204,x'", "e.g. --seeds 1204,1205"]),
+    ("reproduce: an unknown side", lambda r: ["reproduce", "compare", "--data-dir", r, "--sides",
+                                              "ours,theirs"], ["theirs", "ours,reference"]),
+    ("reproduce: an unknown stage to drop", lambda r: ["reproduce", "compare", "--data-dir", r,
+                                                       "--drop", "blur"], ["blur", "crop, flip"]),
+    ("reproduce: one form named", lambda r: ["reproduce", "compare", "--data-dir", r, "--forms",
+                                             "lossless"], ["--forms 'lossless'", "lossless,jpeg"]),
+    ("reproduce: no images to compare on", lambda r: ["reproduce", "compare", "--data-dir",
+                                                      r / "nodata", "--out", r / "o"],
+     ["nodata"]),
+    ("reproduce: a width of zero", lambda r: ["reproduce", "compare", "--data-dir", r, "--width",
+                                              "0"], ["'--width'", "0 is not in the range x>=1"]),
+    ("reproduce: join a folder no comparison wrote", lambda r: ["reproduce", "join", r, r,
+                                                                "--out", r / "j"],
+     ["holds no results.json", "a compare command wrote"]),
+    ("reproduce: cross a folder no comparison wrote", lambda r: ["reproduce", "cross", r, r,
+                                                                 "--out", r / "c"],
+     ["holds no results.json"]),
+    ("reproduce: redraw a folder no comparison wrote", lambda r: ["reproduce", "redraw", r],
+     ["holds no results.json"]),
+    ("reproduce: the reference's loop on no images", lambda r: [
+        "reproduce", "reference-loop", "--data-dir", r / "nodata", "--run-dir", r / "ref"],
+     ["nodata"]),
+    ("reproduce: the reference's loop with a bad setting", lambda r: [
+        "reproduce", "reference-loop", "--data-dir", _bin_dir(r / "d"), "--run-dir", r / "ref",
+        "--set", "depth=0"], ["depth", "got 0"]),
+    ("reproduce: the Table-1 page from no runs", lambda r: [
+        "reproduce", "table1", "--results", r / "none", "--out", r / "page.md"],
+     ["'--results'", "none", "does not exist"]),
+    ("reproduce: gpu with an unknown phase", lambda r: ["reproduce", "gpu", "--phases",
+                                                        "setup,fly", "--out", r / "o"],
+     ["unknown fly", "auto, or any of setup"]),
+    ("reproduce: gpu --plan without the images", lambda r: [
+        "reproduce", "gpu", "--plan", "--carry", r / "carry", "--data", r / "nope.tgz"],
+     ["does not exist", "train/<class>/"]),
+    ("reproduce: gpu --plan and --collect", lambda r: ["reproduce", "gpu", "--plan",
+                                                        "--collect", r],
+     ["--plan and --collect", "give one of them"]),
 ]
 
 
@@ -347,7 +388,8 @@ def test_bad_input(name, setup, quoted, tmp_path):
         args, extra = args
         env.update(extra)
     before = _snapshot(tmp_path)
-    result = run_cli(*args, cwd=str(tmp_path), env=env, timeout=300)
+    run = run_reproduce if args[0] == "reproduce" else run_cli
+    result = run(*args[args[0] == "reproduce":], cwd=str(tmp_path), env=env, timeout=300)
     after = _snapshot(tmp_path)
     message = result.stderr.strip()
     clear = result.returncode != 0 and all(q in message for q in quoted)
@@ -366,6 +408,7 @@ def test_the_table_covers_every_command(tmp_path):
     """Stands alone: which commands the rows above exercise, from their arguments (the
     summary line of the rows that ran is printed by conftest's terminal summary)."""
     import cli
+    from reproduce.cli import cli as reproduce
 
     commands = set()
     for i, (name, setup, quoted) in enumerate(CASES):
@@ -373,7 +416,8 @@ def test_the_table_covers_every_command(tmp_path):
         root.mkdir()
         args = setup(root)
         args = args[0] if isinstance(args, tuple) else args
-        commands.add(str(args[0]))
+        commands.add(" ".join(map(str, args[:2])) if args[0] == "reproduce" else str(args[0]))
         assert quoted, name
     assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
-    assert commands == set(cli.cli.commands), sorted(set(cli.cli.commands) - commands)
+    every = set(cli.cli.commands) | {f"reproduce {c}" for c in reproduce.commands}
+    assert commands == every, sorted(every - commands)

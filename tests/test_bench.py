@@ -1,5 +1,6 @@
-"""The benchmarks' child-process runner and time-to-accuracy arithmetic (bench/ itself is
-run by hand, not by CI; these are the parts of it that decide what a run reports)."""
+"""The scripts' child-process runner (``cmxl_keras/children.py``) and the benchmarks'
+time-to-accuracy arithmetic (bench/ itself is run by hand, not by CI; these are the parts
+of it that decide what a run reports)."""
 
 import os
 import sys
@@ -9,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import bench_tta  # noqa: E402
-from runner import run_or_exit  # noqa: E402
+from cmxl_keras.children import run_or_exit  # noqa: E402
 
 
 def test_run_or_exit_returns_the_finished_process():
@@ -61,7 +62,7 @@ def test_convs_only_strips_the_same_layers_from_ours_and_the_reference(arch):
     import torch
 
     import bench_forms
-    import ref_torch
+    from reproduce import ref_torch
 
     full = ref_torch.build(**arch)
     stripped = ref_torch.convs_only(ref_torch.build(**arch))

@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT
 
 DOCS = sorted(os.path.relpath(p, ROOT) for p in
-              glob.glob(os.path.join(ROOT, "*.md")) + glob.glob(os.path.join(ROOT, "*", "*.md")))
+              glob.glob(os.path.join(ROOT, "*.md")) + glob.glob(os.path.join(ROOT, "*", "*.md"))
+              + glob.glob(os.path.join(ROOT, "reproduce", "*", "*.md")))
 
 
 # A named section of a page, as code, configs and pages cite it: docs/gpus.md, "Title".
@@ -84,7 +85,35 @@ def test_the_checks_catch_what_they_look_for():
 
 
 def test_the_readme_is_short():
-    assert len(read(os.path.join(ROOT, "README.md")).splitlines()) <= 200
+    assert len(read(os.path.join(ROOT, "README.md")).splitlines()) <= 180
+    for home in ("bench", "reproduce", os.path.join("reproduce", "gpu")):  # a screen each
+        assert len(read(os.path.join(ROOT, home, "README.md")).splitlines()) <= 60, home
+
+
+def python_files():
+    """Every Python file of the repository outside tests/ (and outside hidden folders:
+    virtual environments, the GPU carry)."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in (
+            "tests", "__pycache__", "node_modules")]
+        found += [os.path.join(folder, f) for f in files if f.endswith(".py")]
+    return found
+
+
+def test_the_readme_layout_is_the_tree():
+    """Each entry of the README's layout block is there, and every folder at the top of
+    the repository (but the git-ignored ones) has its entry."""
+    text = read(os.path.join(ROOT, "README.md"))
+    block = text[text.index("## Layout"):].split("```")[1]
+    named = [line.split()[0] for line in block.splitlines()[1:] if line and not line[0].isspace()]
+    assert named, block
+    missing = [name for name in named if not os.path.exists(os.path.join(ROOT, name))]
+    assert not missing, f"the README's layout names what is not there: {missing}"
+    ignored = {"runs", "report", "data", "wheelhouse"}
+    tops = {f"{d}/" for d in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, d))
+            and not d.startswith((".", "_")) and d not in ignored and not d.endswith(".egg-info")}
+    assert not tops - set(named), f"folders missing from the README's layout: {tops - set(named)}"
 
 
 def test_every_cited_section_exists():
@@ -92,7 +121,7 @@ def test_every_cited_section_exists():
     files = ([os.path.join(ROOT, d) for d in DOCS]
              + glob.glob(os.path.join(ROOT, "cmxl_keras", "*.py"))
              + glob.glob(os.path.join(ROOT, "configs", "**", "*.toml"), recursive=True)
-             + glob.glob(os.path.join(ROOT, "bench", "*.py")))
+             + python_files())
     cited = 0
     for path in files:
         for page, title in SECTION_REF.findall(read(path)):
@@ -171,12 +200,58 @@ def test_running_a_model_imports_neither_the_exporter_nor_training():
 
 
 def test_every_module_stays_small():
-    """The package's modules and the bench's scripts alike: at most 350 lines each."""
-    paths = [os.path.join(ROOT, "cmxl_keras", f"{module}.py") for module in MODULES]
-    paths += glob.glob(os.path.join(ROOT, "bench", "*.py")) + [os.path.join(ROOT, "cli.py")]
-    sizes = {os.path.relpath(path, ROOT): len(read(path).splitlines()) for path in paths}
-    assert len(sizes) > len(MODULES) + 10, sizes
+    """Every Python file outside tests/ (the package, the benchmarks, the reproduction, the
+    GPU queue): at most 350 lines each."""
+    sizes = {os.path.relpath(path, ROOT): len(read(path).splitlines())
+             for path in python_files()}
+    assert {"reproduce/gpu/run.py", "bench/bench_train.py", "cli.py"} <= set(sizes), sizes
+    assert len(sizes) > len(MODULES) + 25, sizes
     assert not {module: n for module, n in sizes.items() if n > 350}, sizes
+
+
+def homes():
+    """docs/architecture.md's table of homes: folder -> the top-level packages its files
+    may import (``cmxl_keras``, ``reproduce``, ``bench``), and which ``reproduce`` modules
+    where the row names them."""
+    found = {}
+    for line in read(os.path.join(ROOT, "docs", "architecture.md")).splitlines():
+        match = re.match(r"\| `([\w/]+)/` \|[^|]*\|[^|]*\| (.+) \|$", line)
+        if match:
+            allowed = re.findall(r"`(\w+)`", match.group(2))
+            found[match.group(1)] = set(allowed)
+    return found
+
+
+def test_each_home_imports_only_what_its_row_allows():
+    """bench/, reproduce/, reproduce/gpu/ and the library import across homes only as
+    docs/architecture.md's table of homes says (bench/ takes the reference's network
+    only), and none imports another home's script by its bare name."""
+    table = homes()
+    assert set(table) == {"cmxl_keras", "bench", "reproduce", "reproduce/gpu"}, table
+    scripts = {os.path.basename(p)[:-3]: "bench" for p in glob.glob(
+        os.path.join(ROOT, "bench", "*.py"))}
+    crossing = []
+    for path in python_files():
+        rel = os.path.relpath(path, ROOT)
+        home = max((h for h in table if rel.startswith(h + "/")), key=len, default=None)
+        if home is None:
+            continue
+        for node in ast.walk(ast.parse(read(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     and not node.level else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in ("cmxl_keras", "reproduce") and top not in table[home]:
+                    crossing.append((rel, name))
+                elif scripts.get(top) == "bench" and home != "bench":
+                    crossing.append((rel, name))
+                elif home == "bench" and top == "reproduce":
+                    taken = [a.name for a in node.names] if isinstance(
+                        node, ast.ImportFrom) else [name.split(".")[-1]]
+                    crossing += [(rel, f"{name}.{t}") for t in taken
+                                 if t not in table[home]]
+    assert not crossing, crossing
 
 
 def test_no_private_name_crosses_a_module_boundary():

@@ -1,25 +1,19 @@
-"""bench/equivalence.py: the reading (final top-1, the gap epoch by epoch), comparisons
-that span commands (``--resume``) and sides run as separate commands (``--join``)."""
+"""``python -m reproduce compare`` and its readings: the reading (final top-1, the gap epoch by epoch), comparisons
+that span commands (``--resume``) and sides run as separate commands (``join``)."""
 
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, Child
-
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import equivalence  # noqa: E402
-import equivalence_report  # noqa: E402
-
-SCRIPT = os.path.join(ROOT, "bench", "equivalence.py")
+from conftest import REPRODUCE, Child
+from reproduce import equivalence, equivalence_cross, equivalence_report
 
 
 def test_equivalence_reading_is_welchs_standard_error_of_the_difference():
-    summary = equivalence.summarize({"ours": [0.80, 0.82, 0.84],
+    summary = equivalence_report.summarize({"ours": [0.80, 0.82, 0.84],
                                      "reference": [0.83, 0.84, 0.85]})
     ours, ref = summary["sides"]["ours"], summary["sides"]["reference"]
     assert ours["mean"] == pytest.approx(0.82) and ours["sd"] == pytest.approx(0.02)
@@ -28,12 +22,12 @@ def test_equivalence_reading_is_welchs_standard_error_of_the_difference():
     se = (0.02 ** 2 / 3 + 0.01 ** 2 / 3) ** 0.5  # 0.0129: -0.02 is within two
     assert summary["standard_error"] == pytest.approx(se)
     assert summary["within_two_standard_errors"] is True
-    apart = equivalence.summarize({"ours": [0.80, 0.81], "reference": [0.86, 0.87]})
+    apart = equivalence_report.summarize({"ours": [0.80, 0.81], "reference": [0.86, 0.87]})
     assert apart["within_two_standard_errors"] is False
-    assert "outside two standard errors (8.5 SE)" in equivalence.reading(apart)[-1]
+    assert "outside two standard errors (8.5 SE)" in equivalence_report.reading(apart)[-1]
     # One run a side has no spread: no verdict is drawn.
-    assert "difference" not in equivalence.summarize({"ours": [0.8], "reference": [0.9]})
-    one = equivalence.reading(equivalence.summarize({"ours": [0.8], "reference": [0.9, 0.8]}))
+    assert "difference" not in equivalence_report.summarize({"ours": [0.8], "reference": [0.9]})
+    one = equivalence_report.reading(equivalence_report.summarize({"ours": [0.8], "reference": [0.9, 0.8]}))
     assert one == ["ours: final top-1 80.00 % mean, one seed (no spread yet) (80.00)",
                    "reference: final top-1 85.00 % mean, 7.07 sd over 2 seeds (90.00, 80.00)"]
 
@@ -126,7 +120,7 @@ def test_resume_keeps_the_runs_of_the_same_comparison_only(tmp_path):
 
 
 def command(out, work, data, *more):
-    return [sys.executable, SCRIPT, "--data", data, "--train", "256", "--val", "128",
+    return REPRODUCE + ["compare", "--data-dir", data, "--train", "256", "--val", "128",
             "--epochs", "2", "--seeds", "7", "--width", "16", "--depth", "2",
             "--out", out, "--work", work, *more]
 
@@ -196,15 +190,13 @@ def test_a_comparison_cut_off_resumes_each_side_where_it_stopped(tmp_path, cifar
                             "--lr", "0.01")).wait(120)
     assert changed.returncode != 0 and "lr: 0.005 there, 0.01 here" in changed.stderr
 
-    joined = Child([sys.executable, SCRIPT, "--join", f"{ours},{ref}", "--out",
-                    str(tmp_path / "joined")]).wait(120)
+    joined = Child(REPRODUCE + ["join", ours, ref, "--out", tmp_path / "joined"]).wait(120)
     assert joined.returncode == 0, joined.stderr[-3000:]
     assert "ours: final top-1" in joined.stdout and "reference: final top-1" in joined.stdout
     assert os.path.getsize(tmp_path / "joined" / "curves.png") > 10_000
 
 
 # ----------------------------------------------------------------------------- the 2 x 2
-import equivalence_cross  # noqa: E402
 
 
 def test_mcnemars_exact_test_is_the_binomial_on_the_discordant_images():

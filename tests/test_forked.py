@@ -105,7 +105,7 @@ def test_output_streams_as_it_comes_and_a_hang_gets_the_fault_handler():
     (["cli.py", "info"], {"KERAS_BACKEND": "jax"}),
     (["cli.py", "info"], {"TF_CPP_MIN_LOG_LEVEL": "0"}),  # read when TensorFlow loads
     (["cli.py", "info"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
-    (["bench/equivalence.py", "--help"], {}),  # not the CLI
+    (["bench/bench_data.py", "--help"], {}),  # not the CLI
     (["-c", "import sys; print(sorted(sys.modules))"], {}),  # code that does not run it
 ])
 def test_what_is_read_while_importing_gets_a_fresh_interpreter(args, env):

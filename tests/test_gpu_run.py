@@ -1,4 +1,4 @@
-"""The GPU command (bench/gpu_run.py) rehearsed on this CPU, in a Python shaped like the GPU
+"""The GPU command (``python -m reproduce gpu``) rehearsed on this CPU, in a Python shaped like the GPU
 host: TensorFlow, keras-cv and tensorflow-datasets hidden (tests/gpu_host/), the carried
 wheels installed by the command itself, Keras on JAX. Tiny sizes and short caps; the same
 phases, files and resume path as a real period."""
@@ -11,9 +11,9 @@ import tarfile
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA, Child, run_cli, run_process
+from conftest import REPRODUCE, ROOT, SHARED_DATA, Child, run_cli, run_process
 
-SCRIPT = os.path.join(ROOT, "bench", "gpu_run.py")
+SCRIPT = REPRODUCE + ["gpu"]
 GPU_HOST = {"PYTHONPATH": os.path.join(ROOT, "tests", "gpu_host")}
 # A rehearsal's sizes: every job a two-layer ConvMixer of 2 epochs on 250 images (4
 # batches of 64, the last one partial); the bench's model two layers wide 32.
@@ -32,7 +32,7 @@ JOBS = ["--jobs", "reference-1204,cm_vanilla-1204"]
 
 
 def gpu_run(*args, env=None, timeout=600):
-    return run_process([sys.executable, SCRIPT, *map(str, args)], timeout,
+    return run_process([*SCRIPT, *map(str, args)], timeout,
                        env=dict(GPU_HOST, **(env or {})))
 
 
@@ -74,7 +74,7 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     assert planned.returncode == 0, planned.stderr[-3000:]
     wheels = sorted(os.listdir(carry / "wheels"))
     assert [w.split("-")[0] for w in wheels] == ["keras", "namex", "optree"], wheels
-    assert "command:  python3 bench/gpu_run.py" in planned.stdout
+    assert "command:  python3 -m reproduce gpu" in planned.stdout
     assert f"carry:    {carry}" in planned.stdout
     # What travels, part by part, and the sum against the limit.
     for part in ("repository: everything else", "repository: the shipped model",
@@ -226,7 +226,7 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     # A command cut off in the middle of a job (as a command past its limit is): the
     # phase before it has left its file, and the job its saved, resumable state.
     out4 = tmp_path / "out4"
-    child = Child([sys.executable, SCRIPT, "--carry", carry, "--work", tmp_path / "work4",
+    child = Child([*SCRIPT, "--carry", carry, "--work", tmp_path / "work4",
                    "--results", results, "--phases", "setup,queue", *TINY,
                    "--jobs", "cm_vanilla-1205", "--set", "epochs=200"],
                   env=dict(GPU_HOST, OUT=str(out4)))
@@ -239,10 +239,9 @@ def test_rehearsal_of_the_queue_across_periods_and_a_warm_machine(tiny_images, t
     phases = summary(out4)["phases"]
     assert phases["setup"]["status"].startswith("ok"), phases
     assert "queue" not in phases  # it never reported: it was killed, not finished
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import gpu_queue
+    from reproduce.gpu import campaign
 
-    left = gpu_queue.run_state(str(tmp_path / "work4" / "jobs" / "cm_vanilla-1205"))
+    left = campaign.run_state(str(tmp_path / "work4" / "jobs" / "cm_vanilla-1205"))
     assert left["epochs_done"] >= 1 and left["step"] >= 4 and not left["finished"], left
 
 
@@ -332,10 +331,9 @@ def test_rehearsal_of_the_comparison_jobs(tiny_forms, tmp_path):
             assert set(run["scores"]) == set(forms), run["scores"]
             assert all(len(v["correct"]) == 20 for v in run["scores"].values())
     # The two read as one 2 x 2, from the committed records.
-    crossed = run_process([sys.executable, os.path.join(ROOT, "bench", "equivalence.py"),
-                           "--cross", f"{results / 'jpeg-cost-lossless' / 'comparison'},"
-                           f"{results / 'jpeg-cost-jpeg' / 'comparison'}",
-                           "--out", tmp_path / "cross"], 120)
+    crossed = run_process(REPRODUCE + ["cross", results / "jpeg-cost-lossless" / "comparison",
+                                       results / "jpeg-cost-jpeg" / "comparison",
+                                       "--out", tmp_path / "cross"], 120)
     assert crossed.returncode == 0, crossed.stderr[-3000:]
     reading = json.load(open(tmp_path / "cross" / "results.json"))
     assert set(reading["sides"]) == {"ours", "reference"}
@@ -407,7 +405,7 @@ def test_plan_refuses_missing_data(tmp_path):
 
 def test_run_needs_an_output_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    out = run_process([sys.executable, SCRIPT, "--carry", tmp_path], 60,
+    out = run_process([*SCRIPT, "--carry", tmp_path], 60,
                       env=dict(env, **GPU_HOST))
     assert out.returncode != 0 and "set OUT" in out.stderr
     bad = gpu_run("--phases", "setup,fly", env={"OUT": str(tmp_path / "o")}, timeout=60)
@@ -415,8 +413,7 @@ def test_run_needs_an_output_folder(tmp_path):
 
 
 def test_the_bench_runs_again_only_when_the_code_it_measures_changes(tmp_path, monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import gpu_carry
+    from reproduce.gpu import carry as gpu_carry
 
     for path in gpu_carry.BENCHED_CODE:  # each names a file that is there
         assert os.path.isfile(os.path.join(ROOT, path)), path

@@ -1,4 +1,4 @@
-"""The reference's training loop as a resumable run (``bench/ref_train.py``): a run
+"""The reference's training loop as a resumable run (``python -m reproduce reference-loop``): a run
 stopped after any epoch and resumed ends exactly as the run left alone, and its last
 weights, converted into our Keras model, give the reference network's own outputs and
 its own validation score through ``cli.py evaluate``."""
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli, run_process
+from conftest import REPRODUCE, ROOT, run_cli, run_process
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +24,8 @@ ENV = {"KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _ref_train(cifar_dir, run_dir, *extra):
-    command = [sys.executable, os.path.join(ROOT, "bench", "ref_train.py"), "--data",
-               cifar_dir, "--run-dir", run_dir, "--val-from-train", "200", "--workers", "2",
-               "--device", "cpu"]
+    command = REPRODUCE + ["reference-loop", "--data-dir", cifar_dir, "--run-dir", run_dir,
+                           "--val-from-train", "200", "--workers", "2", "--device", "cpu"]
     for setting in SETTINGS:
         command += ["--set", setting]
     return run_process(command + list(extra), timeout=600, env=ENV)  # extra: later, it wins
@@ -87,8 +86,9 @@ def test_the_converted_model_is_the_reference_network(left_alone, cifar_dir, tmp
     script = f"""
 import json, os, sys
 import numpy as np, torch
-sys.path.insert(0, {os.path.join(ROOT, "bench")!r}); sys.path.insert(0, {ROOT!r})
-import keras, ref_torch
+sys.path.insert(0, {ROOT!r})
+import keras
+from reproduce import ref_torch
 from cmxl_keras import settings, splitting
 run = {left_alone!r}
 cfg = settings.load_saved(run)

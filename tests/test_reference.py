@@ -1,5 +1,5 @@
 """Each part of the recipe against PyTorch/torchvision run for real, with a transcription
-of the reference's network and training loop (bench/ref_torch.py, tests/torch_reference.py).
+of the reference's network and training loop (reproduce/ref_torch.py, tests/torch_reference.py).
 
 The reference runs in its own process (tests/torch_reference.py; PyTorch's CUDA build
 cannot load into a process that holds TensorFlow) on the same inputs as ours, and the

@@ -1,23 +1,23 @@
-"""The Table-1 page is what the committed runs give (bench/table1.py), never edited by
+"""The Table-1 page is what the committed runs give (``python -m reproduce table1``), never edited by
 hand, and each run lands in its row, on its side, with its seed and its state."""
 
 import json
 import os
-import sys
 
-from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import table1  # noqa: E402
+from conftest import run_reproduce
+from reproduce import equivalence_report, table1
 
 
 def test_the_committed_page_is_what_the_committed_runs_give():
-    assert table1.main(["--check"]) == 0
+    assert table1.main(check=True) == 0
     with open(table1.PAGE) as f:
         text = f.read()
     assert text == table1.page()
     assert ("| cm_vanilla | 93.78 % | not run | 1204: 90.50 % | 100/100 | ours 1204: 9.7 min "
             "| 533d966ce0 |") in text
+    # The command a user runs says the same, from another folder too.
+    checked = run_reproduce("table1", "--check", timeout=120, cwd=os.path.dirname(table1.PAGE))
+    assert checked.returncode == 0 and "up to date" in checked.stdout, checked.stderr[-2000:]
 
 
 def _run(folder, name, variant, seed, epochs_done, finished, loop=None, aug="paper"):
@@ -60,18 +60,15 @@ def test_each_run_lands_in_its_row_and_side(tmp_path):
     assert "- `reference-1204`: reference, cm_vanilla, seed 1204" in text
     # --check tells a page that differs from the runs.
     out = tmp_path / "page.md"
-    assert table1.main(["--results", str(tmp_path), "--out", str(out), "--check"]) == 1
-    assert table1.main(["--results", str(tmp_path), "--out", str(out)]) == 0
-    assert table1.main(["--results", str(tmp_path), "--out", str(out), "--check"]) == 0
+    assert table1.main(str(tmp_path), str(out), check=True) == 1
+    assert table1.main(str(tmp_path), str(out)) == 0
+    assert table1.main(str(tmp_path), str(out), check=True) == 0
 
 
 def test_the_whole_run_comparisons_are_listed_with_both_sides_only(tmp_path):
-    """Each committed comparison of ``bench/equivalence.py`` with both sides gets a row
+    """Each committed comparison of ``python -m reproduce compare`` with both sides gets a row
     (its path of ours, epochs, seeds, means, difference and standard error); one side
     alone gets none; a comparison's note is printed under the table."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import equivalence_report
-
     def comparison(name, backend, sides, note=None):
         runs = {side: [{"seed": seed, "epochs": [{"epoch": 1, "val_accuracy": 0.5},
                                                   {"epoch": 2, "val_accuracy": value}]}

@@ -10,7 +10,7 @@ Jobs:
 - ``randaugment``: torchvision's RandAugment ops (``autoaugment._apply_op``, the
   function ``RandAugment.forward`` calls) on PIL images, each op at ``level`` with both
   signs; and torchvision's op table at that level.
-- ``model``: the paper's network (bench/ref_torch.py: the layout of the paper's
+- ``model``: the paper's network (reproduce/ref_torch.py: the layout of the paper's
   networks.py) with PyTorch's default initialization for ``seed``, or with the given
   parameters; its logits in eval and in train mode.
 - ``flip``, ``jitter``, ``erasing``: torchvision's transforms on given draws (boxes,
@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import ref_torch  # noqa: E402  (the paper's network, shared with the benchmarks)
+sys.path.insert(0, ROOT)
+from reproduce import ref_torch  # noqa: E402  (the paper's network, shared with the benchmarks)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -192,7 +192,7 @@ def job_erasing(spec, data, out):
 
 
 def job_chain(spec, data, out):
-    """The reference's whole training transform (``bench/ref_torch.py``), ``copies`` times
+    """The reference's whole training transform (``reproduce/ref_torch.py``), ``copies`` times
     on each image: the per-pixel mean and standard deviation in pixel units."""
     from PIL import Image
 

@@ -1,4 +1,4 @@
-"""Makes this Python look like the GPU host's (bench/gpu_run.py): TensorFlow, keras-cv and
+"""Makes this Python look like the GPU host's (``python -m reproduce gpu``): TensorFlow, keras-cv and
 tensorflow-datasets are not installed there. On PYTHONPATH, this hides them as a missing
 package is hidden: ``import tensorflow`` raises ModuleNotFoundError and
 ``importlib.util.find_spec("tensorflow")`` is None (PyTorch and Keras probe both)."""

@@ -1,10 +1,10 @@
-"""The GPU queue's comparison jobs (``jpeg-cost-*`` in ``gpu_queue.QUEUE``): what the
-JPEG images cost at the paper's model, ``bench/equivalence.py`` on the GPU host.
+"""The GPU queue's comparison jobs (``jpeg-cost-*`` in ``campaign.QUEUE``): what the
+JPEG images cost at the paper's model, ``python -m reproduce compare`` on the GPU host.
 
-A comparison job is ``bench/equivalence.py`` with both loops and every seed of
+A comparison job is ``python -m reproduce compare`` with both loops and every seed of
 ``--comparison-args``: trained on the carried lossless images (``--lossless`` of
 ``--plan``) or on their JPEG twins among the training images, every final model scored
-on both forms; ``equivalence.py --cross`` reads the two as one 2 x 2. Its folder holds
+on both forms; ``python -m reproduce cross`` reads the two as one 2 x 2. Its folder holds
 the comparison's files in ``comparison/`` and its runs in ``runs/``; ``results.json``
 beside them marks it finished. Finished, it packs only ``comparison/`` (no model).
 """
@@ -14,7 +14,8 @@ import json
 import os
 import sys
 
-from runner import read_record
+import reproduce
+from cmxl_keras.children import read_record
 
 OUT, RUNS = "comparison", "runs"
 FORMS = {"lossless": "jpeg", "jpeg": "lossless"}  # a training form: the other scoring form
@@ -48,15 +49,15 @@ def command(queue, job, seconds):
     the other form too, resuming what its folder holds, stopped before ``seconds``."""
     run_dir = queue.run_dir(job)
     jpeg, lossless = queue.period.data_dir, queue.period.lossless
-    data = {"lossless": ["--data", lossless, "--score-data", jpeg],
-            "jpeg": ["--data", jpeg, "--names-from", lossless, "--score-data", lossless]}
-    return [sys.executable, os.path.join("bench", "equivalence.py"), *data[job.form],
-            "--forms", f"{job.form},{FORMS[job.form]}", "--backend", "jax",
-            "--device", "auto", "--workers", str(queue.args.ref_workers), "--resume",
-            "--out", os.path.join(run_dir, OUT),
-            "--work", os.path.join(run_dir, RUNS),
-            "--time-limit", f"{seconds:g}", "--timeout", f"{seconds + 60:g}",
-            ] + queue.args.comparison_args.split()
+    data = {"lossless": ["--data-dir", lossless, "--score-data", jpeg],
+            "jpeg": ["--data-dir", jpeg, "--names-from", lossless, "--score-data", lossless]}
+    return reproduce.command("compare", *data[job.form]) + [
+        "--forms", f"{job.form},{FORMS[job.form]}", "--backend", "jax",
+        "--device", "auto", "--workers", str(queue.args.ref_workers), "--resume",
+        "--out", os.path.join(run_dir, OUT),
+        "--work", os.path.join(run_dir, RUNS),
+        "--time-limit", f"{seconds:g}", "--timeout", f"{seconds + 60:g}",
+    ] + queue.args.comparison_args.split()
 
 def finish(queue, job):
     """Marks a comparison job finished (its ``results.json``: the reading so far)."""

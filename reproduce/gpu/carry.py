@@ -1,4 +1,4 @@
-"""``bench/gpu_run.py``'s work here, before and after a GPU period: filling the carry folder
+"""``python -m reproduce gpu``'s work here, before and after a GPU period: filling the carry folder
 (``--plan``), counting what travels, part by part, and filing what came back
 (``--collect``)."""
 
@@ -13,10 +13,10 @@ import sys
 import tarfile
 import time
 
-import gpu_queue
-from runner import read_record
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import reproduce
+from cmxl_keras.children import read_record
+from reproduce import ROOT
+from reproduce.gpu import campaign
 # What the GPU host lacks (keras 3.15.1 as requirements.txt pins it; optree and namex, its
 # dependencies, as the test environment resolves them).
 WHEELS = ("keras==3.15.1", "optree==0.20.0", "namex==0.1.0")
@@ -29,7 +29,7 @@ TRANSFER_LIMIT_MIB = 64  # what travels to the GPU host: the repository and the 
 BENCHED_CODE = tuple(f"cmxl_keras/{m}.py" for m in (
     "architecture", "models", "recipe", "optimizers", "schedules", "augment", "transforms",
     "crop", "erasing", "jitter", "randaugment", "pil")) + (
-    "bench/bench_train.py", "bench/bench_forms.py", "bench/ref_torch.py", "bench/gpu_probe.py")
+    "bench/bench_train.py", "bench/bench_forms.py", "reproduce/ref_torch.py", "reproduce/gpu/probe.py")
 BENCH_RECORD = "bench.json"  # under --results: the code the last filed bench measured
 
 
@@ -47,15 +47,15 @@ def plan(args):
     wheels = os.path.join(args.carry, "wheels")
     data = os.path.join(args.carry, "data")
     if args.data and not os.path.exists(args.data):
-        sys.exit(f"gpu_run --plan: --data {args.data!r} does not exist. Give the training "
+        sys.exit(f"gpu --plan: --data {args.data!r} does not exist. Give the training "
                  f"images: a .tar.gz of train/<class>/* images, an official CIFAR-10 "
                  f"archive, or a folder holding train/<class>/.")
     if args.data and os.path.isdir(args.data) and not os.path.isdir(
             os.path.join(args.data, "train")):
-        sys.exit(f"gpu_run --plan: --data {args.data!r} has no train/ folder; give the "
+        sys.exit(f"gpu --plan: --data {args.data!r} has no train/ folder; give the "
                  f"folder that holds train/<class>/ images.")
     if not args.data and not (os.path.isdir(data) and os.listdir(data)):
-        sys.exit("gpu_run --plan: the carry folder holds no training images yet: pass --data "
+        sys.exit("gpu --plan: the carry folder holds no training images yet: pass --data "
                  "(a .tar.gz of train/<class>/* images, an official CIFAR-10 archive, or a "
                  "folder holding train/<class>/).")
     os.makedirs(wheels, exist_ok=True)
@@ -76,7 +76,7 @@ def plan(args):
         print(f"plan: downloading {spec} for Python {args.python_version}", flush=True)
         out = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if out.returncode:
-            sys.exit(f"gpu_run --plan: pip could not download {spec} for Python "
+            sys.exit(f"gpu --plan: pip could not download {spec} for Python "
                      f"{args.python_version} on x86-64 Linux:\n{out.stderr[-2000:]}")
     if args.data:
         for old in os.listdir(data):
@@ -95,28 +95,28 @@ def plan(args):
         print(f"  {size / 2**20:7.1f}  {part}")
     print(f"  {total / 2**20:7.1f}  in all, of {args.transfer_limit:g} MiB")
     if total > limit:
-        sys.exit(f"gpu_run --plan: {total / 2**20:.1f} MiB would travel, over the "
+        sys.exit(f"gpu --plan: {total / 2**20:.1f} MiB would travel, over the "
                  f"{args.transfer_limit:g} MiB limit (parts above). Finish or drop a running "
                  f"job's state, carry smaller images (JPEG, as a .tar.gz of "
                  f"train/<class>/), or remove large untracked files.")
-    for job in gpu_queue.QUEUE:
+    for job in campaign.QUEUE:
         folder = os.path.join(args.results, job.name)
-        if os.path.exists(os.path.join(folder, gpu_queue.FINISHED)):
+        if os.path.exists(os.path.join(folder, campaign.FINISHED)):
             print(f"plan: {job.name}: finished")
-        elif os.path.exists(os.path.join(folder, gpu_queue.STATE)):
+        elif os.path.exists(os.path.join(folder, campaign.STATE)):
             print(f"plan: {job.name}: resumes its committed state "
-                  f"({describe(os.path.join(folder, gpu_queue.STATE))})")
+                  f"({describe(os.path.join(folder, campaign.STATE))})")
     benched = read_record(os.path.join(args.results, BENCH_RECORD)) or {}
     print("plan: the smoke step and the bench " + (
         "are skipped: the code they measure is the code of the filed bench"
         if benched.get("code") == code_digest() else
         "run: the code they measure changed since the filed bench"))
     print("plan: run from the repository root, carrying the folder above:\n"
-          f"  command:  python3 bench/gpu_run.py    (OUT set to the output folder)\n"
+          f"  command:  python3 -m reproduce gpu    (OUT set to the output folder)\n"
           f"  carry:    {args.carry}   (a second command on the still-warm machine needs "
           f"none)\n"
           f"  timeout:  600 s (the command stops itself after --budget {args.budget:g} s)\n"
-          f"then: python bench/gpu_run.py --collect <the returned files' folder>, and "
+          f"then: python -m reproduce gpu --collect <the returned files' folder>, and "
           f"commit {args.results}/")
 
 
@@ -125,15 +125,15 @@ def carry_forms(args):
     carry folder while one of them is unfinished; once both are, ``forms/`` is emptied
     (10.8 MiB that no job needs any more)."""
     forms = os.path.join(args.carry, "forms")
-    jobs = [job for job in gpu_queue.QUEUE if job.side == "comparison"]
-    if all(os.path.exists(os.path.join(args.results, job.name, gpu_queue.FINISHED))
+    jobs = [job for job in campaign.QUEUE if job.side == "comparison"]
+    if all(os.path.exists(os.path.join(args.results, job.name, campaign.FINISHED))
            for job in jobs):
         shutil.rmtree(forms, ignore_errors=True)
         print("plan: the comparison jobs are finished: no lossless images carried")
         return
     if args.lossless:
         if not os.path.isfile(args.lossless):
-            sys.exit(f"gpu_run --plan: --lossless {args.lossless!r} is not a file. Give the "
+            sys.exit(f"gpu --plan: --lossless {args.lossless!r} is not a file. Give the "
                      f"lossless images as a .tar.gz of train/<class>/*.png, named as their "
                      f"JPEG twins in --data.")
         shutil.rmtree(forms, ignore_errors=True)
@@ -164,9 +164,9 @@ def transfer_parts(carry, results):
         if full.startswith(carry_abs):
             continue
         size = os.path.getsize(path)
-        if full.startswith(results_abs) and path.endswith(gpu_queue.STATE):
+        if full.startswith(results_abs) and path.endswith(campaign.STATE):
             parts[names[0]] += size
-        elif full.startswith(results_abs) and path.endswith(gpu_queue.FINISHED):
+        elif full.startswith(results_abs) and path.endswith(campaign.FINISHED):
             parts[names[1]] += size
         elif path.startswith("exported/"):
             parts[names[2]] += size
@@ -192,7 +192,7 @@ def describe(path):
         except (OSError, tarfile.TarError) as error:
             return f"unreadable: {error}"
         runs = os.listdir(folder)
-        return gpu_queue.run_state(os.path.join(folder, runs[0]))["progress"] if runs \
+        return campaign.run_state(os.path.join(folder, runs[0]))["progress"] if runs \
             else "empty"
 
 
@@ -200,7 +200,7 @@ def collect(args, phases):
     back = args.collect
     summary = read_record(os.path.join(back, "summary.json"))
     if summary is None:
-        sys.exit(f"gpu_run --collect: {back!r} has no readable summary.json; give the folder "
+        sys.exit(f"gpu --collect: {back!r} has no readable summary.json; give the folder "
                  f"the period's files came back to.")
     stamp = summary.get("started", time.strftime("%Y-%m-%d %H:%M:%S")).replace(" ", "_")
     period = os.path.join(args.results, "periods", stamp.replace(":", "")[:17])
@@ -208,7 +208,7 @@ def collect(args, phases):
     for name in ("summary.json",) + tuple(f"{p}.txt" for p in phases):
         if os.path.exists(os.path.join(back, name)):
             shutil.copyfile(os.path.join(back, name), os.path.join(period, name))
-    if "equivalence" in summary:  # bench/equivalence.py's files, from summary.json
+    if "equivalence" in summary:  # python -m reproduce compare's files, from summary.json
         folder = os.path.join(period, "equivalence")
         os.makedirs(folder, exist_ok=True)
         for name, data in summary["equivalence"].items():
@@ -217,8 +217,8 @@ def collect(args, phases):
         if os.path.exists(os.path.join(back, "equivalence.txt")):
             shutil.copyfile(os.path.join(back, "equivalence.txt"),
                             os.path.join(folder, "log.txt"))
-        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "equivalence.py"),
-                        "--redraw", folder], check=True, timeout=120)
+        subprocess.run(reproduce.command("redraw", folder), check=True, timeout=120,
+                       cwd=ROOT)
     if summary.get("profile"):  # bench/bench_profile.py's JSON, from summary.json
         with open(os.path.join(period, "profile.json"), "w") as f:
             json.dump(summary["profile"], f, indent=1)
@@ -230,7 +230,7 @@ def collect(args, phases):
     if isinstance(pack, dict):
         missing = [p for p in pack["parts"] if not os.path.isfile(os.path.join(back, p))]
         if missing:
-            sys.exit(f"gpu_run --collect: {back!r} lacks {', '.join(missing)} of the jobs' "
+            sys.exit(f"gpu --collect: {back!r} lacks {', '.join(missing)} of the jobs' "
                      f"archive (a file that did not come back); nothing was filed. The jobs "
                      f"resume from their committed state next time.")
         joined = io.BytesIO()
@@ -238,26 +238,27 @@ def collect(args, phases):
             with open(os.path.join(back, part), "rb") as f:
                 joined.write(f.read())
         if hashlib.sha256(joined.getvalue()).hexdigest() != pack["sha256"]:
-            sys.exit(f"gpu_run --collect: the parts of the jobs' archive in {back!r} do not "
+            sys.exit(f"gpu --collect: the parts of the jobs' archive in {back!r} do not "
                      f"add up to it (sha256 differs); nothing was filed.")
         joined.seek(0)
         with tarfile.open(fileobj=joined) as jobs:
-            known = {job.name for job in gpu_queue.QUEUE}
+            known = {job.name for job in campaign.QUEUE}
             for member in jobs.getmembers():
                 name = member.name.split("/")[0]
                 if name not in known or not member.isfile():
-                    sys.exit(f"gpu_run --collect: the jobs' archive holds {member.name!r}, "
+                    sys.exit(f"gpu --collect: the jobs' archive holds {member.name!r}, "
                              f"no job of the queue; nothing more was filed.")
-                target, _ = gpu_queue.file_job(jobs.extractfile(member).read(), name,
+                target, _ = campaign.file_job(jobs.extractfile(member).read(), name,
                                                args.results)
                 print(f"collect: {target} ({describe(target)})")
-    # The Table-1 page, from the committed runs (bench/table1.py; commit it with them):
+    # The Table-1 page, from the committed runs (python -m reproduce table1; commit it with them):
     # docs/table1.md for the repository's results/gpu, else beside the results given.
     committed = os.path.abspath(args.results) == os.path.join(ROOT, "results", "gpu")
     page = (os.path.join(ROOT, "docs", "table1.md") if committed
             else os.path.join(args.results, "table1.md"))
-    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "table1.py"), "--results",
-                    args.results, "--out", page], check=True, timeout=120)
+    subprocess.run(reproduce.command("table1", "--results", os.path.abspath(args.results),
+                                     "--out", os.path.abspath(page)),
+                   check=True, timeout=120, cwd=ROOT)
     print(f"collect: the period's logs are in {period}/")
     for phase, result in summary.get("phases", {}).items():
         print(f"  {phase}: {result['status']} ({result['seconds']} s)")

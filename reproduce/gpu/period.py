@@ -1,4 +1,4 @@
-"""``bench/gpu_run.py``'s work there: the phases of one command on the GPU host, each
+"""``python -m reproduce gpu``'s work there: the phases of one command on the GPU host, each
 with its own time cap and its own file in ``OUT``, against one deadline."""
 
 import glob
@@ -12,10 +12,10 @@ import tarfile
 import time
 import traceback
 
-import gpu_carry
-import gpu_queue
-from gpu_probe import PROBE
-from runner import read_record
+import reproduce
+from cmxl_keras.children import read_record
+from reproduce.gpu import campaign, carry
+from reproduce.gpu.probe import PROBE
 
 PHASES = ("setup", "smoke", "bench", "profile", "variants", "queue", "equivalence")
 AUTO = ("setup", "smoke", "bench", "queue")  # smoke and bench only when the code changed
@@ -62,15 +62,15 @@ class Period:
         if self.args.phases != "auto":
             return self.args.phases.split(","), "not asked for"
         code = self.summary["bench_code"]
-        filed = read_record(os.path.join(self.args.results, gpu_carry.BENCH_RECORD))
-        here = read_record(os.path.join(self.args.work, gpu_carry.BENCH_RECORD))
+        filed = read_record(os.path.join(self.args.results, carry.BENCH_RECORD))
+        here = read_record(os.path.join(self.args.work, carry.BENCH_RECORD))
         if code in ((filed or {}).get("code"), (here or {}).get("code")):
             # this code's bench is filed, or ran on this machine already
             return ["setup", "queue"], "not asked for, and the code it measures was measured"
         return list(AUTO), "not asked for"
 
     def run(self):
-        self.summary["bench_code"] = gpu_carry.code_digest()
+        self.summary["bench_code"] = carry.code_digest()
         wanted, why = self.wanted()
         for phase in PHASES:
             if phase not in wanted:
@@ -87,7 +87,7 @@ class Period:
             with open(os.path.join(self.out, f"{phase}.txt"), "a") as log:
                 try:
                     status = getattr(self, f"phase_{phase}")(log, began + cap)
-                except (PhaseFailed, gpu_queue.QueueFailed) as error:
+                except (PhaseFailed, campaign.QueueFailed) as error:
                     status = f"failed: {error}"
                     log.write(f"\n{phase}: {status}\n")
                 except Exception as error:  # a fault of this script: the next phases still run
@@ -112,7 +112,7 @@ class Period:
 
     def record(self, phase, status, seconds):
         self.summary["phases"][phase] = {"status": status, "seconds": round(seconds, 1)}
-        print(f"gpu_run: {phase}: {status} ({seconds:.0f} s)", flush=True)
+        print(f"gpu: {phase}: {status} ({seconds:.0f} s)", flush=True)
         self.write_summary()
 
     def write_summary(self):
@@ -135,7 +135,7 @@ class Period:
             return proc.wait(timeout=max(1.0, until - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-        log.write(f"\ngpu_run: {label} ran past its time cap; stopping it (SIGTERM)\n")
+        log.write(f"\ngpu: {label} ran past its time cap; stopping it (SIGTERM)\n")
         log.flush()
         for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
             try:
@@ -217,7 +217,7 @@ class Period:
             if os.path.isdir(os.path.join(target, "train")):
                 return target, False  # a warm machine, nothing carried this time
             raise PhaseFailed(f"no training images in {self.args.carry}/data/: run "
-                              f"'python bench/gpu_run.py --plan --data ...' first")
+                              f"'python -m reproduce gpu --plan --data ...' first")
         source = carried[0]
         if os.path.isdir(source):
             return source, False
@@ -238,8 +238,8 @@ class Period:
         return target, True
 
     def phase_smoke(self, log, until):
-        command = [sys.executable, os.path.join("bench", "gpu_run.py"), "--smoke-step",
-                   "--precision", self.args.precision, "--arch", self.args.arch]
+        command = reproduce.command("gpu", "--smoke-step") + [
+            "--precision", self.args.precision, "--arch", self.args.arch]
         code = self.child(command, log, until, "the smoke step")
         if code != 0:
             raise PhaseFailed("the smoke step " + ("ran past its cap" if code is None
@@ -270,7 +270,7 @@ class Period:
                                         else f"failed (exit {code})"))
         if not any(d.endswith(" ok") for d in done):
             raise PhaseFailed("; ".join(done))
-        with open(os.path.join(self.args.work, gpu_carry.BENCH_RECORD), "w") as f:
+        with open(os.path.join(self.args.work, carry.BENCH_RECORD), "w") as f:
             json.dump({"code": self.summary["bench_code"]}, f)
         return "ok: " + "; ".join(done)
 
@@ -305,8 +305,8 @@ class Period:
     def phase_queue(self, log, until):
         if self.data_dir is None:
             raise PhaseFailed("setup did not run, so there are no images")
-        jobs = gpu_queue.select([j for j in self.args.jobs.split(",") if j])
-        self.queue = gpu_queue.Queue(self, jobs)
+        jobs = campaign.select([j for j in self.args.jobs.split(",") if j])
+        self.queue = campaign.Queue(self, jobs)
         return "ok: " + self.queue.run(log, until)
 
     def phase_equivalence(self, log, until):
@@ -315,10 +315,10 @@ class Period:
         # Its files travel inside summary.json (few files come back); --collect writes them.
         out = os.path.join(self.args.work, "equivalence-out")
         shutil.rmtree(out, ignore_errors=True)
-        command = [sys.executable, os.path.join("bench", "equivalence.py"), "--data",
-                   self.data_dir, "--backend", "jax", "--device", "auto", "--out", out,
-                   "--work", os.path.join(self.args.work, "equivalence"),
-                   "--timeout", f"{max(until - time.monotonic(), 1):.0f}"]
+        command = reproduce.command("compare", "--data-dir", self.data_dir) + [
+            "--backend", "jax", "--device", "auto", "--out", out,
+            "--work", os.path.join(self.args.work, "equivalence"),
+            "--timeout", f"{max(until - time.monotonic(), 1):.0f}"]
         command += self.args.equivalence_args.split()
         code = self.child(command, log, until, "the equivalence runs")
         results = read_record(os.path.join(out, "results.json"))

@@ -1,7 +1,7 @@
-"""The GPU campaign's queue (``bench/gpu_run.py``'s ``queue`` phase): the jobs that Table 1
+"""The GPU campaign's queue (``python -m reproduce gpu``'s ``queue`` phase): the jobs that Table 1
 needs, in order, run one after another within a command, each resumed wherever it stopped.
 
-A job is the reference's own training loop (``bench/ref_train.py``) or ours (``cli.py
+A job is the reference's own training loop (``python -m reproduce reference-loop``) or ours (``cli.py
 --backend jax train``, the augmentation on the device), on one config and seed, always on
 the same images and split (the carried training images less the same carved 1,000). Its
 state is, by preference, the folder an earlier command left on this machine while it was
@@ -22,11 +22,11 @@ import sys
 import tarfile
 import time
 
-import gpu_comparison
-from runner import read_record
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXIT_TIME_LIMIT = 7  # cli.py train and ref_train.py: stopped before the time limit, saved
+import reproduce
+from cmxl_keras.children import read_record
+from reproduce import ROOT
+from reproduce.gpu import comparison
+EXIT_TIME_LIMIT = 7  # cli.py train and reference-loop: stopped before the time limit, saved
 EXIT_INTERRUPTED = 130  # cli.py train: stopped by SIGTERM, saved
 PART_SIZE = 15 * 2**20  # a file that comes back holds at most 16 MiB
 FILES_BACK = 8  # files that come back: the phases' logs, summary.json and the jobs' parts
@@ -41,7 +41,7 @@ NEVER = {"good.weights.h5", "best.keras", ".lock", "augmentations.png"}
 @dataclasses.dataclass(frozen=True)
 class Job:
     name: str
-    side: str  # "reference" (bench/ref_train.py), "ours" (cli.py train) or "comparison"
+    side: str  # "reference" (python -m reproduce reference-loop), "ours" (cli.py train) or "comparison"
     config: str
     seed: int
     gated: bool = False  # run only when named in --jobs
@@ -85,9 +85,9 @@ def select(names):
 def run_state(run_dir):
     """Where a run folder stands, for either loop: the epochs finished (metrics.json; the
     reference writes it when it stops), the optimizer step of our checkpoint
-    (checkpoints/state.json), finished or not; a comparison's (``gpu_comparison.state``)."""
-    if os.path.isdir(os.path.join(run_dir, gpu_comparison.OUT)):
-        return gpu_comparison.state(run_dir)
+    (checkpoints/state.json), finished or not; a comparison's (``comparison.state``)."""
+    if os.path.isdir(os.path.join(run_dir, comparison.OUT)):
+        return comparison.state(run_dir)
 
     def read(*path, default=None):
         return read_record(os.path.join(run_dir, *path), default)
@@ -117,8 +117,8 @@ def pack(run_dir, arcname):
     comparison's runs recorded in its results (and its copy of the images) never go."""
     finished = os.path.exists(os.path.join(run_dir, "results.json"))
     recorded = {f"{side}-{seed}" for side, seed in
-                gpu_comparison.state(run_dir)["runs_done"]} if os.path.isdir(
-        os.path.join(run_dir, gpu_comparison.OUT)) else set()
+                comparison.state(run_dir)["runs_done"]} if os.path.isdir(
+        os.path.join(run_dir, comparison.OUT)) else set()
 
     def keep(member):
         base = os.path.basename(member.name)
@@ -126,9 +126,9 @@ def pack(run_dir, arcname):
         if base in NEVER or ".partial" in member.name or base.endswith(".tmp"):
             return None
         if finished and (base == "checkpoint.pt" or "checkpoints" in parts[1:2]
-                         or gpu_comparison.RUNS in parts[1:2]):
+                         or comparison.RUNS in parts[1:2]):
             return None
-        if parts[1:2] == [gpu_comparison.RUNS] and len(parts) > 2 and (
+        if parts[1:2] == [comparison.RUNS] and len(parts) > 2 and (
                 parts[2] in recorded or parts[2].startswith("twins-")):
             return None
         return member
@@ -224,16 +224,16 @@ class Queue:
 
     def command(self, job, fresh, seconds):
         if job.side == "comparison":
-            return gpu_comparison.command(self, job, seconds)
+            return comparison.command(self, job, seconds)
         run_dir, data = self.run_dir(job), self.period.data_dir
         settings = [x for item in self.args.overrides for x in ("--set", item)]
         settings += ["--set", f"seed={job.seed}"]
         if job.side == "reference":
-            # ref_train.py resumes by itself when the folder holds a run.
-            return [sys.executable, os.path.join("bench", "ref_train.py"), "--data", data,
-                    "--run-dir", run_dir, "--config", job.config, "--val-from-train",
-                    str(self.args.val_from_train), "--workers", str(self.args.ref_workers),
-                    "--time-limit", f"{seconds:g}"] + settings
+            # reference-loop resumes by itself when the folder holds a run.
+            return reproduce.command("reference-loop", "--data-dir", data) + [
+                "--run-dir", run_dir, "--config", job.config, "--val-from-train",
+                str(self.args.val_from_train), "--workers", str(self.args.ref_workers),
+                "--time-limit", f"{seconds:g}"] + settings
         command = [sys.executable, "cli.py", "--backend", "jax", "train"]
         if fresh:
             command += ["--config", job.config, "--data-dir", data, "--val-from-train",
@@ -256,10 +256,10 @@ class Queue:
                 continue
             if job.side == "comparison" and not self.period.lossless:
                 done.append(f"{job.name} not started: no lossless images carried "
-                            f"(gpu_run.py --plan --lossless)")
+                            f"(gpu --plan --lossless)")
                 continue
             if job.side == "comparison":
-                os.makedirs(os.path.join(self.run_dir(job), gpu_comparison.OUT), exist_ok=True)
+                os.makedirs(os.path.join(self.run_dir(job), comparison.OUT), exist_ok=True)
             state = self.states[job.name] = run_state(self.run_dir(job))
             if state["finished"]:
                 done.append(f"{job.name} finished ({where})")
@@ -280,7 +280,7 @@ class Queue:
             code = self.period.child(self.command(job, fresh, limit), log, until,
                                      f"job {job.name}")
             if code == 0 and job.side == "comparison":
-                gpu_comparison.finish(self, job)
+                comparison.finish(self, job)
             state = self.states[job.name] = run_state(self.run_dir(job))
             if code == 0 and state["finished"]:
                 done.append(f"{job.name} finished here")

@@ -13,9 +13,9 @@ import numpy as np
 
 from cmxl_keras.data import names_digest
 from cmxl_keras.runs import write_text
-from runner import run_or_exit
+from cmxl_keras.children import run_or_exit
+from reproduce import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The paper's training augmentation, stage by stage: our config keys that turn each off,
 # and the reference transform's class.
@@ -26,7 +26,7 @@ OFF = {"crop": {"crop_scale_min": 1.0}, "flip": {"flip": "false"},
        "erase": {"erase_prob": 0}}
 TORCHVISION = {"crop": "RandomResizedCrop", "flip": "RandomHorizontalFlip",
                "randaugment": "RandAugment", "jitter": "ColorJitter", "erase": "RandomErasing"}
-EXIT_STOPPED = 7  # stopped at --time-limit, resumable: as cli.py train and ref_train.py
+EXIT_STOPPED = 7  # stopped at --time-limit, resumable: as cli.py train and the reference-loop command
 
 # ----------------------------------------------------------------------------- ours
 def train_ours(args, seed, splits, log):
@@ -126,7 +126,7 @@ def same(saved, asked):
 def train_reference(args, seed, splits, log):
     """The paper's ``train.py`` loop (``ref_train.train``) on ``splits``' images; its
     per-epoch records."""
-    import ref_train
+    from reproduce import ref_train
 
     spec = {key: getattr(args, key) for key in ("width", "depth", "patch_size", "kernel_size",
                                                "activation", "skip_period", "epochs",

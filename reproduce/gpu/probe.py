@@ -1,4 +1,4 @@
-"""What ``bench/gpu_run.py`` runs in child processes on the GPU host: the version probe
+"""What ``python -m reproduce gpu`` runs in child processes on the GPU host: the version probe
 of its setup phase, and its smoke step."""
 
 import sys
@@ -38,8 +38,8 @@ def smoke_step(args):
     import keras
     import numpy as np
 
-    from bench_train import parse_arch
     from cmxl_keras import augment, config, recipe
+    from cmxl_keras.architecture import parse_arch
 
     keras.mixed_precision.set_global_policy(args.precision)
     cfg = config.variant_config("cm_vanilla").replace(**parse_arch(args.arch))

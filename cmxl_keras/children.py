@@ -1,6 +1,7 @@
-"""The one way the bench scripts run a measurement in a child process: with a timeout (each
-script's ``--timeout``), and on failure or a hang, exit naming the command and showing the
-child's last output, so a stuck worker never hangs the bench and never fails silently."""
+"""Child processes of the scripts around the library (the benchmarks of ``bench/``, the
+reproduction of ``reproduce/``): each run with a timeout, and on failure or a hang an exit
+naming the command and showing the child's last output, so a stuck worker never hangs a
+script and never fails silently; and their records, read where they may be torn."""
 
 import json
 import subprocess
@@ -10,7 +11,7 @@ import tomllib
 
 def read_record(path, default=None):
     """A JSON (or ``.toml``) record, or ``default`` where it is missing or unreadable: the
-    bench's records may be cut off mid-write by a killed machine, and a missing or torn
+    scripts' records may be cut off mid-write by a killed machine, and a missing or torn
     record means "not there yet" to every reader of them."""
     try:
         with open(path, "rb") as f:

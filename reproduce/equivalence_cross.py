@@ -1,7 +1,7 @@
 """The 2 x 2 of two ``equivalence.py`` comparisons on one split: trained on one form of the
 images and on another (lossless and JPEG, say), every final model scored on both.
 
-    python bench/equivalence.py --cross TRAINED_ON_A,TRAINED_ON_B --out DIR
+    python -m reproduce cross TRAINED_ON_A TRAINED_ON_B --out DIR
 
 Each loop (ours, the reference's) is read alone, then the two are compared:
 
@@ -106,20 +106,20 @@ def cross(folders):
     configs = [r["config"] for r in results]
     for c, folder in zip(configs, folders):
         if not c.get("forms") or not (c.get("paths") or {}).get("score_data"):
-            raise SystemExit(f"--cross: {folder} was not scored on a second form "
+            raise SystemExit(f"cross: {folder} was not scored on a second form "
                              f"(run it with --score-data and --forms)")
     forms = configs[0]["forms"]
     if configs[1]["forms"] != forms[::-1]:
-        raise SystemExit(f"--cross: {folders[0]} trained on {forms[0]} (scored on {forms[1]}),"
+        raise SystemExit(f"cross: {folders[0]} trained on {forms[0]} (scored on {forms[1]}),"
                          f" so {folders[1]} must train on {forms[1]} and score on "
                          f"{forms[0]}; its --forms are {configs[1]['forms']}")
     differ = [k for k in SAME if configs[0].get(k) != configs[1].get(k)]
     if differ:
-        raise SystemExit(f"--cross: the two comparisons differ in {', '.join(differ)}: not the "
+        raise SystemExit(f"cross: the two comparisons differ in {', '.join(differ)}: not the "
                          f"same split and model")
     for a, b, folder in zip(configs, configs[::-1], folders):
         if a.get("score_pixels_sha256") != b.get("val_pixels_sha256"):
-            raise SystemExit(f"--cross: {folder} scored other validation pixels than the "
+            raise SystemExit(f"cross: {folder} scored other validation pixels than the "
                              f"other comparison trained beside (pixel digests "
                              f"{a.get('score_pixels_sha256')} and {b.get('val_pixels_sha256')})"
                              f": not the same images in the two forms")

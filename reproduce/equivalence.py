@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Whole training runs, ours against the reference's, on the same images and split.
 
-    python bench/equivalence.py --data cifar-10-python.tar.gz       # 38 min on 2 CPU cores
+    python -m reproduce compare --data-dir cifar-10-python.tar.gz       # 38 min on 2 CPU cores
 
 For each seed, trains the same model twice on the same training images and scores it each
 epoch on the same validation images:
@@ -10,7 +9,7 @@ epoch on the same validation images:
   paper's augmentation chain in our pipeline), as a user runs it; ``--backend jax`` runs
   the GPU runs' path (Keras on JAX, the augmentation as layers in the compiled step);
 - **the reference**: the training loop of the paper's ``train.py`` transcribed step for
-  step (the reference network of ``bench/ref_torch.py``, torchvision's transforms on PIL
+  step (the reference network of ``reproduce/ref_torch.py``, torchvision's transforms on PIL
   images in a ``DataLoader``, AdamW, the learning rate set before every step to
   ``np.interp(epoch + (i + 1) / len(loader), [0, 2E//5, 4E//5, E], [0, lr, lr/20, 0])``,
   fp16 autocast and GradScaler on a GPU only, the seeds set as it sets them).
@@ -32,18 +31,18 @@ its standard error, the gap between the sides' mean curves epoch by epoch, the r
 ``curves.png`` (the validation curves of both sides, and the gap with two standard errors),
 ``log.txt`` (everything printed) and ``machine.json`` (host, versions, time), all of them
 again after every run, so a command cut off keeps the runs it finished. The final top-1 is
-the last epoch's (the reference scores its runs with the last weights). ``--redraw DIR``
-draws ``curves.png`` again from ``DIR/results.json`` (a host without matplotlib).
+the last epoch's (the reference scores its runs with the last weights). ``python -m
+reproduce redraw DIR`` draws ``curves.png`` again from ``DIR/results.json`` (a host without
+matplotlib).
 
 Long comparisons span commands: ``--resume`` with the same arguments keeps the runs that
 ``--out`` holds and resumes a run cut off from its folder under ``--work`` (ours from its
 checkpoint, mid-epoch; the reference's after its last epoch). The sides can run as two
 commands side by side (``--sides ours`` and ``--sides reference --threads 1``, each with
-its own ``--out``); ``--join A,B --out C`` then reads them as one comparison.
-Needs ``pip install -r bench/requirements.txt`` (torch, torchvision).
+its own ``--out``); ``python -m reproduce join A B --out C`` then reads them as one
+comparison. Needs ``pip install -r reproduce/requirements.txt`` (torch, torchvision).
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -51,118 +50,54 @@ import platform
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import numpy as np  # noqa: E402
+import numpy as np
 
-from cmxl_keras.data import (image_files, names_digest, read_data_dir,  # noqa: E402
-                             select_names, write_twins)
-from cmxl_keras.splitting import make_splits, pixels_digest  # noqa: E402
-from cmxl_keras.runs import package_versions, write_text  # noqa: E402
-from equivalence_report import (draw, earlier, reading, redraw, summarize,  # noqa: E402,F401
-                                summary_of, write_join)
-from equivalence_cross import write_cross  # noqa: E402
-from equivalence_sides import (EXIT_STOPPED, STAGES, Stopped, stopped,  # noqa: E402
-                               train_ours, train_reference)
+import reproduce
+from cmxl_keras.data import image_files, names_digest, read_data_dir, select_names, write_twins
+from cmxl_keras.errors import ConfigError
+from cmxl_keras.runs import package_versions, write_text
+from cmxl_keras.splitting import make_splits, pixels_digest
+from reproduce.equivalence_report import earlier, draw, reading, summary_of
+from reproduce.equivalence_sides import (EXIT_STOPPED, STAGES, Stopped, stopped, train_ours,
+                                         train_reference)
 
 PACKAGES = ("numpy", "keras", "tensorflow", "jax", "torch", "torchvision", "pillow")
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--redraw", metavar="DIR",
-                        help="only draw DIR/curves.png again from DIR/results.json")
-    parser.add_argument("--join", metavar="DIR,DIR",
-                        help="only join the runs in these folders' results.json (the same "
-                             "images, split and model; other seeds or sides) into --out")
-    parser.add_argument("--resume", action="store_true",
-                        help="go on with --out's runs: the seeds finished there are kept, a "
-                             "run cut off resumes from its folder under --work")
-    parser.add_argument("--data",
-                        help="the images: what cli.py's --data-dir takes (official CIFAR-10 "
-                             "files or archive, or train/<class>/ images, or their .tar.gz)")
-    parser.add_argument("--names-from", metavar="D",
-                        help="train on --data's images named as D's (image folders: the "
-                             "same train/<class>/NNNN in another form, e.g. the JPEG twins "
-                             "of lossless PNGs); copied as they are into a .tar under --work")
-    parser.add_argument("--score-data", metavar="D",
-                        help="also score every final model on D's twins of the validation "
-                             "images (the same names in another form; D may hold more)")
-    parser.add_argument("--forms", default="data,score",
-                        help="names of --data's form and --score-data's, comma-separated "
-                             "(e.g. lossless,jpeg): the keys of each run's scores")
-    parser.add_argument("--cross", metavar="DIR,DIR",
-                        help="only read two comparisons of the same split trained on two "
-                             "forms, each scored on both (--score-data), as one 2 x 2 in --out")
-    parser.add_argument("--train", type=int, default=5120, help="training images")
-    parser.add_argument("--val", type=int, default=2500, help="validation images")
-    parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--seeds", default="1204,1205,1206,1207,1208",
-                        help="comma-separated; each trains both sides once")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.005, help="the one-cycle's peak")
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--patch-size", type=int, default=4)
-    parser.add_argument("--kernel-size", type=int, default=5)
-    parser.add_argument("--activation", default="gelu")
-    parser.add_argument("--skip-period", type=int, default=0)
-    parser.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax"),
-                        help="ours: the Keras backend")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
-                        help="the reference: where it trains (fp16 autocast on cuda; auto: "
-                             "cuda where there is one)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="the reference's DataLoader workers (its script: 8)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="the reference's torch threads (0: torch's default); with a "
-                             "second command running the other side beside it")
-    parser.add_argument("--drop", default="",
-                        help="augmentation stages left out on both sides, comma-separated: "
-                             f"{', '.join(STAGES)} (all: no augmentation); to find which "
-                             "stage a difference comes from")
-    parser.add_argument("--sides", default="ours,reference")
-    parser.add_argument("--out", help="default: results/equivalence/<time>")
-    parser.add_argument("--work", default=os.path.join(".equivalence"),
-                        help="our runs' folders (kept; git-ignored)")
-    parser.add_argument("--timeout", type=float, default=3600,
-                        help="seconds one run of ours may take")
-    parser.add_argument("--time-limit", type=float,
-                        help="seconds this command may take: a run still training then stops "
-                             "where it can resume from (ours at a step, the reference after "
-                             "an epoch) and the command exits 7; --resume goes on")
-    args = parser.parse_args(argv)
-    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+def check(args):
+    """``compare``'s options (``reproduce/cli.py``) as the runs take them: the lists split,
+    ``--device auto`` resolved, the default ``--out``; a bad value is a ``ConfigError``."""
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {args.seeds!r} is not a list of distinct whole numbers; "
+                          f"give the seeds separated by commas, e.g. --seeds 1204,1205.")
+    args.seeds = seeds
     if args.device == "auto":
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    args.drop = STAGES if args.drop.strip() == "all" else [
+    unknown = sorted(set(args.sides) - {"ours", "reference"})
+    if unknown or not args.sides:
+        raise ConfigError(f"--sides {','.join(args.sides)!r}: unknown side "
+                          f"{', '.join(unknown) or '(none given)'}; give ours, reference or "
+                          f"ours,reference.")
+    args.drop = list(STAGES) if args.drop.strip() == "all" else [
         s.strip() for s in args.drop.split(",") if s.strip()]
     if set(args.drop) - set(STAGES):
-        parser.error(f"--drop takes {', '.join(STAGES)} or all (got {args.drop})")
-    unknown = set(args.sides) - {"ours", "reference"}
-    args.join = [d for d in (args.join or "").split(",") if d.strip()]
-    args.cross = [d for d in (args.cross or "").split(",") if d.strip()]
-    if (args.join or args.cross) and not args.out:
-        parser.error("--join and --cross need --out: the folder for the reading")
-    if args.cross and len(args.cross) != 2:
-        parser.error(f"--cross takes two folders, comma-separated (got {args.cross})")
+        raise ConfigError(f"--drop {','.join(args.drop)!r}: unknown stage "
+                          f"{', '.join(sorted(set(args.drop) - set(STAGES)))}; give any of "
+                          f"{', '.join(STAGES)}, comma-separated, or all.")
     args.forms = [f.strip() for f in args.forms.split(",")]
     if len(args.forms) != 2 or not all(args.forms) or args.forms[0] == args.forms[1]:
-        parser.error(f"--forms takes two different names, comma-separated (got {args.forms})")
+        raise ConfigError(f"--forms {','.join(args.forms)!r}: give two different names, "
+                          f"comma-separated: --data-dir's form, then --score-data's (e.g. "
+                          f"lossless,jpeg).")
     args.out = args.out or os.path.join("results", "equivalence",
                                         time.strftime("%Y-%m-%d_%H%M%S"))
-    if not args.data and not args.redraw and not args.join and not args.cross:
-        parser.error("--data is required: the images both sides train on")
-    if unknown or not args.seeds:
-        parser.error(f"--sides takes ours and/or reference (got {sorted(unknown)}); "
-                     f"--seeds takes at least one integer")
     return args
 
 
@@ -187,17 +122,12 @@ def machine(args, seconds):
             "cpus": os.cpu_count(), "gpu": gpu, "packages": package_versions(PACKAGES),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"), "seconds": round(seconds, 1),
-            "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}
+            "command": reproduce.command_line()}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.redraw:
-        return redraw(args.redraw)
-    if args.join:
-        return write_join(args.join, args.out)
-    if args.cross:
-        return write_cross(args.cross, args.out)
+def main(args):
+    """Trains and reads the comparison ``args`` (``check``'s) asks for; exits
+    ``EXIT_STOPPED`` when ``--time-limit`` stopped it, resumable."""
     started = time.time()
     args.deadline, args.started_one = started + (args.time_limit or 0), False
     log = Log()
@@ -308,9 +238,6 @@ def write(args, results, log, started):
         write_text(os.path.join(args.out, name), text)
     try:
         draw(results, os.path.join(args.out, "curves.png"))
-    except ImportError:  # a host without matplotlib: --redraw draws it from results.json
+    except ImportError:  # a host without matplotlib: redraw draws it from results.json
         pass
 
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,10 @@
-#!/usr/bin/env python3
 """The reference's training loop (the paper's ``train.py``, transcribed step for step), as
 a run that checkpoints every epoch and resumes, on exactly the images and split of one of
 our runs; its last weights converted into this project's Keras model at the end.
 
-    python bench/ref_train.py --data D --run-dir runs/reference [--config cm_vanilla]
-        [--set seed=1205] [--val-from-train 1000] [--workers 8] [--time-limit S]
+    python -m reproduce reference-loop --data-dir D --run-dir runs/reference
+        [--config cm_vanilla] [--set seed=1205] [--val-from-train 1000] [--workers 8]
+        [--time-limit S]
 
 The loop: the reference network of ``ref_torch.py``, torchvision's transforms on PIL images
 in a ``DataLoader`` (shuffled, the last partial batch kept), AdamW, the learning rate set
@@ -28,18 +28,14 @@ writes them: ``cli.py evaluate`` scores it as it scores our runs. A resumed run 
 saved config (``--config`` and ``--set`` apply to a new run). Needs torch and torchvision; Keras (any backend) for the end.
 """
 
-import argparse
 import os
 import random
-import sys
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cmxl_keras.architecture import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+import reproduce
+from cmxl_keras.architecture import CIFAR_MEAN, CIFAR_STD
 
 EXIT_STOPPED = 7  # as cli.py train's time limit: stopped, saved, resumable
 CHECKPOINT = "checkpoint.pt"
@@ -71,7 +67,7 @@ def train(spec, splits, log, run_dir=None, stop=lambda seconds: False):
     from torch import nn
     from torchvision import transforms
 
-    import ref_torch
+    from reproduce import ref_torch
 
     # train.py seeds first, then builds its transforms, data and model.
     torch.manual_seed(spec["seed"])
@@ -223,36 +219,19 @@ def to_keras(torch_model, keras_model):
     return keras_model
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--data", required=True, help="the images, as cli.py's --data-dir")
-    parser.add_argument("--run-dir", required=True, help="the run folder (resumed if there)")
-    parser.add_argument("--config", default="cm_vanilla")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="config overrides, as cli.py train's")
-    parser.add_argument("--val-from-train", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers (its 8)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--time-limit", type=float, help="seconds: stop, saved, before them")
-    parser.add_argument("--stop-after", type=int, help="epochs of this command at most")
-    parser.add_argument("--drop", default="", help="torchvision transforms left out (names)")
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
+    """The loop as a run: ``args`` holds ``reference-loop``'s options (``reproduce/cli.py``);
+    returns 0 when the run is finished, ``EXIT_STOPPED`` when it stopped to resume."""
     began = time.monotonic()
     from cmxl_keras import runs, settings, splitting
 
-    os.makedirs(args.run_dir, exist_ok=True)
     resuming = os.path.isfile(os.path.join(args.run_dir, "config.json"))
     cfg = (settings.load_saved(args.run_dir) if resuming else settings.resolve(
         args.config, args.overrides, data_dir=args.data, val_from_train=args.val_from_train))
     cfg = cfg.replace(data_dir=args.data)  # the images may lie elsewhere on this machine
-    splits = splitting.load_splits(cfg, log=print)
-    command = " ".join(["python"] + sys.argv)
+    splits = splitting.load_splits(cfg, log=print)  # bad flags and data: nothing written yet
+    os.makedirs(args.run_dir, exist_ok=True)
+    command = reproduce.command_line()
     if resuming:  # the saved config stands (--config and --set apply to a new run only)
         with open(os.path.join(args.run_dir, "command.txt"), "a") as f:
             f.write(command + "\n")
@@ -300,6 +279,3 @@ def main(argv=None):
           f"validation images; {args.run_dir}/model.keras")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

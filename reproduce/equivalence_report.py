@@ -2,8 +2,8 @@
 its standard error, the gap epoch by epoch, the figure, and the join of runs made by
 separate commands (one side each, or seeds split between machines) into one reading.
 
-    python bench/equivalence.py --join DIR1,DIR2 --out DIR   # one results.json from two
-    python bench/equivalence.py --redraw DIR                  # curves.png again
+    python -m reproduce join DIR1 DIR2 --out DIR   # one results.json from two
+    python -m reproduce redraw DIR                  # curves.png again
 """
 
 import json
@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from cmxl_keras.runs import write_text
-from runner import read_record
+from cmxl_keras.children import read_record
 
 SIDES = ("ours", "reference")
 # What may differ between the parts of a join: the seeds they ran and the sides.
@@ -156,8 +156,8 @@ def join(folders):
             with open(path) as f:
                 parts.append(json.load(f))
         except (OSError, ValueError) as error:
-            raise SystemExit(f"--join: cannot read {path} ({error}); give folders that "
-                             f"bench/equivalence.py wrote") from None
+            raise SystemExit(f"join: cannot read {path} ({error}); give folders that "
+                             f"python -m reproduce compare wrote") from None
     config = {k: v for k, v in parts[0]["config"].items() if k not in JOIN_FREE}
     runs = {side: [] for side in SIDES}
     for folder, part in zip(folders, parts):
@@ -165,14 +165,14 @@ def join(folders):
         if other != config:
             keys = sorted(k for k in set(config) | set(other) if config.get(k) != other.get(k))
             values = ", ".join(f"{other.get(k)!r} vs {config.get(k)!r}" for k in keys)
-            raise SystemExit(f"--join: {folder} was run with a different {', '.join(keys)} "
+            raise SystemExit(f"join: {folder} was run with a different {', '.join(keys)} "
                              f"({values}); only runs of the same images, split and model "
                              f"can be joined")
         for side, side_runs in part["runs"].items():
             seen = {r["seed"] for r in runs[side]}
             twice = sorted(seen & {r["seed"] for r in side_runs})
             if twice:
-                raise SystemExit(f"--join: {side} seed(s) {twice} appear in two folders; "
+                raise SystemExit(f"join: {side} seed(s) {twice} appear in two folders; "
                                  f"leave one of them out")
             runs[side].extend(side_runs)
     for side_runs in runs.values():
@@ -217,7 +217,7 @@ def earlier(out, results, log):
 
 
 def write_join(folders, out):
-    """``--join``: the joined reading written to ``out``."""
+    """``join``: the joined reading written to ``out``."""
     results = join(folders)
     os.makedirs(out, exist_ok=True)
     write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1))

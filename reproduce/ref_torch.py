@@ -7,17 +7,14 @@ of layers in a long residual; global pool; linear head), PyTorch's defaults ever
 (NCHW tensors, BatchNorm momentum 0.1 / eps 1e-5, exact GELU), and the same pixel
 normalization inside the model. ``build`` asserts the parameter count against
 ``cmxl_keras.architecture.count_params``, the closed form the Keras model is tested
-against. Only the benchmarks use this file (``pip install -r bench/requirements.txt``).
+against. The reproduction's loops, the tests and the speed bench use it (``pip install -r
+reproduce/requirements.txt``).
 """
-
-import os
-import sys
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cmxl_keras.architecture import CIFAR_MEAN, CIFAR_STD, count_params  # noqa: E402
+from cmxl_keras.architecture import CIFAR_MEAN, CIFAR_STD, count_params
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU,
                "leaky_relu": nn.LeakyReLU}

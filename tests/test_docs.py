@@ -361,3 +361,42 @@ def test_each_exit_code_means_its_error_class():
         assert in_docs in rows[str(code)], (kind.__name__, code, rows[str(code)])
         said = re.search(rf"\b{code} ([^;.]*)", epilog).group(1)
         assert in_help in said, (kind.__name__, code, said)
+
+
+# The paths of the files that moved out of bench/ (bench/README.md, reproduce/README.md):
+# a page, message or comment still naming one sends its reader nowhere.
+MOVED = re.compile(r"bench/(equivalence|ref_train|ref_torch|table1|gpu_\w+|runner)\.py")
+
+
+def test_no_text_names_a_file_where_it_no_longer_is():
+    """Every page, module, test and config names the homes' files where they are; the
+    records under results/ keep the commands as they were typed when they ran."""
+    stale = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in (
+            "results", "__pycache__", "node_modules")]
+        for name in files:
+            path = os.path.join(folder, name)
+            if name.endswith((".py", ".md", ".toml", ".txt", ".cfg", ".ini")) or name in (
+                    "run", ".gitignore"):
+                stale += [(os.path.relpath(path, ROOT), m.group(0))
+                          for m in MOVED.finditer(read(path))]
+    stale = [s for s in stale if s[0] != "tests/test_docs.py"]  # this test's own pattern
+    assert not stale, stale
+
+
+def test_each_command_of_the_reproduction_answers_help():
+    """``python -m reproduce`` and each of its subcommands print their help (the README's
+    table of commands and reproduce/README.md name them)."""
+    from conftest import run_reproduce
+    from reproduce.cli import cli
+
+    top = run_reproduce("--help", timeout=120)
+    assert top.returncode == 0, top.stderr[-2000:]
+    listed = read(os.path.join(ROOT, "reproduce", "README.md"))
+    for name, command in cli.commands.items():
+        assert f"| `{name}" in listed, f"reproduce/README.md does not list {name}"
+        assert name in top.stdout
+        result = run_reproduce(name, "--help", timeout=120)
+        assert result.returncode == 0 and "Usage: python -m reproduce " + name in result.stdout, (
+            name, result.stderr[-2000:])

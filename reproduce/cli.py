@@ -19,7 +19,6 @@ from reproduce.gpu.run import gpu
 EXIT_CODES = ("Exit codes: 0 done; 1 a run failed (its last output is shown); 2 bad flag "
               "or value; 3 bad or missing data; 7 stopped at --time-limit (saved, "
               "resumable: run the same command again).")
-# compare's defaults are the committed run's (results/equivalence/torchvision-crop-5120/).
 
 
 def _folders(ctx, param, value):
@@ -37,6 +36,7 @@ def cli():
     GPU campaign's queue (reproduce/README.md)."""
 
 
+# compare's defaults are the committed run's (results/equivalence/torchvision-crop-5120/).
 @cli.command(epilog="Reading and records: docs/fidelity.md, \"Whole training runs "
                     "against the reference\" and \"What the JPEG images cost\".")
 @click.option("--data-dir", "--data", "data", required=True,

@@ -26,7 +26,7 @@ OFF = {"crop": {"crop_scale_min": 1.0}, "flip": {"flip": "false"},
        "erase": {"erase_prob": 0}}
 TORCHVISION = {"crop": "RandomResizedCrop", "flip": "RandomHorizontalFlip",
                "randaugment": "RandAugment", "jitter": "ColorJitter", "erase": "RandomErasing"}
-EXIT_STOPPED = 7  # stopped at --time-limit, resumable: as cli.py train and the reference-loop command
+EXIT_STOPPED = 7  # stopped at --time-limit, resumable: as cli.py train and reference-loop
 
 # ----------------------------------------------------------------------------- ours
 def train_ours(args, seed, splits, log):

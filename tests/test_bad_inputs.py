@@ -1,4 +1,5 @@
-"""Every kind of bad input to the CLI (``cli.py`` and ``python -m reproduce``): a clear one-paragraph error, no traceback, no change.
+"""Every kind of bad input to the CLI (``cli.py`` and ``python -m reproduce``): a clear
+one-paragraph error, no traceback, no change.
 
 Each row runs the real CLI in a scratch folder and checks: a non-zero exit, the bad value
 and the fix named in the message, no Python traceback, and no file created or changed.

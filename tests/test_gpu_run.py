@@ -1,7 +1,7 @@
-"""The GPU command (``python -m reproduce gpu``) rehearsed on this CPU, in a Python shaped like the GPU
-host: TensorFlow, keras-cv and tensorflow-datasets hidden (tests/gpu_host/), the carried
-wheels installed by the command itself, Keras on JAX. Tiny sizes and short caps; the same
-phases, files and resume path as a real period."""
+"""The GPU command (``python -m reproduce gpu``) rehearsed on this CPU, in a Python shaped
+like the GPU host: TensorFlow, keras-cv and tensorflow-datasets hidden (tests/gpu_host/),
+the carried wheels installed by the command itself, Keras on JAX. Tiny sizes and short
+caps; the same phases, files and resume path as a real period."""
 
 import json
 import os

@@ -1,5 +1,5 @@
-"""The Table-1 page is what the committed runs give (``python -m reproduce table1``), never edited by
-hand, and each run lands in its row, on its side, with its seed and its state."""
+"""The Table-1 page is what the committed runs give (``python -m reproduce table1``), never
+edited by hand, and each run lands in its row, on its side, with its seed and its state."""
 
 import json
 import os

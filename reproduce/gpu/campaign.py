@@ -1,8 +1,9 @@
-"""The GPU campaign's queue (``python -m reproduce gpu``'s ``queue`` phase): the jobs that Table 1
-needs, in order, run one after another within a command, each resumed wherever it stopped.
+"""The GPU campaign's queue (``python -m reproduce gpu``'s ``queue`` phase): the jobs that
+Table 1 needs, in order, run one after another within a command, each resumed wherever it
+stopped.
 
-A job is the reference's own training loop (``python -m reproduce reference-loop``) or ours (``cli.py
---backend jax train``, the augmentation on the device), on one config and seed, always on
+A job is the reference's own training loop (``python -m reproduce reference-loop``) or
+ours (``cli.py --backend jax train``, the augmentation on the device), on one config and seed, always on
 the same images and split (the carried training images less the same carved 1,000). Its
 state is, by preference, the folder an earlier command left on this machine while it was
 still warm (``<work>/jobs/<job>/``: no unpacking, nothing carried), else the committed
@@ -41,7 +42,7 @@ NEVER = {"good.weights.h5", "best.keras", ".lock", "augmentations.png"}
 @dataclasses.dataclass(frozen=True)
 class Job:
     name: str
-    side: str  # "reference" (python -m reproduce reference-loop), "ours" (cli.py train) or "comparison"
+    side: str  # "reference" (the reference-loop command), "ours" (cli.py train), "comparison"
     config: str
     seed: int
     gated: bool = False  # run only when named in --jobs

@@ -29,7 +29,8 @@ TRANSFER_LIMIT_MIB = 64  # what travels to the GPU host: the repository and the 
 BENCHED_CODE = tuple(f"cmxl_keras/{m}.py" for m in (
     "architecture", "models", "recipe", "optimizers", "schedules", "augment", "transforms",
     "crop", "erasing", "jitter", "randaugment", "pil")) + (
-    "bench/bench_train.py", "bench/bench_forms.py", "reproduce/ref_torch.py", "reproduce/gpu/probe.py")
+    "bench/bench_train.py", "bench/bench_forms.py", "reproduce/ref_torch.py",
+    "reproduce/gpu/probe.py")
 BENCH_RECORD = "bench.json"  # under --results: the code the last filed bench measured
 
 

@@ -36,8 +36,8 @@ returns what it finished (at most 8 files come back: these):
                   paper's script feeds it (torchvision transforms, DataLoader, 8 workers)
     queue.txt     the jobs of ``campaign.QUEUE`` in order (``--jobs`` picks), each on the
                   training images less 1,000 carved for monitoring, with the paper's 100
-                  epochs: the reference's loop (``python -m reproduce reference-loop``) and ours (``cli.py
-                  --backend jax train``), seeds 1204 and 1205, then the other rows; each
+                  epochs: the reference's loop (``python -m reproduce reference-loop``)
+                  and ours (``cli.py --backend jax train``), seeds 1204 and 1205, then the other rows; each
                   resumes from the folder left on this warm machine, else its committed
                   ``results/gpu/<job>/state.tgz``; stopped by its own time limit before
                   the command's time is up, saved

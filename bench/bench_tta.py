@@ -27,7 +27,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from cmxl_keras.ablation import mean_std, parse_seeds  # noqa: E402  (the runner's own)
+from cmxl_keras.ablation import mean_std  # noqa: E402  (the runner's own)
+from cmxl_keras.config import parse_seeds  # noqa: E402
 from cmxl_keras.errors import ConfigError  # noqa: E402
 from cmxl_keras.children import run_or_exit  # noqa: E402
 

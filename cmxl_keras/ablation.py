@@ -18,6 +18,7 @@ import numpy as np
 
 from cmxl_keras import checkpoints, config, report, runs, settings
 from cmxl_keras.architecture import ARCH_KEYS, VARIANTS
+from cmxl_keras.config import parse_seeds
 from cmxl_keras.errors import ConfigError, RunError, TrainingInterrupted
 
 TABLE1 = tuple(VARIANTS)  # Table 1's rows, in its order
@@ -41,19 +42,6 @@ FINDINGS = (
 RUN_KEYS = ARCH_KEYS + ("dataset", "num_classes", "aug", "epochs", "batch_size", "lr_max",
                         "weight_decay", "seed", "split_seed", "val_size", "val_from_train",
                         "limit_train", "steps_per_epoch")
-
-
-def parse_seeds(text):
-    """``"1024,1025"`` -> ``(1024, 1025)``; a ConfigError naming the value otherwise."""
-    try:
-        seeds = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        seeds = ()
-    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(
-            f"--seeds {text!r} is not a list of distinct whole numbers >= 0. Give the "
-            f"training seeds separated by commas, e.g. --seeds 1024,1025,1026.")
-    return seeds
 
 
 def training_seeds(seeds, changes):

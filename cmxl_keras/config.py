@@ -234,6 +234,19 @@ def parse_override(text):
     return key, value
 
 
+def parse_seeds(text):
+    """``"1024,1025"`` -> ``(1024, 1025)``; a ConfigError naming the value otherwise."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(
+            f"--seeds {text!r} is not a list of distinct whole numbers >= 0. Give the "
+            f"training seeds separated by commas, e.g. --seeds 1024,1025,1026.")
+    return seeds
+
+
 def validate(config):
     """Raises ConfigError naming the key and value of the first bad setting."""
     for key, allowed in CHOICES.items():

@@ -53,6 +53,7 @@ import time
 import numpy as np
 
 import reproduce
+from cmxl_keras.config import parse_seeds
 from cmxl_keras.data import image_files, names_digest, read_data_dir, select_names, write_twins
 from cmxl_keras.errors import ConfigError
 from cmxl_keras.runs import package_versions, write_text
@@ -67,14 +68,7 @@ PACKAGES = ("numpy", "keras", "tensorflow", "jax", "torch", "torchvision", "pill
 def check(args):
     """``compare``'s options (``reproduce/cli.py``) as the runs take them: the lists split,
     ``--device auto`` resolved, the default ``--out``; a bad value is a ``ConfigError``."""
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds {args.seeds!r} is not a list of distinct whole numbers; "
-                          f"give the seeds separated by commas, e.g. --seeds 1204,1205.")
-    args.seeds = seeds
+    args.seeds = list(parse_seeds(args.seeds))
     if args.device == "auto":
         import torch
 

@@ -331,7 +331,7 @@ CASES = [
     # The reproduction's command (python -m reproduce), its errors said as cli.py's.
     ("reproduce: seeds not numbers", lambda r: ["reproduce", "compare", "--data-dir", r,
                                                 "--seeds", "1204,x"],
-     ["--seeds '1204,x'", "e.g. --seeds 1204,1205"]),
+     ["--seeds '1204,x'", "e.g. --seeds 1024,1025,1026"]),
     ("reproduce: an unknown side", lambda r: ["reproduce", "compare", "--data-dir", r, "--sides",
                                               "ours,theirs"], ["theirs", "ours,reference"]),
     ("reproduce: an unknown stage to drop", lambda r: ["reproduce", "compare", "--data-dir", r,

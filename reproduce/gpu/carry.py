@@ -13,9 +13,8 @@ import sys
 import tarfile
 import time
 
-import reproduce
 from cmxl_keras.children import read_record
-from reproduce import ROOT
+from reproduce import ROOT, equivalence_report, table1
 from reproduce.gpu import campaign
 # What the GPU host lacks (keras 3.15.1 as requirements.txt pins it; optree and namex, its
 # dependencies, as the test environment resolves them).
@@ -218,8 +217,7 @@ def collect(args, phases):
         if os.path.exists(os.path.join(back, "equivalence.txt")):
             shutil.copyfile(os.path.join(back, "equivalence.txt"),
                             os.path.join(folder, "log.txt"))
-        subprocess.run(reproduce.command("redraw", folder), check=True, timeout=120,
-                       cwd=ROOT)
+        equivalence_report.redraw(folder)
     if summary.get("profile"):  # bench/bench_profile.py's JSON, from summary.json
         with open(os.path.join(period, "profile.json"), "w") as f:
             json.dump(summary["profile"], f, indent=1)
@@ -252,14 +250,12 @@ def collect(args, phases):
                 target, _ = campaign.file_job(jobs.extractfile(member).read(), name,
                                                args.results)
                 print(f"collect: {target} ({describe(target)})")
-    # The Table-1 page, from the committed runs (python -m reproduce table1; commit it with them):
+    # The Table-1 page, from the committed runs (``table1``; commit it with them):
     # docs/table1.md for the repository's results/gpu, else beside the results given.
     committed = os.path.abspath(args.results) == os.path.join(ROOT, "results", "gpu")
     page = (os.path.join(ROOT, "docs", "table1.md") if committed
             else os.path.join(args.results, "table1.md"))
-    subprocess.run(reproduce.command("table1", "--results", os.path.abspath(args.results),
-                                     "--out", os.path.abspath(page)),
-                   check=True, timeout=120, cwd=ROOT)
+    table1.main(args.results, page)
     print(f"collect: the period's logs are in {period}/")
     for phase, result in summary.get("phases", {}).items():
         print(f"  {phase}: {result['status']} ({result['seconds']} s)")

@@ -49,10 +49,12 @@ def stops_as_errors(command):
     (``sys.exit("...")``: a child run failed, a record disagrees) said the same way, exit 1
     (the reproduction's command, whose steps run as scripts too)."""
 
+    said = user_errors(command)
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return user_errors(command)(*args, **kwargs)
+            return said(*args, **kwargs)
         except SystemExit as stop:
             if isinstance(stop.code, str):
                 fail(stop.code, 1)

@@ -90,15 +90,20 @@ def test_the_readme_is_short():
         assert len(read(os.path.join(ROOT, home, "README.md")).splitlines()) <= 60, home
 
 
-def python_files():
-    """Every Python file of the repository outside tests/ (and outside hidden folders:
-    virtual environments, the GPU carry)."""
+def repository_files(skip, suffixes):
+    """The repository's files whose names end with one of ``suffixes``, outside the
+    folders named in ``skip`` and hidden folders (virtual environments, the GPU carry)."""
     found = []
     for folder, dirs, files in os.walk(ROOT):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in (
-            "tests", "__pycache__", "node_modules")]
-        found += [os.path.join(folder, f) for f in files if f.endswith(".py")]
+            "__pycache__", "node_modules", *skip)]
+        found += [os.path.join(folder, f) for f in files if f.endswith(suffixes)]
     return found
+
+
+def python_files():
+    """Every Python file of the repository outside tests/."""
+    return repository_files(("tests",), (".py",))
 
 
 def test_the_readme_layout_is_the_tree():
@@ -372,15 +377,10 @@ def test_no_text_names_a_file_where_it_no_longer_is():
     """Every page, module, test and config names the homes' files where they are; the
     records under results/ keep the commands as they were typed when they ran."""
     stale = []
-    for folder, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in (
-            "results", "__pycache__", "node_modules")]
-        for name in files:
-            path = os.path.join(folder, name)
-            if name.endswith((".py", ".md", ".toml", ".txt", ".cfg", ".ini")) or name in (
-                    "run", ".gitignore"):
-                stale += [(os.path.relpath(path, ROOT), m.group(0))
-                          for m in MOVED.finditer(read(path))]
+    for path in repository_files(("results",), (".py", ".md", ".toml", ".txt", ".cfg",
+                                                ".ini", ".gitignore")):
+        stale += [(os.path.relpath(path, ROOT), m.group(0))
+                  for m in MOVED.finditer(read(path))]
     stale = [s for s in stale if s[0] != "tests/test_docs.py"]  # this test's own pattern
     assert not stale, stale
 
